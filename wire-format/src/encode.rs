@@ -1,0 +1,410 @@
+//! Building frames: [`Encoder`] writes headers with one reused FlatBuffers
+//! builder into a chunked scratch buffer; an [`OutFrame`] is that header plus
+//! the caller's payload [`Bytes`], written with one vectored write.
+//!
+//! The frames on the message path (send, deliver, acks, receipts, typing,
+//! presence, ping, errors) have dedicated methods that allocate nothing; any
+//! frame can also be encoded from the owned object API with
+//! [`Encoder::encode_owned`]. Both produce identical bytes for equal values
+//! (a property test holds them to it).
+
+use std::io::IoSlice;
+
+use bytes::{Bytes, BytesMut};
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+
+use crate::{Address, FrameKind, Limits, PREFIX_BYTES, WireError, fb};
+
+/// Headers are written into scratch chunks of this size; each chunk is
+/// shared by the headers cut from it, so there is one allocation per chunk,
+/// not per frame.
+const SCRATCH_CHUNK_BYTES: usize = 16 * 1024;
+
+/// A frame ready to write: header (with its length prefix) and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutFrame {
+    header: Bytes,
+    payload: Bytes,
+}
+
+impl OutFrame {
+    /// Length prefix and header.
+    pub fn header(&self) -> &Bytes {
+        &self.header
+    }
+
+    /// The payload exactly as handed to the encoder (same memory).
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Bytes the frame occupies on the wire.
+    pub fn len(&self) -> usize {
+        self.header.len() + self.payload.len()
+    }
+
+    /// Never true: a frame has a header.
+    pub fn is_empty(&self) -> bool {
+        self.header.is_empty()
+    }
+
+    /// Both parts for a vectored write.
+    pub fn io_slices(&self) -> [IoSlice<'_>; 2] {
+        [IoSlice::new(&self.header), IoSlice::new(&self.payload)]
+    }
+
+    /// The two parts, header first.
+    pub fn into_parts(self) -> (Bytes, Bytes) {
+        (self.header, self.payload)
+    }
+
+    /// The frame as one contiguous buffer (copies; for tests and tools).
+    pub fn to_vec(&self) -> Vec<u8> {
+        [&self.header[..], &self.payload[..]].concat()
+    }
+}
+
+/// The header fields of a `Deliver` frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeliverHeader {
+    /// The sending device.
+    pub from: Address,
+    /// What the sender addressed (this user, this device, or a group).
+    pub to: Address,
+    /// Position in the receiving device's queue.
+    pub seq: u64,
+    /// Server-wide message id.
+    pub message_id: u64,
+    /// When the server accepted the message, ms since the Unix epoch.
+    pub server_time_ms: u64,
+}
+
+/// Builds frames, reusing one FlatBuffers builder and one scratch chunk.
+pub struct Encoder {
+    fbb: FlatBufferBuilder<'static>,
+    scratch: BytesMut,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("limits", &self.limits)
+            .field(
+                "scratch_free_bytes",
+                &(self.scratch.capacity() - self.scratch.len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    /// An encoder refusing frames beyond `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            fbb: FlatBufferBuilder::with_capacity(1024),
+            scratch: BytesMut::new(),
+            limits,
+        }
+    }
+
+    /// `Send` of `payload` to `to`.
+    pub fn send(
+        &mut self,
+        to: Address,
+        client_msg_id: u64,
+        ttl_s: u32,
+        payload: Bytes,
+    ) -> Result<OutFrame, WireError> {
+        let args = fb::SendArgs {
+            to: Some(&to),
+            client_msg_id,
+            ttl_s,
+        };
+        let body = fb::Send::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::Send, body, payload)
+    }
+
+    /// `Deliver` of `payload`, typically the very `Bytes` a `Send` arrived
+    /// with: the payload is never copied.
+    pub fn deliver(&mut self, h: &DeliverHeader, payload: Bytes) -> Result<OutFrame, WireError> {
+        let args = fb::DeliverArgs {
+            from: Some(&h.from),
+            to: Some(&h.to),
+            seq: h.seq,
+            message_id: h.message_id,
+            server_time_ms: h.server_time_ms,
+        };
+        let body = fb::Deliver::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::Deliver, body, payload)
+    }
+
+    /// `ServerAck` (✓) for the `Send` with `client_msg_id`.
+    pub fn server_ack(
+        &mut self,
+        client_msg_id: u64,
+        message_id: u64,
+        server_time_ms: u64,
+        status: fb::AckStatus,
+    ) -> Result<OutFrame, WireError> {
+        let args = fb::ServerAckArgs {
+            client_msg_id,
+            message_id,
+            server_time_ms,
+            status,
+        };
+        let body = fb::ServerAck::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::ServerAck, body, Bytes::new())
+    }
+
+    /// `DeliveryAck` of `seq` (and, if `cumulative`, of everything before).
+    pub fn delivery_ack(&mut self, seq: u64, cumulative: bool) -> Result<OutFrame, WireError> {
+        let args = fb::DeliveryAckArgs { seq, cumulative };
+        let body = fb::DeliveryAck::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::DeliveryAck, body, Bytes::new())
+    }
+
+    /// `Receipt` of `kind` for `message_ids`.
+    pub fn receipt(
+        &mut self,
+        kind: fb::ReceiptKind,
+        to: Address,
+        from: Address,
+        message_ids: &[u64],
+        at_ms: u64,
+    ) -> Result<OutFrame, WireError> {
+        let message_ids = Some(self.fbb.create_vector(message_ids));
+        let args = fb::ReceiptArgs {
+            kind,
+            to: Some(&to),
+            from: Some(&from),
+            message_ids,
+            at_ms,
+        };
+        let body = fb::Receipt::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::Receipt, body, Bytes::new())
+    }
+
+    /// `Typing` from `from` to `to`.
+    pub fn typing(
+        &mut self,
+        to: Address,
+        from: Address,
+        state: fb::TypingState,
+    ) -> Result<OutFrame, WireError> {
+        let args = fb::TypingArgs {
+            to: Some(&to),
+            from: Some(&from),
+            state,
+        };
+        let body = fb::Typing::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::Typing, body, Bytes::new())
+    }
+
+    /// `Presence` of `user`.
+    pub fn presence(
+        &mut self,
+        user: u64,
+        state: fb::PresenceState,
+        last_seen_ms: u64,
+    ) -> Result<OutFrame, WireError> {
+        let args = fb::PresenceArgs {
+            user,
+            state,
+            last_seen_ms,
+        };
+        let body = fb::Presence::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::Presence, body, Bytes::new())
+    }
+
+    /// `Ping` with `nonce`.
+    pub fn ping(&mut self, nonce: u64) -> Result<OutFrame, WireError> {
+        let body = fb::Ping::create(&mut self.fbb, &fb::PingArgs { nonce }).as_union_value();
+        self.finish(FrameKind::Ping, body, Bytes::new())
+    }
+
+    /// `Pong` answering the `Ping` with `nonce`.
+    pub fn pong(&mut self, nonce: u64) -> Result<OutFrame, WireError> {
+        let body = fb::Pong::create(&mut self.fbb, &fb::PongArgs { nonce }).as_union_value();
+        self.finish(FrameKind::Pong, body, Bytes::new())
+    }
+
+    /// `Error` with `code`; `client_msg_id` is 0 unless it is about a `Send`.
+    pub fn error(
+        &mut self,
+        code: fb::ErrorCode,
+        client_msg_id: u64,
+        fatal: bool,
+        message: &str,
+    ) -> Result<OutFrame, WireError> {
+        let message = Some(self.fbb.create_string(message));
+        let args = fb::ErrorArgs {
+            code,
+            client_msg_id,
+            fatal,
+            message,
+        };
+        let body = fb::Error::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::Error, body, Bytes::new())
+    }
+
+    /// Any frame from the owned object API. `header.payload_len` is ignored:
+    /// the payload's length is written.
+    pub fn encode_owned(
+        &mut self,
+        header: &fb::FrameT,
+        payload: Bytes,
+    ) -> Result<OutFrame, WireError> {
+        let body_type = header.body.body_type();
+        let kind = FrameKind::from_wire(body_type)
+            .ok_or(WireError::UnknownFrameKind { kind: body_type.0 })?;
+        let body = header
+            .body
+            .pack(&mut self.fbb)
+            .expect("a known kind has a table");
+        self.finish(kind, body, payload)
+    }
+
+    /// Wraps `body` in the root table, finishes the header and cuts it from
+    /// the scratch chunk. Leaves the builder reset whatever happens.
+    fn finish(
+        &mut self,
+        kind: FrameKind,
+        body: WIPOffset<UnionWIPOffset>,
+        payload: Bytes,
+    ) -> Result<OutFrame, WireError> {
+        let result = self.finish_header(kind, body, &payload);
+        self.fbb.reset();
+        result.map(|header| OutFrame { header, payload })
+    }
+
+    fn finish_header(
+        &mut self,
+        kind: FrameKind,
+        body: WIPOffset<UnionWIPOffset>,
+        payload: &Bytes,
+    ) -> Result<Bytes, WireError> {
+        if !payload.is_empty() && !kind.allows_payload() {
+            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+            return Err(WireError::UnexpectedPayload { kind, len });
+        }
+        let max = self.limits.frame_bytes_max;
+        let too_large = |len: usize| WireError::EncodeTooLarge {
+            kind,
+            len: len as u64,
+            max,
+        };
+        let payload_len = u32::try_from(payload.len()).map_err(|_| too_large(payload.len()))?;
+        let args = fb::FrameArgs {
+            body_type: kind.to_wire(),
+            body: Some(body),
+            payload_len,
+        };
+        let root = fb::Frame::create(&mut self.fbb, &args);
+        self.fbb.finish_size_prefixed(root, None);
+        let header = self.fbb.finished_data();
+        let frame_len = header.len() + payload.len();
+        let header_too_large = header.len() - PREFIX_BYTES > self.limits.header_bytes_max as usize;
+        if frame_len > max as usize || header_too_large {
+            return Err(too_large(frame_len));
+        }
+        if self.scratch.capacity() - self.scratch.len() < header.len() {
+            self.scratch.reserve(SCRATCH_CHUNK_BYTES.max(header.len()));
+        }
+        self.scratch.extend_from_slice(header);
+        Ok(self.scratch.split().freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode_exact, device_address, user_address};
+
+    #[test]
+    fn forwarding_keeps_the_payload_memory() {
+        let limits = Limits::default();
+        let mut enc = Encoder::new(limits);
+        let sent = enc
+            .send(user_address(2), 9, 60, Bytes::from(vec![0xAB; 100]))
+            .unwrap();
+        let send = decode_exact(Bytes::from(sent.to_vec()), &limits).unwrap();
+        let inbound = send.payload_bytes();
+
+        let header = DeliverHeader {
+            from: device_address(1, 0),
+            to: user_address(2),
+            seq: 1,
+            message_id: 77,
+            server_time_ms: 1,
+        };
+        let out = enc.deliver(&header, inbound.clone()).unwrap();
+        assert_eq!(
+            out.payload().as_ptr(),
+            inbound.as_ptr(),
+            "same memory, not a copy"
+        );
+        assert_eq!(out.payload().as_ptr(), send.payload().as_ptr());
+        let [head, body] = out.io_slices();
+        assert_eq!(head.len() + body.len(), out.len());
+    }
+
+    #[test]
+    fn headers_share_scratch_chunks() {
+        let mut enc = Encoder::new(Limits::default());
+        let first = enc.ping(1).unwrap();
+        let second = enc.ping(2).unwrap();
+        let gap = second.header().as_ptr() as usize - first.header().as_ptr() as usize;
+        assert_eq!(
+            gap,
+            first.header().len(),
+            "consecutive headers are adjacent in one chunk"
+        );
+    }
+
+    #[test]
+    fn oversized_payload_is_refused_and_the_encoder_stays_usable() {
+        let limits = Limits::with_frame_bytes_max(1024);
+        let mut enc = Encoder::new(limits);
+        let error = enc
+            .send(user_address(1), 1, 0, Bytes::from(vec![0; 1024]))
+            .unwrap_err();
+        assert!(matches!(
+            error,
+            WireError::EncodeTooLarge {
+                kind: FrameKind::Send,
+                max: 1024,
+                ..
+            }
+        ));
+        let ok = enc
+            .send(user_address(1), 1, 0, Bytes::from(vec![0; 900]))
+            .unwrap();
+        assert_eq!(
+            decode_exact(Bytes::from(ok.to_vec()), &limits)
+                .unwrap()
+                .payload()
+                .len(),
+            900
+        );
+    }
+
+    #[test]
+    fn payload_on_a_kind_without_one_is_refused() {
+        let mut enc = Encoder::new(Limits::default());
+        let header = fb::FrameT {
+            body: fb::BodyT::Ping(Box::default()),
+            ..Default::default()
+        };
+        let error = enc
+            .encode_owned(&header, Bytes::from_static(b"x"))
+            .unwrap_err();
+        assert_eq!(
+            error,
+            WireError::UnexpectedPayload {
+                kind: FrameKind::Ping,
+                len: 1
+            }
+        );
+    }
+}
