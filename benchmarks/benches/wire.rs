@@ -27,6 +27,18 @@ fn decode_verify(c: &mut Criterion) {
             ))
         })
     });
+    // The verifier alone, as the decoder runs it (tracks the vendored patch).
+    let header = &frame[..frame.len() - TYPICAL_PAYLOAD_BYTES];
+    let opts = limits.verifier_options();
+    group.bench_function("send_header_verify_only", |b| {
+        b.iter(|| {
+            let root = flatbuffers::size_prefixed_root_with_opts::<fb::Frame<'_>>(
+                &opts,
+                black_box(header),
+            );
+            black_box(root.unwrap().payload_len())
+        })
+    });
     group.finish();
 }
 

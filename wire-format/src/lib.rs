@@ -31,6 +31,8 @@ mod error;
 mod frame;
 pub mod fuzz;
 mod limits;
+#[cfg(test)]
+mod proptests;
 
 #[allow(
     unsafe_code,

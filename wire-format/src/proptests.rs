@@ -1,0 +1,380 @@
+//! Property tests over every frame kind: round trips through the encoder and
+//! both decoders, agreement between the fast encoders and the object API,
+//! and robustness against random and mutated bytes (the same entry points
+//! the fuzz target calls).
+
+use bytes::Bytes;
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+use crate::fb::*;
+use crate::{DeliverHeader, Encoder, FrameDecoder, Limits, OutFrame, PREFIX_BYTES, decode_exact};
+
+fn address() -> impl Strategy<Value = AddressT> {
+    (any::<u64>(), any::<u32>(), 0u8..=4).prop_map(|(id, device, kind)| AddressT {
+        id,
+        device,
+        kind: AddressKind(kind),
+    })
+}
+
+fn opt_address() -> impl Strategy<Value = Option<AddressT>> {
+    proptest::option::weighted(0.9, address())
+}
+
+fn ids() -> impl Strategy<Value = Option<Vec<u64>>> {
+    proptest::option::of(vec(any::<u64>(), 0..40))
+}
+
+fn text(max: usize) -> impl Strategy<Value = Option<String>> {
+    proptest::option::of(proptest::string::string_regex(&format!(".{{0,{max}}}")).unwrap())
+}
+
+fn boxed<T: std::fmt::Debug + 'static>(
+    s: impl Strategy<Value = T> + 'static,
+    wrap: fn(Box<T>) -> BodyT,
+) -> BoxedStrategy<BodyT> {
+    s.prop_map(move |t| wrap(Box::new(t))).boxed()
+}
+
+/// A header body of any kind with arbitrary field values.
+fn body() -> impl Strategy<Value = BodyT> {
+    prop_oneof![
+        boxed(
+            (
+                any::<u16>(),
+                proptest::option::of(vec(any::<u8>(), 0..200)),
+                any::<u64>(),
+                text(64)
+            )
+                .prop_map(|(protocol_version, token, last_acked_seq, client_name)| {
+                    HelloT {
+                        protocol_version,
+                        token,
+                        last_acked_seq,
+                        client_name,
+                    }
+                }),
+            BodyT::Hello
+        ),
+        boxed(
+            (
+                any::<u16>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<[u32; 3]>()
+            )
+                .prop_map(
+                    |(protocol_version, user, device, server_time_ms, [hb, fmax, backlog])| {
+                        WelcomeT {
+                            protocol_version,
+                            user,
+                            device,
+                            server_time_ms,
+                            heartbeat_interval_ms: hb,
+                            frame_bytes_max: fmax,
+                            backlog_count: backlog,
+                        }
+                    }
+                ),
+            BodyT::Welcome
+        ),
+        boxed(
+            (opt_address(), any::<u64>(), any::<u32>()).prop_map(|(to, client_msg_id, ttl_s)| {
+                SendT {
+                    to,
+                    client_msg_id,
+                    ttl_s,
+                }
+            }),
+            BodyT::Send
+        ),
+        boxed(
+            (any::<[u64; 3]>(), 0u8..3).prop_map(|([client_msg_id, message_id, t], s)| {
+                ServerAckT {
+                    client_msg_id,
+                    message_id,
+                    server_time_ms: t,
+                    status: AckStatus(s),
+                }
+            }),
+            BodyT::ServerAck
+        ),
+        boxed(
+            (opt_address(), opt_address(), any::<[u64; 3]>()).prop_map(
+                |(from, to, [seq, message_id, server_time_ms])| DeliverT {
+                    from,
+                    to,
+                    seq,
+                    message_id,
+                    server_time_ms,
+                }
+            ),
+            BodyT::Deliver
+        ),
+        boxed(
+            (any::<u64>(), any::<bool>())
+                .prop_map(|(seq, cumulative)| DeliveryAckT { seq, cumulative }),
+            BodyT::DeliveryAck
+        ),
+        boxed(
+            (0u8..4, opt_address(), opt_address(), ids(), any::<u64>()).prop_map(
+                |(kind, to, from, message_ids, at_ms)| ReceiptT {
+                    kind: ReceiptKind(kind),
+                    to,
+                    from,
+                    message_ids,
+                    at_ms,
+                }
+            ),
+            BodyT::Receipt
+        ),
+        boxed(
+            (opt_address(), opt_address(), 0u8..4).prop_map(|(to, from, s)| TypingT {
+                to,
+                from,
+                state: TypingState(s)
+            }),
+            BodyT::Typing
+        ),
+        boxed(
+            (ids(), any::<bool>())
+                .prop_map(|(users, unsubscribe)| PresenceSubscribeT { users, unsubscribe }),
+            BodyT::PresenceSubscribe
+        ),
+        boxed(
+            (any::<u64>(), 0u8..3, any::<u64>()).prop_map(|(user, s, last_seen_ms)| PresenceT {
+                user,
+                state: PresenceState(s),
+                last_seen_ms
+            }),
+            BodyT::Presence
+        ),
+        boxed(
+            (any::<u64>(), ids()).prop_map(|(request_id, members)| GroupCreateT {
+                request_id,
+                members
+            }),
+            BodyT::GroupCreate
+        ),
+        boxed(
+            (any::<[u64; 2]>(), ids()).prop_map(|([request_id, group], members)| GroupAddT {
+                request_id,
+                group,
+                members
+            }),
+            BodyT::GroupAdd
+        ),
+        boxed(
+            (any::<[u64; 2]>(), ids()).prop_map(|([request_id, group], members)| GroupRemoveT {
+                request_id,
+                group,
+                members
+            }),
+            BodyT::GroupRemove
+        ),
+        boxed(
+            (any::<[u64; 3]>(), 0u8..5, ids()).prop_map(|([request_id, group, actor], c, m)| {
+                GroupChangedT {
+                    request_id,
+                    group,
+                    change: GroupChange(c),
+                    actor,
+                    members: m,
+                }
+            }),
+            BodyT::GroupChanged
+        ),
+        boxed(any::<u64>().prop_map(|nonce| PingT { nonce }), BodyT::Ping),
+        boxed(any::<u64>().prop_map(|nonce| PongT { nonce }), BodyT::Pong),
+        boxed(
+            (0u8..3, any::<u32>()).prop_map(|(r, reconnect_after_ms)| GoAwayT {
+                reason: GoAwayReason(r),
+                reconnect_after_ms
+            }),
+            BodyT::GoAway
+        ),
+        boxed(
+            (any::<u16>(), any::<u64>(), any::<bool>(), text(256)).prop_map(
+                |(code, client_msg_id, fatal, message)| ErrorT {
+                    code: ErrorCode(code),
+                    client_msg_id,
+                    fatal,
+                    message,
+                }
+            ),
+            BodyT::Error
+        ),
+    ]
+}
+
+/// A header and a payload fit for its kind.
+fn frame() -> impl Strategy<Value = (FrameT, Bytes)> {
+    (body(), vec(any::<u8>(), 0..2000)).prop_map(|(body, payload)| {
+        let kind = crate::FrameKind::from_wire(body.body_type()).unwrap();
+        let payload = if kind.allows_payload() {
+            Bytes::from(payload)
+        } else {
+            Bytes::new()
+        };
+        let payload_len = u32::try_from(payload.len()).unwrap();
+        (FrameT { body, payload_len }, payload)
+    })
+}
+
+fn addr(a: &AddressT) -> Address {
+    a.pack()
+}
+
+/// Encodes `header` with the dedicated fast method for its kind, if any.
+fn encode_fast(enc: &mut Encoder, header: &FrameT, payload: Bytes) -> Option<OutFrame> {
+    let none = AddressT::default();
+    let a = |o: &Option<AddressT>| addr(o.as_ref().unwrap_or(&none));
+    let out = match &header.body {
+        BodyT::Send(s) => enc.send(a(&s.to), s.client_msg_id, s.ttl_s, payload),
+        BodyT::Deliver(d) => {
+            let h = DeliverHeader {
+                from: a(&d.from),
+                to: a(&d.to),
+                seq: d.seq,
+                message_id: d.message_id,
+                server_time_ms: d.server_time_ms,
+            };
+            enc.deliver(&h, payload)
+        }
+        BodyT::ServerAck(s) => {
+            enc.server_ack(s.client_msg_id, s.message_id, s.server_time_ms, s.status)
+        }
+        BodyT::DeliveryAck(d) => enc.delivery_ack(d.seq, d.cumulative),
+        BodyT::Receipt(r) => {
+            let ids = r.message_ids.as_deref().unwrap_or(&[]);
+            enc.receipt(r.kind, a(&r.to), a(&r.from), ids, r.at_ms)
+        }
+        BodyT::Typing(t) => enc.typing(a(&t.to), a(&t.from), t.state),
+        BodyT::Presence(p) => enc.presence(p.user, p.state, p.last_seen_ms),
+        BodyT::Ping(p) => enc.ping(p.nonce),
+        BodyT::Pong(p) => enc.pong(p.nonce),
+        BodyT::Error(e) => enc.error(
+            e.code,
+            e.client_msg_id,
+            e.fatal,
+            e.message.as_deref().unwrap_or(""),
+        ),
+        _ => return None,
+    };
+    Some(out.unwrap())
+}
+
+/// The fast encoders always write optional addresses and vectors; the object
+/// API writes `None` as absent. Normalise to compare the two.
+fn with_present_fields(header: &FrameT) -> FrameT {
+    let mut header = header.clone();
+    let fill = |o: &mut Option<AddressT>| {
+        o.get_or_insert_with(AddressT::default);
+    };
+    match &mut header.body {
+        BodyT::Send(s) => fill(&mut s.to),
+        BodyT::Deliver(d) => {
+            fill(&mut d.from);
+            fill(&mut d.to);
+        }
+        BodyT::Receipt(r) => {
+            fill(&mut r.to);
+            fill(&mut r.from);
+            r.message_ids.get_or_insert_with(Vec::new);
+        }
+        BodyT::Typing(t) => {
+            fill(&mut t.to);
+            fill(&mut t.from);
+        }
+        BodyT::Error(e) => {
+            e.message.get_or_insert_with(String::new);
+        }
+        _ => {}
+    }
+    header
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn every_frame_round_trips((header, payload) in frame()) {
+        let limits = Limits::default();
+        let mut enc = Encoder::new(limits);
+        let out = enc.encode_owned(&header, payload.clone()).unwrap();
+        let wire = out.to_vec();
+        prop_assert_eq!(out.len(), wire.len(), "stated length = bytes written");
+        let prefix = u32::from_le_bytes(wire[..PREFIX_BYTES].try_into().unwrap()) as usize;
+        prop_assert_eq!(PREFIX_BYTES + prefix + payload.len(), wire.len());
+
+        let frame = decode_exact(Bytes::from(wire.clone()), &limits).unwrap();
+        prop_assert_eq!(frame.len(), wire.len());
+        prop_assert_eq!(frame.header_len(), prefix);
+        prop_assert_eq!(frame.to_owned_header(), header.clone());
+        prop_assert_eq!(frame.payload(), &payload[..]);
+
+        // Re-encoding what was decoded gives the same bytes (canonical).
+        let again = enc.encode_owned(&frame.to_owned_header(), frame.payload_bytes()).unwrap();
+        prop_assert_eq!(again.to_vec(), wire);
+    }
+
+    #[test]
+    fn fast_encoders_match_the_object_api((header, payload) in frame()) {
+        let mut enc = Encoder::new(Limits::default());
+        if let Some(fast) = encode_fast(&mut enc, &header, payload.clone()) {
+            let reference = enc.encode_owned(&with_present_fields(&header), payload).unwrap();
+            prop_assert_eq!(fast.to_vec(), reference.to_vec());
+        }
+    }
+
+    #[test]
+    fn a_stream_split_anywhere_yields_the_same_frames(
+        frames in vec(frame(), 1..12),
+        cuts in vec(1usize..300, 1..40),
+    ) {
+        let limits = Limits::default();
+        let mut enc = Encoder::new(limits);
+        let wire: Vec<u8> = frames
+            .iter()
+            .flat_map(|(h, p)| enc.encode_owned(h, p.clone()).unwrap().to_vec())
+            .collect();
+        let mut dec = FrameDecoder::new(limits);
+        let mut got = Vec::new();
+        let (mut at, mut cut) = (0, cuts.iter().cycle());
+        while at < wire.len() {
+            let end = (at + cut.next().unwrap()).min(wire.len());
+            dec.extend_from_slice(&wire[at..end]);
+            at = end;
+            while let Some(frame) = dec.decode().unwrap() {
+                got.push((frame.to_owned_header(), frame.payload_bytes()));
+            }
+        }
+        prop_assert_eq!(got, frames);
+        prop_assert_eq!(dec.buffered_len(), 0);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(data in vec(any::<u8>(), 0..600)) {
+        crate::fuzz::decode_stream(&data);
+        crate::fuzz::decode_one(&data);
+    }
+
+    #[test]
+    fn mutated_frames_never_panic(
+        (header, payload) in frame(),
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        split in any::<u8>(),
+    ) {
+        let mut wire = Encoder::new(Limits::default()).encode_owned(&header, payload).unwrap().to_vec();
+        for (index, value) in flips {
+            let i = index.index(wire.len());
+            wire[i] = value;
+        }
+        crate::fuzz::decode_one(&wire);
+        let mut stream = vec![split];
+        stream.extend_from_slice(&wire);
+        crate::fuzz::decode_stream(&stream);
+    }
+}
