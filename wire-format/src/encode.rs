@@ -2,17 +2,21 @@
 //! builder into a chunked scratch buffer; an [`OutFrame`] is that header plus
 //! the caller's payload [`Bytes`], written with one vectored write.
 //!
-//! The frames on the message path (send, deliver, acks, receipts, typing,
-//! presence, ping, errors) have dedicated methods that allocate nothing; any
-//! frame can also be encoded from the owned object API with
-//! [`Encoder::encode_owned`]. Both produce identical bytes for equal values
-//! (a property test holds them to it).
+//! The frames on the message path have dedicated methods that allocate
+//! nothing: fixed-layout headers (send, deliver, acks, typing, presence,
+//! ping) are copied from a template and patched (see `template.rs`);
+//! receipts and errors go through the builder. Any frame can also be encoded
+//! from the owned object API with [`Encoder::encode_owned`]. All paths
+//! produce identical bytes for equal values (a property test holds them to
+//! it) because the builder always runs with `force_defaults`: every scalar
+//! is written, so a header's layout never depends on its values.
 
 use std::io::IoSlice;
 
 use bytes::{Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
+use crate::template::{Field, Template, Templates};
 use crate::{Address, FrameKind, Limits, PREFIX_BYTES, WireError, fb};
 
 /// Headers are written into scratch chunks of this size; each chunk is
@@ -82,6 +86,7 @@ pub struct DeliverHeader {
 /// Builds frames, reusing one FlatBuffers builder and one scratch chunk.
 pub struct Encoder {
     fbb: FlatBufferBuilder<'static>,
+    templates: Templates,
     scratch: BytesMut,
     limits: Limits,
 }
@@ -101,8 +106,12 @@ impl std::fmt::Debug for Encoder {
 impl Encoder {
     /// An encoder refusing frames beyond `limits`.
     pub fn new(limits: Limits) -> Self {
+        let mut fbb = FlatBufferBuilder::with_capacity(1024);
+        fbb.force_defaults(true);
+        let templates = Templates::new(&mut fbb);
         Self {
-            fbb: FlatBufferBuilder::with_capacity(1024),
+            fbb,
+            templates,
             scratch: BytesMut::new(),
             limits,
         }
@@ -116,27 +125,25 @@ impl Encoder {
         ttl_s: u32,
         payload: Bytes,
     ) -> Result<OutFrame, WireError> {
-        let args = fb::SendArgs {
-            to: Some(&to),
-            client_msg_id,
-            ttl_s,
-        };
-        let body = fb::Send::create(&mut self.fbb, &args).as_union_value();
-        self.finish(FrameKind::Send, body, payload)
+        let values = [
+            Field::Addr(&to),
+            Field::U64(client_msg_id),
+            Field::U32(ttl_s),
+        ];
+        self.stamp(|t| &t.send, &values, payload)
     }
 
     /// `Deliver` of `payload`, typically the very `Bytes` a `Send` arrived
     /// with: the payload is never copied.
     pub fn deliver(&mut self, h: &DeliverHeader, payload: Bytes) -> Result<OutFrame, WireError> {
-        let args = fb::DeliverArgs {
-            from: Some(&h.from),
-            to: Some(&h.to),
-            seq: h.seq,
-            message_id: h.message_id,
-            server_time_ms: h.server_time_ms,
-        };
-        let body = fb::Deliver::create(&mut self.fbb, &args).as_union_value();
-        self.finish(FrameKind::Deliver, body, payload)
+        let values = [
+            Field::Addr(&h.from),
+            Field::Addr(&h.to),
+            Field::U64(h.seq),
+            Field::U64(h.message_id),
+            Field::U64(h.server_time_ms),
+        ];
+        self.stamp(|t| &t.deliver, &values, payload)
     }
 
     /// `ServerAck` (✓) for the `Send` with `client_msg_id`.
@@ -147,21 +154,19 @@ impl Encoder {
         server_time_ms: u64,
         status: fb::AckStatus,
     ) -> Result<OutFrame, WireError> {
-        let args = fb::ServerAckArgs {
-            client_msg_id,
-            message_id,
-            server_time_ms,
-            status,
-        };
-        let body = fb::ServerAck::create(&mut self.fbb, &args).as_union_value();
-        self.finish(FrameKind::ServerAck, body, Bytes::new())
+        let values = [
+            Field::U64(client_msg_id),
+            Field::U64(message_id),
+            Field::U64(server_time_ms),
+            Field::U8(status.0),
+        ];
+        self.stamp(|t| &t.server_ack, &values, Bytes::new())
     }
 
     /// `DeliveryAck` of `seq` (and, if `cumulative`, of everything before).
     pub fn delivery_ack(&mut self, seq: u64, cumulative: bool) -> Result<OutFrame, WireError> {
-        let args = fb::DeliveryAckArgs { seq, cumulative };
-        let body = fb::DeliveryAck::create(&mut self.fbb, &args).as_union_value();
-        self.finish(FrameKind::DeliveryAck, body, Bytes::new())
+        let values = [Field::U64(seq), Field::U8(u8::from(cumulative))];
+        self.stamp(|t| &t.delivery_ack, &values, Bytes::new())
     }
 
     /// `Receipt` of `kind` for `message_ids`.
@@ -192,13 +197,8 @@ impl Encoder {
         from: Address,
         state: fb::TypingState,
     ) -> Result<OutFrame, WireError> {
-        let args = fb::TypingArgs {
-            to: Some(&to),
-            from: Some(&from),
-            state,
-        };
-        let body = fb::Typing::create(&mut self.fbb, &args).as_union_value();
-        self.finish(FrameKind::Typing, body, Bytes::new())
+        let values = [Field::Addr(&to), Field::Addr(&from), Field::U8(state.0)];
+        self.stamp(|t| &t.typing, &values, Bytes::new())
     }
 
     /// `Presence` of `user`.
@@ -208,25 +208,22 @@ impl Encoder {
         state: fb::PresenceState,
         last_seen_ms: u64,
     ) -> Result<OutFrame, WireError> {
-        let args = fb::PresenceArgs {
-            user,
-            state,
-            last_seen_ms,
-        };
-        let body = fb::Presence::create(&mut self.fbb, &args).as_union_value();
-        self.finish(FrameKind::Presence, body, Bytes::new())
+        let values = [
+            Field::U64(user),
+            Field::U8(state.0),
+            Field::U64(last_seen_ms),
+        ];
+        self.stamp(|t| &t.presence, &values, Bytes::new())
     }
 
     /// `Ping` with `nonce`.
     pub fn ping(&mut self, nonce: u64) -> Result<OutFrame, WireError> {
-        let body = fb::Ping::create(&mut self.fbb, &fb::PingArgs { nonce }).as_union_value();
-        self.finish(FrameKind::Ping, body, Bytes::new())
+        self.stamp(|t| &t.ping, &[Field::U64(nonce)], Bytes::new())
     }
 
     /// `Pong` answering the `Ping` with `nonce`.
     pub fn pong(&mut self, nonce: u64) -> Result<OutFrame, WireError> {
-        let body = fb::Pong::create(&mut self.fbb, &fb::PongArgs { nonce }).as_union_value();
-        self.finish(FrameKind::Pong, body, Bytes::new())
+        self.stamp(|t| &t.pong, &[Field::U64(nonce)], Bytes::new())
     }
 
     /// `Error` with `code`; `client_msg_id` is 0 unless it is about a `Send`.
@@ -284,17 +281,7 @@ impl Encoder {
         body: WIPOffset<UnionWIPOffset>,
         payload: &Bytes,
     ) -> Result<Bytes, WireError> {
-        if !payload.is_empty() && !kind.allows_payload() {
-            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-            return Err(WireError::UnexpectedPayload { kind, len });
-        }
-        let max = self.limits.frame_bytes_max;
-        let too_large = |len: usize| WireError::EncodeTooLarge {
-            kind,
-            len: len as u64,
-            max,
-        };
-        let payload_len = u32::try_from(payload.len()).map_err(|_| too_large(payload.len()))?;
+        let payload_len = check_payload(kind, payload, &self.limits)?;
         let args = fb::FrameArgs {
             body_type: kind.to_wire(),
             body: Some(body),
@@ -303,17 +290,78 @@ impl Encoder {
         let root = fb::Frame::create(&mut self.fbb, &args);
         self.fbb.finish_size_prefixed(root, None);
         let header = self.fbb.finished_data();
-        let frame_len = header.len() + payload.len();
-        let header_too_large = header.len() - PREFIX_BYTES > self.limits.header_bytes_max as usize;
-        if frame_len > max as usize || header_too_large {
-            return Err(too_large(frame_len));
-        }
-        if self.scratch.capacity() - self.scratch.len() < header.len() {
-            self.scratch.reserve(SCRATCH_CHUNK_BYTES.max(header.len()));
-        }
-        self.scratch.extend_from_slice(header);
-        Ok(self.scratch.split().freeze())
+        check_frame(kind, header.len(), payload.len(), &self.limits)?;
+        Ok(cut(&mut self.scratch, header, |_| {}))
     }
+
+    /// Encodes from the template `which` picks, patched with `values`.
+    fn stamp(
+        &mut self,
+        which: fn(&Templates) -> &Template,
+        values: &[Field<'_>],
+        payload: Bytes,
+    ) -> Result<OutFrame, WireError> {
+        let template = which(&self.templates);
+        let payload_len = check_payload(template.kind(), &payload, &self.limits)?;
+        check_frame(
+            template.kind(),
+            template.bytes().len(),
+            payload.len(),
+            &self.limits,
+        )?;
+        let header = cut(&mut self.scratch, template.bytes(), |dst| {
+            template.patch(dst, values, payload_len);
+        });
+        Ok(OutFrame { header, payload })
+    }
+}
+
+/// The payload's length as the header states it, if `kind` may carry it.
+fn check_payload(kind: FrameKind, payload: &Bytes, limits: &Limits) -> Result<u32, WireError> {
+    if !payload.is_empty() && !kind.allows_payload() {
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        return Err(WireError::UnexpectedPayload { kind, len });
+    }
+    let max = limits.frame_bytes_max;
+    u32::try_from(payload.len()).map_err(|_| WireError::EncodeTooLarge {
+        kind,
+        len: payload.len() as u64,
+        max,
+    })
+}
+
+/// Refuses a frame whose header (with prefix) or whole length is over the
+/// limits.
+fn check_frame(
+    kind: FrameKind,
+    prefixed_header_len: usize,
+    payload_len: usize,
+    limits: &Limits,
+) -> Result<(), WireError> {
+    let frame_len = prefixed_header_len + payload_len;
+    let header_len = prefixed_header_len - PREFIX_BYTES;
+    if frame_len > limits.frame_bytes_max as usize || header_len > limits.header_bytes_max as usize
+    {
+        let max = limits.frame_bytes_max;
+        return Err(WireError::EncodeTooLarge {
+            kind,
+            len: frame_len as u64,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Appends `header` to the scratch chunk, lets `patch` edit the copy, and
+/// cuts it off as its own `Bytes` (sharing the chunk).
+fn cut(scratch: &mut BytesMut, header: &[u8], patch: impl FnOnce(&mut [u8])) -> Bytes {
+    if scratch.capacity() - scratch.len() < header.len() {
+        scratch.reserve(SCRATCH_CHUNK_BYTES.max(header.len()));
+    }
+    let start = scratch.len();
+    scratch.extend_from_slice(header);
+    patch(&mut scratch[start..]);
+    scratch.split().freeze()
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub mod fuzz;
 mod limits;
 #[cfg(test)]
 mod proptests;
+mod template;
 
 #[allow(
     unsafe_code,

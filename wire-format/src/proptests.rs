@@ -296,6 +296,41 @@ fn with_present_fields(header: &FrameT) -> FrameT {
     header
 }
 
+/// Zero is every field's default: the value `force_defaults` decides about,
+/// and one random values almost never hit.
+#[test]
+fn fast_encoders_match_the_object_api_on_zero_values() {
+    let mut enc = Encoder::new(Limits::default());
+    let bodies = [
+        BodyT::Send(Box::default()),
+        BodyT::Deliver(Box::default()),
+        BodyT::ServerAck(Box::default()),
+        BodyT::DeliveryAck(Box::new(DeliveryAckT {
+            seq: 0,
+            cumulative: false,
+        })),
+        BodyT::Receipt(Box::default()),
+        BodyT::Typing(Box::default()),
+        BodyT::Presence(Box::default()),
+        BodyT::Ping(Box::default()),
+        BodyT::Pong(Box::default()),
+        BodyT::Error(Box::default()),
+    ];
+    for body in bodies {
+        let header = FrameT {
+            body,
+            payload_len: 0,
+        };
+        let fast = encode_fast(&mut enc, &header, Bytes::new()).unwrap();
+        let reference = enc
+            .encode_owned(&with_present_fields(&header), Bytes::new())
+            .unwrap();
+        assert_eq!(fast.to_vec(), reference.to_vec(), "{header:?}");
+        let decoded = decode_exact(Bytes::from(fast.to_vec()), &Limits::default()).unwrap();
+        assert_eq!(decoded.to_owned_header(), with_present_fields(&header));
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
