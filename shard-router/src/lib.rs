@@ -1,12 +1,32 @@
-//! Who owns whom and who is connected where.
+//! Who owns whom and who is connected where: placement, the session
+//! registry, presence, groups, and batched cross-shard messages.
 //!
-//! This crate will own placement (user, device and group ids to their home
-//! shard, and the one `Route` decision that may later answer "another
-//! node"), the per-shard session registry, presence with its privacy
-//! settings, group membership, and the typed cross-shard messages that leave
-//! a shard in batches. It is pure logic driven by `handle_*` calls with time
-//! passed in, returning effects.
+//! * [`Placement`] maps users and groups to their home shard (stable hash)
+//!   and answers every "where does this live" through one [`Route`]
+//!   decision, which can already say "another node".
+//! * [`RouterCore`] is one shard's router: a sans-IO state machine with
+//!   `handle_*` inputs (time passed in) and `poll_effect` / `poll_batch`
+//!   outputs. It holds the [`Registry`], [`Presence`] and [`Groups`] of the
+//!   ids whose home is its shard.
+//! * [`Outbox`] batches cross-shard messages: one batch per destination per
+//!   turn of the event loop.
 //!
-//! It must not know about sockets, TLS, runtimes or disk: the gateway carries
-//! its batches over glommio's channel mesh and the queue engine makes its
-//! changes durable.
+//! This crate must not know about sockets, TLS, runtimes or disk: the
+//! gateway carries batches over glommio's channel mesh, and the queue engine
+//! makes group records durable.
+
+mod core;
+mod groups;
+mod ids;
+mod outbox;
+mod placement;
+mod presence;
+mod registry;
+
+pub use crate::core::{CloseReason, Effect, GroupRequest, RouterConfig, RouterCore, ShardMsg};
+pub use groups::{GROUP_MEMBERS_MAX_DEFAULT, GroupError, GroupRecord, Groups, Role};
+pub use ids::{ConnId, ConnRef, DeviceId, DeviceKey, GroupId, NodeId, ShardId, Target, UserId};
+pub use outbox::{BATCH_MESSAGES_MAX, Outbox};
+pub use placement::{Placement, Route};
+pub use presence::{LastSeen, Presence, PresenceUpdate};
+pub use registry::{Registry, Session};
