@@ -1,0 +1,67 @@
+//! The link between shards: the router's batches ride glommio's channel
+//! mesh, one SPSC ring per ordered pair of executors.
+//!
+//! One ring message is one batch (a `Vec` of router messages), so a
+//! crossing costs one ring slot and at most one wake-up per destination per
+//! turn, whatever the number of messages. Peer ids of a full mesh are the
+//! executors' order of creation, which is how shards are numbered.
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::channels::shared_channel::ConnectedReceiver;
+use shard_router::{RouterCore, ShardId, ShardMsg};
+
+/// Ring slots per ordered shard pair; a full ring makes the sender wait
+/// (backpressure), nothing is dropped.
+pub const RING_BATCHES_MAX: usize = 1024;
+
+/// A mesh carrying batches of `T` between `shards` executors.
+pub fn mesh<T: Send + 'static>(shards: usize) -> MeshBuilder<Vec<T>, Full> {
+    MeshBuilder::full(shards, RING_BATCHES_MAX)
+}
+
+/// This shard's ends of the mesh.
+pub struct MeshLink<T: Send> {
+    senders: Senders<Vec<T>>,
+    receivers: Receivers<Vec<T>>,
+}
+
+impl<T: Send + 'static> MeshLink<T> {
+    /// Joins `mesh` (a clone of the builder every executor got) from the
+    /// current executor; waits for every peer.
+    pub async fn join(mesh: MeshBuilder<Vec<T>, Full>) -> glommio::Result<Self, ()> {
+        let (senders, receivers) = mesh.join().await?;
+        Ok(Self { senders, receivers })
+    }
+
+    /// This executor's shard.
+    pub fn shard(&self) -> ShardId {
+        ShardId(u16::try_from(self.senders.peer_id()).expect("fewer than 65,536 shards"))
+    }
+
+    /// Sends one batch to shard `to`, waiting while its ring is full.
+    pub async fn send(&self, to: ShardId, batch: Vec<T>) -> glommio::Result<(), Vec<T>> {
+        self.senders.send_to(usize::from(to.0), batch).await
+    }
+
+    /// The receiving end from every other shard, to be polled by one task
+    /// each (or merged).
+    pub fn inbound(&mut self) -> Vec<(ShardId, ConnectedReceiver<Vec<T>>)> {
+        let shard = |peer: usize| ShardId(u16::try_from(peer).expect("fewer than 65,536 shards"));
+        self.receivers
+            .streams()
+            .into_iter()
+            .map(|(peer, rx)| (shard(peer), rx))
+            .collect()
+    }
+}
+
+/// Sends every batch `core` has for other shards: one per destination.
+pub async fn flush_outbox<M: Clone + Send + 'static>(
+    link: &MeshLink<ShardMsg<M>>,
+    core: &mut RouterCore<M>,
+) -> glommio::Result<(), Vec<ShardMsg<M>>> {
+    while let Some((to, batch)) = core.poll_batch() {
+        link.send(to, batch).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Two real glommio executors, each with its router core, exchanging the
+//! router's batches over the mesh link: a message sent on shard 0 to a user
+//! connected on shard 1 is delivered there, every one once and in order.
+
+use gateway::mesh::{MeshLink, flush_outbox, mesh};
+use glommio::{LocalExecutorBuilder, Placement as Cpu};
+use shard_router::{
+    ConnId, DeviceKey, Effect, Placement, RouterConfig, RouterCore, ShardId, ShardMsg, Target,
+    UserId,
+};
+
+const MESSAGES: u64 = 5_000;
+
+/// A user whose home is shard `shard` of 2.
+fn user_homed_on(shard: u16) -> u64 {
+    let p = Placement::single_node(2);
+    (1..).find(|u| p.user_shard(UserId(*u)).0 == shard).unwrap()
+}
+
+#[test]
+fn messages_cross_executors_once_and_in_order() {
+    let mesh = mesh::<ShardMsg<u64>>(2);
+    let recipient = user_homed_on(1);
+    let sender = LocalExecutorBuilder::new(Cpu::Unbound)
+        .spawn({
+            let mesh = mesh.clone();
+            move || async move {
+                let link = MeshLink::join(mesh).await.unwrap();
+                assert_eq!(link.shard(), ShardId(0));
+                let mut core = RouterCore::new(
+                    ShardId(0),
+                    Placement::single_node(2),
+                    RouterConfig::default(),
+                );
+                core.handle_connect(0, ConnId(1), DeviceKey::new(user_homed_on(0), 0));
+                for seq in 0..MESSAGES {
+                    core.handle_send(0, ConnId(1), Target::User(UserId(recipient)), seq);
+                    if seq % 100 == 99 {
+                        flush_outbox(&link, &mut core).await.unwrap(); // end of a turn
+                    }
+                }
+                flush_outbox(&link, &mut core).await.unwrap();
+            }
+        })
+        .unwrap();
+    let receiver = LocalExecutorBuilder::new(Cpu::Unbound)
+        .spawn(move || async move {
+            let mut link = MeshLink::join(mesh).await.unwrap();
+            let mut core = RouterCore::new(
+                ShardId(1),
+                Placement::single_node(2),
+                RouterConfig::default(),
+            );
+            core.handle_connect(0, ConnId(7), DeviceKey::new(recipient, 0));
+            let (from, rx) = link.inbound().pop().unwrap();
+            assert_eq!(from, ShardId(0));
+            let (mut delivered, mut batches) = (Vec::new(), 0);
+            while (delivered.len() as u64) < MESSAGES {
+                core.handle_batch(0, rx.recv().await.unwrap());
+                batches += 1;
+                while let Some(effect) = core.poll_effect() {
+                    if let Effect::Deliver { conn, msg, .. } = effect {
+                        assert_eq!(conn, ConnId(7));
+                        delivered.push(msg);
+                    }
+                }
+            }
+            (delivered, batches)
+        })
+        .unwrap();
+    sender.join().unwrap();
+    let (delivered, batches) = receiver.join().unwrap();
+    assert_eq!(delivered, (0..MESSAGES).collect::<Vec<_>>());
+    assert!(batches <= 51, "one ring slot per turn: {batches} batches");
+}
