@@ -89,6 +89,21 @@ impl Registry {
         self.users.contains_key(&user)
     }
 
+    /// Every session, in no particular order.
+    pub fn sessions(&self) -> impl Iterator<Item = (DeviceKey, &Session)> + '_ {
+        self.users.iter().flat_map(|(user, devices)| {
+            devices.iter().map(|(device, s)| {
+                (
+                    DeviceKey {
+                        user: *user,
+                        device: *device,
+                    },
+                    s,
+                )
+            })
+        })
+    }
+
     /// Number of sessions.
     pub fn len(&self) -> usize {
         self.sessions

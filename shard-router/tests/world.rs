@@ -501,3 +501,89 @@ fn groups_rebuild_from_their_records() {
         w.core(home).groups().members(group)
     );
 }
+
+mod races {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Connect { shard: u16, user: u64, device: u32 },
+        Disconnect { pick: usize },
+        Turn,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u16..3, 0u64..4, 0u32..2).prop_map(|(shard, user, device)| Op::Connect { shard, user, device }),
+            2 => any::<usize>().prop_map(|pick| Op::Disconnect { pick }),
+            2 => Just(Op::Turn),
+        ]
+    }
+
+    /// Runs turns, closing every connection the router says to close (as
+    /// the gateway does), until nothing moves.
+    fn settle(w: &mut World, alive: &mut BTreeMap<(u16, u64), DeviceKey>) {
+        loop {
+            let moved = w.turn();
+            let mut closed = false;
+            for shard in 0..3u16 {
+                for effect in w.take_effects(shard) {
+                    if let Effect::Close { conn, .. } = effect {
+                        alive.remove(&(shard, conn.0));
+                        let now = w.now_ms;
+                        w.core(shard).handle_disconnect(now, conn);
+                        closed = true;
+                    }
+                }
+            }
+            if !moved && !closed {
+                return;
+            }
+        }
+    }
+
+    proptest! {
+        /// Connects, reconnects and disconnects in any order, with Register
+        /// messages racing on different rings: once settled, the live
+        /// connections are exactly the registered sessions, one per device.
+        #[test]
+        fn live_connections_are_exactly_the_registered_sessions(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut w = World::new(3, RouterConfig::default());
+            let mut alive: BTreeMap<(u16, u64), DeviceKey> = BTreeMap::new();
+            let mut next_conn = 1;
+            for op in ops {
+                match op {
+                    Op::Connect { shard, user, device } => {
+                        let device = DeviceKey::new(user, device);
+                        alive.insert((shard, next_conn), device);
+                        let now = w.now_ms;
+                        w.core(shard).handle_connect(now, ConnId(next_conn), device);
+                        next_conn += 1;
+                    }
+                    Op::Disconnect { pick } if !alive.is_empty() => {
+                        let key = *alive.keys().nth(pick % alive.len()).unwrap();
+                        alive.remove(&key);
+                        let now = w.now_ms;
+                        w.core(key.0).handle_disconnect(now, ConnId(key.1));
+                    }
+                    Op::Disconnect { .. } => {}
+                    Op::Turn => { w.turn(); }
+                }
+                w.now_ms += 1;
+            }
+            settle(&mut w, &mut alive);
+            let mut registered: BTreeMap<(u16, u64), DeviceKey> = BTreeMap::new();
+            for shard in 0..3u16 {
+                let registry = w.cores[usize::from(shard)].registry();
+                registry.assert_consistent();
+                for (device, session) in registry.sessions() {
+                    prop_assert_eq!(w.home_of(device.user.0), shard, "registered on its home");
+                    let previous = registered.insert((session.conn.shard.0, session.conn.conn.0), device);
+                    prop_assert!(previous.is_none(), "a connection holds one device");
+                }
+            }
+            prop_assert_eq!(registered, alive);
+        }
+    }
+}
