@@ -1,13 +1,13 @@
 //! The durable heart of the messaging edge: "✓ means it survives `kill -9`
 //! and a power cut".
 //!
-//! This crate will own the per-shard append log (segments of checksummed
-//! records, group commit with one write and one fdatasync per batch,
-//! recovery that truncates a torn tail and reports mid-log corruption), the
-//! per-device offline queues ordered by sequence number, acknowledgements
+//! This crate owns the per-shard append log (segments of checksummed
+//! records, group commit, recovery), the per-device offline queues, acks
 //! and tombstones, the dedup window of client retries, TTL expiry and
 //! segment reclaim. Its index is plain data with time passed in; storage sits
 //! behind a trait with a real backend and a seeded fault-injecting simulator.
 //!
 //! It must not know about sockets, TLS or the gateway's sessions, nor about
 //! the frame layout beyond the opaque payload bytes it stores.
+
+pub mod record;
