@@ -11,3 +11,4 @@
 //! the frame layout beyond the opaque payload bytes it stores.
 
 pub mod record;
+pub mod storage;

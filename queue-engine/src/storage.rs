@@ -1,0 +1,327 @@
+//! Where segments live: the [`Storage`] trait, the real backend
+//! ([`FsStorage`]: files, `fdatasync`, directory `fsync`) and a seeded
+//! simulated disk ([`SimDisk`]) that loses what was not synced and tears
+//! writes when it "crashes".
+//!
+//! A segment is named by the log position of its first byte; its file name
+//! is that position in 20 decimal digits, so names sort by position.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The segment files of one shard's log.
+pub trait Storage {
+    /// Start positions of every segment, ascending.
+    fn segments(&self) -> io::Result<Vec<u64>>;
+    /// The whole content of segment `start`.
+    fn read(&self, start: u64) -> io::Result<Vec<u8>>;
+    /// Creates empty segment `start`; its name is durable on return.
+    fn create(&mut self, start: u64) -> io::Result<()>;
+    /// Writes `data` at `offset` inside segment `start` (not yet durable).
+    fn write(&mut self, start: u64, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes every write to segment `start` durable (`fdatasync`).
+    fn sync(&mut self, start: u64) -> io::Result<()>;
+    /// Cuts segment `start` to `len` bytes, durably.
+    fn truncate(&mut self, start: u64, len: u64) -> io::Result<()>;
+    /// Deletes segment `start`, durably.
+    fn remove(&mut self, start: u64) -> io::Result<()>;
+}
+
+/// Segments as files in one directory.
+#[derive(Debug)]
+pub struct FsStorage {
+    dir: PathBuf,
+    open: BTreeMap<u64, File>,
+}
+
+impl FsStorage {
+    /// Opens (creating) the log directory `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> io::Result<Self> {
+        std::fs::create_dir_all(dir.as_ref())?;
+        Ok(Self {
+            dir: dir.as_ref().to_path_buf(),
+            open: BTreeMap::new(),
+        })
+    }
+
+    fn path(&self, start: u64) -> PathBuf {
+        self.dir.join(format!("{start:020}.log"))
+    }
+
+    fn file(&mut self, start: u64) -> io::Result<&File> {
+        if !self.open.contains_key(&start) {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.path(start))?;
+            self.open.insert(start, file);
+        }
+        Ok(&self.open[&start])
+    }
+
+    /// Makes the directory's entries (created or removed files) durable.
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Storage for FsStorage {
+    fn segments(&self) -> io::Result<Vec<u64>> {
+        let mut starts = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(start) = name.strip_suffix(".log").and_then(|n| n.parse().ok()) {
+                starts.push(start);
+            }
+        }
+        starts.sort_unstable();
+        Ok(starts)
+    }
+
+    fn read(&self, start: u64) -> io::Result<Vec<u8>> {
+        std::fs::read(self.path(start))
+    }
+
+    fn create(&mut self, start: u64) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.path(start))?;
+        self.open.insert(start, file);
+        self.sync_dir()
+    }
+
+    fn write(&mut self, start: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file(start)?.write_all_at(data, offset)
+    }
+
+    fn sync(&mut self, start: u64) -> io::Result<()> {
+        self.file(start)?.sync_data()
+    }
+
+    fn truncate(&mut self, start: u64, len: u64) -> io::Result<()> {
+        let file = self.file(start)?;
+        file.set_len(len)?;
+        file.sync_all()
+    }
+
+    fn remove(&mut self, start: u64) -> io::Result<()> {
+        self.open.remove(&start);
+        std::fs::remove_file(self.path(start))?;
+        self.sync_dir()
+    }
+}
+
+/// A small deterministic generator (splitmix64) so simulations reproduce
+/// from their seed alone.
+#[derive(Debug, Clone)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `1 / n`.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct SimSegment {
+    /// What a crash leaves at least: the content at the last sync.
+    durable: Vec<u8>,
+    /// The content as the running process sees it.
+    current: Vec<u8>,
+}
+
+/// An in-memory disk with seeded faults. Writes are volatile until `sync`;
+/// [`SimDisk::crash`] keeps only what was synced, plus, per segment, maybe a
+/// torn prefix of what was not (with a flipped bit in it, sometimes), the way
+/// a power cut leaves a partly written sector run.
+#[derive(Debug, Clone)]
+pub struct SimDisk {
+    segments: BTreeMap<u64, SimSegment>,
+    rng: SimRng,
+    /// Bytes written, syncs done (for the tests' accounting).
+    pub stats: SimStats,
+}
+
+/// What a simulated disk has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// `write` calls.
+    pub writes: u64,
+    /// `sync` calls.
+    pub syncs: u64,
+    /// Crashes that tore a segment's unsynced tail.
+    pub torn: u64,
+}
+
+impl SimDisk {
+    /// An empty disk whose faults follow `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            segments: BTreeMap::new(),
+            rng: SimRng::new(seed),
+            stats: SimStats::default(),
+        }
+    }
+
+    /// Power cut: unsynced bytes are lost, except a random torn prefix of
+    /// them in some segments, sometimes with one bit flipped.
+    pub fn crash(&mut self) {
+        for segment in self.segments.values_mut() {
+            let synced = segment.durable.len().min(segment.current.len());
+            let unsynced = segment.current.len() - synced;
+            let mut after = segment.durable.clone();
+            if unsynced > 0 && self.rng.one_in(2) {
+                let keep = usize::try_from(self.rng.below(unsynced as u64 + 1)).expect("small");
+                after.truncate(synced);
+                after.extend_from_slice(&segment.current[synced..synced + keep]);
+                if keep > 0 && self.rng.one_in(4) {
+                    let at = synced + usize::try_from(self.rng.below(keep as u64)).expect("small");
+                    after[at] ^= 1 << self.rng.below(8);
+                }
+                self.stats.torn += 1;
+            }
+            segment.current = after.clone();
+            segment.durable = after;
+        }
+    }
+
+    /// Flips one bit of synced data in segment `start` at `offset` (media
+    /// corruption, for recovery tests).
+    pub fn flip_bit(&mut self, start: u64, offset: usize, bit: u8) {
+        let segment = self.segments.get_mut(&start).expect("segment exists");
+        segment.durable[offset] ^= 1 << bit;
+        segment.current[offset] ^= 1 << bit;
+    }
+
+    /// Total bytes currently stored.
+    pub fn bytes(&self) -> usize {
+        self.segments.values().map(|s| s.current.len()).sum()
+    }
+
+    fn segment(&mut self, start: u64) -> io::Result<&mut SimSegment> {
+        self.segments
+            .get_mut(&start)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+}
+
+impl Storage for SimDisk {
+    fn segments(&self) -> io::Result<Vec<u64>> {
+        Ok(self.segments.keys().copied().collect())
+    }
+
+    fn read(&self, start: u64) -> io::Result<Vec<u8>> {
+        let segment = self.segments.get(&start).ok_or(io::ErrorKind::NotFound)?;
+        Ok(segment.current.clone())
+    }
+
+    fn create(&mut self, start: u64) -> io::Result<()> {
+        if self.segments.insert(start, SimSegment::default()).is_some() {
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, start: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.stats.writes += 1;
+        let segment = self.segment(start)?;
+        let offset = usize::try_from(offset).expect("segments fit in memory");
+        if segment.current.len() < offset + data.len() {
+            segment.current.resize(offset + data.len(), 0);
+        }
+        segment.current[offset..offset + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn sync(&mut self, start: u64) -> io::Result<()> {
+        self.stats.syncs += 1;
+        let segment = self.segment(start)?;
+        segment.durable = segment.current.clone();
+        Ok(())
+    }
+
+    fn truncate(&mut self, start: u64, len: u64) -> io::Result<()> {
+        let segment = self.segment(start)?;
+        let len = usize::try_from(len).expect("segments fit in memory");
+        segment.current.truncate(len);
+        segment.durable = segment.current.clone();
+        Ok(())
+    }
+
+    fn remove(&mut self, start: u64) -> io::Result<()> {
+        self.segments
+            .remove(&start)
+            .map(|_| ())
+            .ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(storage: &mut impl Storage) {
+        storage.create(0).unwrap();
+        storage.create(4096).unwrap();
+        storage.write(0, 0, b"hello ").unwrap();
+        storage.write(0, 6, b"world").unwrap();
+        storage.sync(0).unwrap();
+        assert_eq!(storage.read(0).unwrap(), b"hello world");
+        storage.truncate(0, 5).unwrap();
+        assert_eq!(storage.read(0).unwrap(), b"hello");
+        assert_eq!(storage.segments().unwrap(), [0, 4096]);
+        storage.remove(0).unwrap();
+        assert_eq!(storage.segments().unwrap(), [4096]);
+        assert!(storage.create(4096).is_err(), "names are unique");
+    }
+
+    #[test]
+    fn both_backends_behave_alike() {
+        let dir = std::env::temp_dir().join(format!("qe-storage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        exercise(&mut FsStorage::open(&dir).unwrap());
+        exercise(&mut SimDisk::new(1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_crash_keeps_synced_bytes_and_at_most_a_prefix_of_the_rest() {
+        for seed in 0..200 {
+            let mut disk = SimDisk::new(seed);
+            disk.create(0).unwrap();
+            disk.write(0, 0, b"synced").unwrap();
+            disk.sync(0).unwrap();
+            disk.write(0, 6, b"-volatile").unwrap();
+            disk.crash();
+            let after = disk.read(0).unwrap();
+            assert_eq!(&after[..6], b"synced", "seed {seed}");
+            assert!(after.len() <= 15);
+        }
+    }
+}
