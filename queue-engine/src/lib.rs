@@ -10,5 +10,7 @@
 //! It must not know about sockets, TLS or the gateway's sessions, nor about
 //! the frame layout beyond the opaque payload bytes it stores.
 
+pub mod log;
 pub mod record;
+pub mod recovery;
 pub mod storage;

@@ -1,0 +1,288 @@
+//! The append log with group commit, as a sans-IO state machine.
+//!
+//! [`Log::append`] encodes a record into the batch that is filling and
+//! returns its log position at once. [`Log::poll_flush`] hands the shell one
+//! sealed batch at a time: one write to one segment, then one `fdatasync`;
+//! the shell reports completion with [`Log::handle_flushed`], which moves the
+//! durable position. While a flush is in flight, appends fill the next
+//! batch, so there is no timer: at low load a lone record is flushed at
+//! once, at high load batches grow (up to `batch_bytes_max`). Only one batch
+//! is ever unsynced, which is what lets recovery tell a torn tail from
+//! corruption.
+
+use std::collections::VecDeque;
+
+use crate::record::{self, RECORD_BYTES_MAX, Record};
+
+/// Sizes of segments and batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A segment is closed once it holds this many bytes.
+    pub segment_bytes_max: u64,
+    /// A batch is sealed once it holds this many bytes.
+    pub batch_bytes_max: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes_max: 64 << 20,
+            batch_bytes_max: 1 << 20,
+        }
+    }
+}
+
+impl LogConfig {
+    /// The most bytes at the end of the last segment that can be unsynced
+    /// at a crash: one batch, or one record larger than a batch.
+    pub fn torn_window(&self) -> u64 {
+        (self.batch_bytes_max.max(RECORD_BYTES_MAX + 8)) as u64
+    }
+}
+
+/// One write + fdatasync for the shell to perform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flush {
+    /// Start position of the segment to write.
+    pub segment: u64,
+    /// Whether the segment must be created first.
+    pub create: bool,
+    /// Offset inside the segment.
+    pub offset: u64,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl Flush {
+    /// Log position just past this batch.
+    pub fn end(&self) -> u64 {
+        self.segment + self.offset + self.bytes.len() as u64
+    }
+}
+
+/// The log of one shard.
+#[derive(Debug)]
+pub struct Log {
+    config: LogConfig,
+    /// Start of the segment appends go to.
+    active_segment: u64,
+    /// Whether the active segment exists on storage (or its first flush
+    /// must create it).
+    active_created: bool,
+    /// Next position to assign.
+    head: u64,
+    /// Durable up to (exclusive).
+    durable: u64,
+    filling: Option<Flush>,
+    sealed: VecDeque<Flush>,
+    in_flight: bool,
+    /// Segment starts, oldest first (for reclaim and recovery).
+    segments: Vec<u64>,
+}
+
+impl Log {
+    /// A log whose segments are `segments` (ascending starts, as recovered)
+    /// and whose valid data ends at `head`.
+    pub fn resume(config: LogConfig, segments: Vec<u64>, head: u64) -> Self {
+        let active_segment = segments.last().copied().unwrap_or(0);
+        Self {
+            config,
+            active_segment,
+            active_created: !segments.is_empty(),
+            head,
+            durable: head,
+            filling: None,
+            sealed: VecDeque::new(),
+            in_flight: false,
+            segments: if segments.is_empty() {
+                vec![0]
+            } else {
+                segments
+            },
+        }
+    }
+
+    /// Next position to be assigned.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Every record that starts below this position is durable.
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// Segment starts, oldest first.
+    pub fn segments(&self) -> &[u64] {
+        &self.segments
+    }
+
+    /// Bytes appended but not yet durable.
+    pub fn pending_bytes(&self) -> u64 {
+        self.head - self.durable
+    }
+
+    /// Appends `record`; returns its position. It is durable once
+    /// [`Log::durable`] is past it.
+    pub fn append(&mut self, record: &Record<'_>) -> u64 {
+        let mut bytes = Vec::new();
+        let len = record::encode(record, &mut bytes) as u64;
+        let in_segment = self.head - self.active_segment;
+        if in_segment > 0 && in_segment + len > self.config.segment_bytes_max {
+            self.roll();
+        }
+        let position = self.head;
+        let filling = self.filling_batch();
+        filling.bytes.extend_from_slice(&bytes);
+        let full = filling.bytes.len() >= self.config.batch_bytes_max;
+        self.head += len;
+        if full {
+            self.seal();
+        }
+        position
+    }
+
+    /// The next batch to write and sync, if none is in flight.
+    pub fn poll_flush(&mut self) -> Option<&Flush> {
+        if self.in_flight {
+            return None;
+        }
+        if self.sealed.is_empty() {
+            self.seal();
+        }
+        let flush = self.sealed.front()?;
+        self.in_flight = true;
+        Some(flush)
+    }
+
+    /// The batch from [`Log::poll_flush`] is written and synced.
+    pub fn handle_flushed(&mut self) {
+        assert!(self.in_flight, "handle_flushed without a flush in flight");
+        let flush = self.sealed.pop_front().expect("in flight");
+        assert_eq!(
+            flush.segment + flush.offset,
+            self.durable,
+            "batches complete in order"
+        );
+        self.durable = flush.end();
+        self.in_flight = false;
+    }
+
+    /// Forgets segment `start` (deleted by reclaim).
+    pub fn forget_segment(&mut self, start: u64) {
+        assert_ne!(
+            start, self.active_segment,
+            "the active segment is never reclaimed"
+        );
+        self.segments.retain(|s| *s != start);
+    }
+
+    fn filling_batch(&mut self) -> &mut Flush {
+        let create = !self.active_created;
+        self.active_created = true;
+        let (segment, offset) = (self.active_segment, self.head - self.active_segment);
+        self.filling.get_or_insert_with(|| Flush {
+            segment,
+            create,
+            offset,
+            bytes: Vec::new(),
+        })
+    }
+
+    fn seal(&mut self) {
+        if let Some(batch) = self.filling.take() {
+            self.sealed.push_back(batch);
+        }
+    }
+
+    fn roll(&mut self) {
+        self.seal();
+        self.active_segment = self.head;
+        self.active_created = false;
+        self.segments.push(self.head);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::DeviceRef;
+
+    fn device(n: u64) -> Record<'static> {
+        Record::Device {
+            device: DeviceRef { user: n, device: 0 },
+            registered_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_lone_append_flushes_at_once_and_the_next_batch_fills_meanwhile() {
+        let mut log = Log::resume(LogConfig::default(), Vec::new(), 0);
+        let first = log.append(&device(1));
+        let flush = log.poll_flush().unwrap().clone();
+        assert!(
+            flush.create,
+            "the first segment is created by its first flush"
+        );
+        assert_eq!((flush.segment, flush.offset), (0, 0));
+        let second = log.append(&device(2));
+        let third = log.append(&device(3));
+        assert!(log.poll_flush().is_none(), "one flush in flight at a time");
+        assert_eq!(log.durable(), 0);
+        log.handle_flushed();
+        assert!(log.durable() > first && log.durable() <= second);
+        let next = log.poll_flush().unwrap().clone();
+        assert!(!next.create);
+        assert_eq!(
+            next.offset, second,
+            "the two appends made while waiting form one batch"
+        );
+        log.handle_flushed();
+        assert!(log.durable() > third);
+        assert!(log.poll_flush().is_none(), "nothing left");
+    }
+
+    #[test]
+    fn segments_roll_at_the_size_limit_and_batches_never_span_them() {
+        let config = LogConfig {
+            segment_bytes_max: 100,
+            batch_bytes_max: 1 << 20,
+        };
+        let mut log = Log::resume(config, Vec::new(), 0);
+        let positions: Vec<u64> = (0..10).map(|n| log.append(&device(n))).collect();
+        let mut flushes = Vec::new();
+        while let Some(f) = log.poll_flush() {
+            flushes.push(f.clone());
+            log.handle_flushed();
+        }
+        assert!(flushes.len() > 1);
+        for f in &flushes {
+            assert!(f.offset + f.bytes.len() as u64 <= 100, "{f:?}");
+        }
+        assert_eq!(
+            log.segments().len(),
+            flushes.iter().filter(|f| f.create).count()
+        );
+        assert_eq!(log.durable(), log.head());
+        assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn batches_are_bounded_in_bytes() {
+        let config = LogConfig {
+            segment_bytes_max: 1 << 30,
+            batch_bytes_max: 64,
+        };
+        let mut log = Log::resume(config, Vec::new(), 0);
+        for n in 0..20 {
+            log.append(&device(n));
+        }
+        let mut sizes = Vec::new();
+        while let Some(f) = log.poll_flush() {
+            sizes.push(f.bytes.len());
+            log.handle_flushed();
+        }
+        assert!(sizes.len() >= 5, "{sizes:?}");
+        assert!(sizes.iter().all(|s| *s < 64 + 40), "{sizes:?}");
+    }
+}
