@@ -10,7 +10,16 @@
 //! It must not know about sockets, TLS or the gateway's sessions, nor about
 //! the frame layout beyond the opaque payload bytes it stores.
 
+mod engine;
 pub mod log;
 pub mod record;
 pub mod recovery;
+
+pub use engine::{
+    Accepted, Engine, EngineConfig, Expired, NewMessage, QueueError, TTL_MAX_MS, flush_all,
+};
+pub use log::{Flush, Log, LogConfig};
+pub use record::DeviceRef;
+pub use recovery::{Recovered, RecoveryError};
+pub use storage::{FsStorage, SimDisk, SimRng, Storage};
 pub mod storage;

@@ -1,0 +1,195 @@
+//! The engine's behaviour through its public API, on the simulated disk:
+//! queues, acks, fan-out from one record, dedup, limits, TTL, and that a
+//! reopened engine has the same index.
+
+use queue_engine::*;
+
+const ALICE: DeviceRef = DeviceRef { user: 1, device: 0 };
+const BOB_PHONE: DeviceRef = DeviceRef { user: 2, device: 0 };
+const BOB_LAPTOP: DeviceRef = DeviceRef { user: 2, device: 1 };
+
+fn engine(config: EngineConfig) -> (Engine, SimDisk) {
+    let mut disk = SimDisk::new(3);
+    let (engine, _) = Engine::open(&mut disk, config).unwrap();
+    (engine, disk)
+}
+
+fn send(
+    e: &mut Engine,
+    now: u64,
+    id: u64,
+    to: &[DeviceRef],
+    payload: &[u8],
+) -> Result<Accepted, QueueError> {
+    let m = NewMessage {
+        message_id: id,
+        sender: ALICE,
+        client_msg_id: id,
+        recipients: to,
+        ttl_ms: 0,
+        payload,
+    };
+    e.append_message(now, &m)
+}
+
+fn reopen(disk: &mut SimDisk, config: EngineConfig) -> Engine {
+    Engine::open(disk, config).unwrap().0
+}
+
+fn seqs(e: &Engine, device: DeviceRef, after: u64) -> Vec<u64> {
+    e.backlog(device, after).map(|(seq, _)| seq).collect()
+}
+
+#[test]
+fn messages_queue_in_seq_order_and_become_visible_when_durable() {
+    let (mut e, mut disk) = engine(EngineConfig::default());
+    for id in 1..=3 {
+        send(&mut e, 10, id, &[BOB_PHONE], b"hi").unwrap();
+    }
+    assert!(
+        seqs(&e, BOB_PHONE, 0).is_empty(),
+        "nothing is visible before it is durable"
+    );
+    flush_all(&mut e, &mut disk).unwrap();
+    assert_eq!(seqs(&e, BOB_PHONE, 0), [1, 2, 3]);
+    assert_eq!(seqs(&e, BOB_PHONE, 2), [3], "resume after seq 2");
+    assert_eq!(e.queue_len(BOB_PHONE), (3, 6));
+}
+
+#[test]
+fn one_record_serves_every_device_and_dies_with_its_last_reference() {
+    let (mut e, mut disk) = engine(EngineConfig::default());
+    let stored = send(&mut e, 0, 1, &[BOB_PHONE, BOB_LAPTOP], b"x").unwrap();
+    let Accepted::Stored { position, seqs } = stored else {
+        panic!("{stored:?}")
+    };
+    assert_eq!(seqs, [(BOB_PHONE, 1), (BOB_LAPTOP, 1)]);
+    flush_all(&mut e, &mut disk).unwrap();
+    assert_eq!(e.live_messages(), 1);
+    assert_eq!(e.ack(BOB_PHONE, 1, false).unwrap(), [position]);
+    assert_eq!(e.live_messages(), 1, "the laptop still holds it");
+    assert_eq!(e.ack(BOB_LAPTOP, 1, true).unwrap(), [position]);
+    assert_eq!(e.live_messages(), 0);
+    assert!(
+        e.ack(BOB_LAPTOP, 1, true).unwrap().is_empty(),
+        "acking twice is harmless"
+    );
+}
+
+#[test]
+fn cumulative_and_single_acks() {
+    let (mut e, mut disk) = engine(EngineConfig::default());
+    for id in 1..=5 {
+        send(&mut e, 0, id, &[BOB_PHONE], b"m").unwrap();
+    }
+    flush_all(&mut e, &mut disk).unwrap();
+    assert_eq!(e.ack(BOB_PHONE, 4, false).unwrap().len(), 1);
+    assert_eq!(e.ack(BOB_PHONE, 3, true).unwrap().len(), 3);
+    assert_eq!(seqs(&e, BOB_PHONE, 0), [5]);
+    let never = QueueError::NotDelivered {
+        device: BOB_PHONE,
+        seq: 9,
+    };
+    assert_eq!(e.ack(BOB_PHONE, 9, true), Err(never));
+    let other = QueueError::NotDelivered {
+        device: BOB_LAPTOP,
+        seq: 1,
+    };
+    assert_eq!(
+        e.ack(BOB_LAPTOP, 1, true),
+        Err(other),
+        "another device's seq"
+    );
+}
+
+#[test]
+fn a_retry_is_answered_with_the_original() {
+    let (mut e, _) = engine(EngineConfig::default());
+    let stored = send(&mut e, 0, 7, &[BOB_PHONE], b"once").unwrap();
+    let Accepted::Stored { position, .. } = stored else {
+        panic!("{stored:?}")
+    };
+    let retry = send(&mut e, 1, 7, &[BOB_PHONE], b"once").unwrap();
+    assert_eq!(
+        retry,
+        Accepted::Duplicate {
+            message_id: 7,
+            position
+        }
+    );
+    assert_eq!(e.queue_len(BOB_PHONE).0, 1, "stored once");
+}
+
+#[test]
+fn a_full_queue_refuses_the_whole_message() {
+    let config = EngineConfig {
+        queue_messages_max: 2,
+        queue_bytes_max: 100,
+        ..EngineConfig::default()
+    };
+    let (mut e, _) = engine(config);
+    send(&mut e, 0, 1, &[BOB_PHONE], b"1").unwrap();
+    send(&mut e, 0, 2, &[BOB_PHONE, BOB_LAPTOP], b"2").unwrap();
+    let full = send(&mut e, 0, 3, &[BOB_LAPTOP, BOB_PHONE], b"3");
+    assert_eq!(full, Err(QueueError::QueueFull { device: BOB_PHONE }));
+    assert_eq!(
+        e.queue_len(BOB_LAPTOP).0,
+        1,
+        "nothing stored for the device with room either"
+    );
+    let big = send(&mut e, 0, 4, &[BOB_LAPTOP], &[0; 100]);
+    assert_eq!(
+        big,
+        Err(QueueError::QueueFull { device: BOB_LAPTOP }),
+        "the byte limit"
+    );
+}
+
+#[test]
+fn expiry_writes_tombstones_and_survives_reopening() {
+    let config = EngineConfig {
+        ttl_default_ms: 1_000,
+        ..EngineConfig::default()
+    };
+    let (mut e, mut disk) = engine(config);
+    send(&mut e, 0, 1, &[BOB_PHONE], b"old").unwrap();
+    send(&mut e, 500, 2, &[BOB_PHONE], b"new").unwrap();
+    let expired = e.expire(1_200);
+    assert_eq!(expired.len(), 1);
+    assert_eq!((expired[0].device, expired[0].seq), (BOB_PHONE, 1));
+    flush_all(&mut e, &mut disk).unwrap();
+    let mut e = reopen(&mut disk, config);
+    assert_eq!(seqs(&e, BOB_PHONE, 0), [2]);
+    // The dedup window closes with the TTL: the same client id is new again.
+    e.expire(2_000);
+    let again = send(&mut e, 2_000, 1, &[BOB_PHONE], b"again").unwrap();
+    assert!(matches!(again, Accepted::Stored { .. }), "{again:?}");
+}
+
+#[test]
+fn reopening_rebuilds_queues_seqs_refs_and_dedup() {
+    let (mut e, mut disk) = engine(EngineConfig::default());
+    e.register_device(0, BOB_LAPTOP);
+    send(&mut e, 0, 1, &[BOB_PHONE, BOB_LAPTOP], b"a").unwrap();
+    send(&mut e, 0, 2, &[BOB_PHONE], b"b").unwrap();
+    e.append_group_record(b"group 9: created");
+    flush_all(&mut e, &mut disk).unwrap();
+    e.ack(BOB_PHONE, 1, true).unwrap();
+    flush_all(&mut e, &mut disk).unwrap();
+
+    let mut r = reopen(&mut disk, EngineConfig::default());
+    assert_eq!(seqs(&r, BOB_PHONE, 0), [2]);
+    assert_eq!(seqs(&r, BOB_LAPTOP, 0), [1]);
+    assert_eq!(r.live_messages(), 2);
+    assert_eq!(r.group_records(), [b"group 9: created".to_vec()]);
+    let retry = send(&mut r, 1, 2, &[BOB_PHONE], b"b").unwrap();
+    assert!(
+        matches!(retry, Accepted::Duplicate { message_id: 2, .. }),
+        "{retry:?}"
+    );
+    let next = send(&mut r, 1, 3, &[BOB_PHONE], b"c").unwrap();
+    let Accepted::Stored { seqs, .. } = next else {
+        panic!("{next:?}")
+    };
+    assert_eq!(seqs, [(BOB_PHONE, 3)], "seqs continue after a restart");
+}
