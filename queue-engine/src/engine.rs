@@ -156,15 +156,18 @@ pub struct Engine {
     queues: FxHashMap<DeviceRef, Queue>,
     messages: FxHashMap<u64, Meta>,
     dedup: FxHashMap<DedupKey, (u64, u64)>,
-    dedup_expiry: VecDeque<(u64, DedupKey)>,
+    /// (expires_ms, key, position of the message it was made for).
+    dedup_expiry: VecDeque<(u64, DedupKey, u64)>,
     group_records: Vec<Vec<u8>>,
 }
 
 impl Engine {
-    /// Opens the log in `storage` and rebuilds the index from it.
+    /// Opens the log in `storage` and rebuilds the index from it as of
+    /// `now_ms` (dedup windows closed by then stay closed).
     pub fn open(
         storage: &mut impl Storage,
         config: EngineConfig,
+        now_ms: u64,
     ) -> Result<(Self, Recovered), RecoveryError> {
         let mut engine = Self {
             config,
@@ -179,6 +182,7 @@ impl Engine {
             engine.apply(position, &record)
         })?;
         engine.log = Log::resume(config.log, found.segments.clone(), found.head);
+        engine.close_dedup_windows(now_ms);
         Ok((engine, found))
     }
 
@@ -302,13 +306,7 @@ impl Engine {
     /// writing tombstones. Returns the expired entries (for "expired"
     /// receipts to the senders).
     pub fn expire(&mut self, now_ms: u64) -> Vec<Expired> {
-        while let Some(&(expires_ms, key)) = self.dedup_expiry.front() {
-            if expires_ms > now_ms {
-                break;
-            }
-            self.dedup_expiry.pop_front();
-            self.dedup.remove(&key);
-        }
+        self.close_dedup_windows(now_ms);
         let mut expired = Vec::new();
         for (device, queue) in &self.queues {
             for e in queue.entries.iter().filter(|e| e.expires_ms <= now_ms) {
@@ -330,6 +328,22 @@ impl Engine {
             self.apply(position, &Record::Tombstone(t));
         }
         expired
+    }
+
+    /// Forgets dedup entries whose window closed by `now_ms`. Entries are in
+    /// acceptance order; one with a shorter TTL behind a longer one is kept
+    /// until the longer one goes (a window may last longer, never shorter).
+    fn close_dedup_windows(&mut self, now_ms: u64) {
+        while let Some(&(expires_ms, key, position)) = self.dedup_expiry.front() {
+            if expires_ms > now_ms {
+                break;
+            }
+            self.dedup_expiry.pop_front();
+            // A later message may have reused the key after this window closed.
+            if self.dedup.get(&key).is_some_and(|&(_, p)| p == position) {
+                self.dedup.remove(&key);
+            }
+        }
     }
 
     // ---- group commit (the shell performs the I/O) -------------------------
@@ -493,9 +507,8 @@ impl Engine {
         expires_ms: u64,
     ) {
         let key = (sender, client_msg_id);
-        if self.dedup.insert(key, (message_id, position)).is_none() {
-            self.dedup_expiry.push_back((expires_ms, key));
-        }
+        self.dedup.insert(key, (message_id, position));
+        self.dedup_expiry.push_back((expires_ms, key, position));
     }
 }
 

@@ -10,7 +10,7 @@ const BOB_LAPTOP: DeviceRef = DeviceRef { user: 2, device: 1 };
 
 fn engine(config: EngineConfig) -> (Engine, SimDisk) {
     let mut disk = SimDisk::new(3);
-    let (engine, _) = Engine::open(&mut disk, config).unwrap();
+    let (engine, _) = Engine::open(&mut disk, config, 0).unwrap();
     (engine, disk)
 }
 
@@ -32,8 +32,8 @@ fn send(
     e.append_message(now, &m)
 }
 
-fn reopen(disk: &mut SimDisk, config: EngineConfig) -> Engine {
-    Engine::open(disk, config).unwrap().0
+fn reopen(disk: &mut SimDisk, config: EngineConfig, now_ms: u64) -> Engine {
+    Engine::open(disk, config, now_ms).unwrap().0
 }
 
 fn seqs(e: &Engine, device: DeviceRef, after: u64) -> Vec<u64> {
@@ -158,7 +158,7 @@ fn expiry_writes_tombstones_and_survives_reopening() {
     assert_eq!(expired.len(), 1);
     assert_eq!((expired[0].device, expired[0].seq), (BOB_PHONE, 1));
     flush_all(&mut e, &mut disk).unwrap();
-    let mut e = reopen(&mut disk, config);
+    let mut e = reopen(&mut disk, config, 1_200);
     assert_eq!(seqs(&e, BOB_PHONE, 0), [2]);
     // The dedup window closes with the TTL: the same client id is new again.
     e.expire(2_000);
@@ -177,7 +177,7 @@ fn reopening_rebuilds_queues_seqs_refs_and_dedup() {
     e.ack(BOB_PHONE, 1, true).unwrap();
     flush_all(&mut e, &mut disk).unwrap();
 
-    let mut r = reopen(&mut disk, EngineConfig::default());
+    let mut r = reopen(&mut disk, EngineConfig::default(), 1);
     assert_eq!(seqs(&r, BOB_PHONE, 0), [2]);
     assert_eq!(seqs(&r, BOB_LAPTOP, 0), [1]);
     assert_eq!(r.live_messages(), 2);
