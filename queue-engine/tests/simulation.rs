@@ -13,6 +13,8 @@
 //! `SIM_SEEDS=100 SIM_STEPS=100000 cargo test --release -p queue-engine --test simulation -- --ignored`
 //! A failure names its seed; `SIM_SEED=<seed>` reruns just that one.
 
+#![allow(clippy::cast_possible_truncation)] // small random sizes
+
 use std::collections::BTreeMap;
 
 use queue_engine::*;
