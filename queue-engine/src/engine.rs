@@ -10,6 +10,12 @@
 //! * Every change is a record appended to the log; [`Engine::open`]
 //!   rebuilds the same index by replaying them ([`Engine::apply`] is the one
 //!   function both paths use).
+//! * Reclaim: when the log holds more than twice its live bytes plus a
+//!   segment, the oldest segment's live records are copied forward (a
+//!   message with only its live recipients, a dead message's open dedup
+//!   window as a compact record, device seq floors, group records) and the
+//!   segment is deleted once the copies are durable. A long-offline device
+//!   therefore never pins old segments.
 //!
 //! Durability is the caller's to wait for: a change is durable once
 //! [`Engine::durable`] is past the position it returned. The gateway answers
@@ -20,7 +26,9 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use crate::log::{Flush, Log, LogConfig};
-use crate::record::{DeathReason, DeviceRef, MessageRecord, Recipient, Record, Tombstone};
+use crate::record::{
+    DeathReason, DedupRecord, DeviceRef, MessageRecord, Recipient, Record, Tombstone,
+};
 use crate::recovery::{Recovered, RecoveryError, recover};
 use crate::storage::Storage;
 
@@ -144,6 +152,20 @@ struct Queue {
 struct Meta {
     refs: u32,
     payload_len: u32,
+    record_len: u32,
+}
+
+/// A segment whose live records were copied forward: delete it once
+/// [`Engine::durable`] reaches `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// The segment to delete.
+    pub segment: u64,
+    /// The copies are durable once the log is durable up to here.
+    pub after: u64,
+    /// Message records that moved: (old position, new position); new
+    /// position 0 when only the dedup entry was kept.
+    pub moved: Vec<(u64, u64)>,
 }
 
 type DedupKey = (DeviceRef, u64);
@@ -158,7 +180,13 @@ pub struct Engine {
     dedup: FxHashMap<DedupKey, (u64, u64)>,
     /// (expires_ms, key, position of the message it was made for).
     dedup_expiry: VecDeque<(u64, DedupKey, u64)>,
-    group_records: Vec<Vec<u8>>,
+    /// Group records by replay order.
+    group_records: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// The latest device record of each device: (position, length).
+    device_records: FxHashMap<DeviceRef, (u64, u64)>,
+    /// Bytes of records still needed: live messages, and device, group and
+    /// dedup records (the latest copy of each).
+    live_bytes: u64,
 }
 
 impl Engine {
@@ -176,10 +204,12 @@ impl Engine {
             messages: FxHashMap::default(),
             dedup: FxHashMap::default(),
             dedup_expiry: VecDeque::new(),
-            group_records: Vec::new(),
+            group_records: std::collections::BTreeMap::new(),
+            device_records: FxHashMap::default(),
+            live_bytes: 0,
         };
-        let found = recover(storage, &config.log, |position, record| {
-            engine.apply(position, &record)
+        let found = recover(storage, &config.log, |position, len, record| {
+            engine.apply(position, len, &record)
         })?;
         engine.log = Log::resume(config.log, found.segments.clone(), found.head);
         engine.close_dedup_windows(now_ms);
@@ -228,8 +258,7 @@ impl Engine {
             recipients,
             payload: m.payload,
         });
-        let position = self.log.append(&record);
-        self.apply(position, &record);
+        let position = self.append(&record);
         let Record::Message(stored) = record else {
             unreachable!()
         };
@@ -279,27 +308,25 @@ impl Engine {
             seq_to: seq,
             reason: DeathReason::Acked,
         };
-        let position = self.log.append(&Record::Tombstone(tombstone));
-        self.apply(position, &Record::Tombstone(tombstone));
+        self.append(&Record::Tombstone(tombstone));
         Ok(acked.iter().map(|e| e.position).collect())
     }
 
     /// Records that `device` exists (its queue starts empty).
     pub fn register_device(&mut self, now_ms: u64, device: DeviceRef) -> u64 {
+        let next_seq = self.queue(device).next_seq;
         let record = Record::Device {
             device,
             registered_ms: now_ms,
+            next_seq,
         };
-        let position = self.log.append(&record);
-        self.apply(position, &record);
-        position
+        self.append(&record)
     }
 
     /// Appends an opaque group membership record (the router's).
     pub fn append_group_record(&mut self, bytes: &[u8]) -> u64 {
-        let position = self.log.append(&Record::Group(bytes));
-        self.group_records.push(bytes.to_vec());
-        position
+        let order = self.log.head();
+        self.append(&Record::Group { order, bytes })
     }
 
     /// Expires every queue entry and dedup entry whose TTL has passed,
@@ -324,8 +351,7 @@ impl Engine {
                 seq_to: e.seq,
                 reason: DeathReason::Expired,
             };
-            let position = self.log.append(&Record::Tombstone(t));
-            self.apply(position, &Record::Tombstone(t));
+            self.append(&Record::Tombstone(t));
         }
         expired
     }
@@ -344,6 +370,196 @@ impl Engine {
                 self.dedup.remove(&key);
             }
         }
+    }
+
+    /// Appends `record` to the log and applies it to the index.
+    fn append(&mut self, record: &Record<'_>) -> u64 {
+        let position = self.log.append(record);
+        self.apply(position, self.log.head() - position, record);
+        position
+    }
+
+    // ---- reclaim ------------------------------------------------------------
+
+    /// Bytes the log occupies, from its oldest segment to its head.
+    pub fn log_bytes(&self) -> u64 {
+        self.log.head() - self.log.segments()[0]
+    }
+
+    /// Bytes of records still needed.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// The oldest segment, if reclaiming it is due: the log holds more than
+    /// twice the live bytes plus one segment, and it is not the active one.
+    pub fn reclaim_due(&self) -> Option<u64> {
+        let segments = self.log.segments();
+        let limit = 2 * self.live_bytes + self.config.log.segment_bytes_max;
+        let due = segments.len() >= 2 && self.log_bytes() > limit;
+        // Only a segment whose every byte is durable (its last batch may
+        // still be waiting after a roll).
+        (due && self.log.durable() >= segments[1]).then(|| segments[0])
+    }
+
+    /// Copies the live records of the oldest segment `segment` (its bytes,
+    /// as the shell read them) to the head of the log. Delete the segment
+    /// once the copies are durable, then call [`Engine::segment_deleted`].
+    pub fn reclaim(&mut self, segment: u64, bytes: &[u8]) -> Result<Reclaimed, RecoveryError> {
+        assert_eq!(Some(&segment), self.log.segments().first(), "oldest first");
+        assert!(self.log.segments().len() >= 2, "never the active segment");
+        assert!(
+            self.log.durable() >= self.log.segments()[1],
+            "the segment is fully durable"
+        );
+        let mut records: Vec<(u64, u64)> = Vec::new();
+        let (valid, bad) = crate::recovery::scan(
+            bytes,
+            segment,
+            &mut |position, len, _| {
+                records.push((position, len));
+            },
+            &mut 0,
+        );
+        if let Some(error) = bad {
+            return Err(RecoveryError::Corruption {
+                segment,
+                offset: valid as u64,
+                error,
+            });
+        }
+        let (mut floors, mut moved) = (Vec::new(), Vec::new());
+        for (position, len) in records {
+            let at = usize::try_from(position - segment).expect("inside the segment");
+            let (record, _) = crate::record::decode(&bytes[at..]).expect("scanned above");
+            if let Record::Tombstone(t) = &record {
+                floors.push(t.device);
+            }
+            if let Some(to) = self.copy_forward(position, len, &record) {
+                moved.push((position, to));
+            }
+        }
+        floors.sort();
+        floors.dedup();
+        // A device whose latest device record is newer already has a floor
+        // at least this high (next_seq only grows).
+        let end = self.log.segments()[1];
+        floors.retain(|d| self.device_records.get(d).is_none_or(|r| r.0 < end));
+        for device in floors {
+            let next_seq = self.queue(device).next_seq;
+            let floor = Record::Device {
+                device,
+                registered_ms: 0,
+                next_seq,
+            };
+            self.append(&floor);
+        }
+        Ok(Reclaimed {
+            segment,
+            after: self.log.head(),
+            moved,
+        })
+    }
+
+    /// The segment from [`Engine::reclaim`] is deleted from storage.
+    pub fn segment_deleted(&mut self, segment: u64) {
+        self.log.forget_segment(segment);
+    }
+
+    /// Re-appends what is still needed of one old record; returns the new
+    /// position of a message record (0 if only its dedup entry lives on).
+    fn copy_forward(&mut self, position: u64, len: u64, record: &Record<'_>) -> Option<u64> {
+        match record {
+            Record::Message(m) => return self.move_message(position, m),
+            Record::Tombstone(_) => {}
+            Record::Device {
+                device,
+                registered_ms,
+                ..
+            } => {
+                if self
+                    .device_records
+                    .get(device)
+                    .is_some_and(|r| r.0 == position)
+                {
+                    let next_seq = self.queue(*device).next_seq;
+                    let registered_ms = *registered_ms;
+                    self.append(&Record::Device {
+                        device: *device,
+                        registered_ms,
+                        next_seq,
+                    });
+                }
+            }
+            Record::Group { .. } => {
+                self.live_bytes -= len;
+                let at = self.log.append(record);
+                self.live_bytes += self.log.head() - at;
+            }
+            Record::Dedup(d) => {
+                self.live_bytes -= len;
+                if self.dedup.get(&(d.sender, d.client_msg_id)) == Some(&(d.message_id, 0)) {
+                    let at = self.log.append(record);
+                    self.live_bytes += self.log.head() - at;
+                }
+            }
+        }
+        None
+    }
+
+    fn move_message(&mut self, position: u64, m: &MessageRecord<'_>) -> Option<u64> {
+        let key = (m.sender, m.client_msg_id);
+        let dedup_open = self.dedup.get(&key) == Some(&(m.message_id, position));
+        let Some(meta) = self.messages.get(&position).copied() else {
+            if !dedup_open {
+                return None;
+            }
+            let d = DedupRecord {
+                sender: m.sender,
+                client_msg_id: m.client_msg_id,
+                message_id: m.message_id,
+                expires_ms: m.expires_ms,
+            };
+            self.append(&Record::Dedup(d));
+            return Some(0);
+        };
+        let live: Vec<Recipient> = m
+            .recipients
+            .iter()
+            .filter(|r| {
+                self.entry_mut(r.device, r.seq)
+                    .is_some_and(|e| e.position == position)
+            })
+            .copied()
+            .collect();
+        debug_assert_eq!(
+            live.len(),
+            meta.refs as usize,
+            "refs count the live entries"
+        );
+        let copy = Record::Message(MessageRecord {
+            recipients: live.clone(),
+            ..m.clone()
+        });
+        let to = self.log.append(&copy);
+        let record_len = u32::try_from(self.log.head() - to).expect("below 4 GiB");
+        self.live_bytes = self.live_bytes - u64::from(meta.record_len) + u64::from(record_len);
+        for r in &live {
+            self.entry_mut(r.device, r.seq).expect("live").position = to;
+        }
+        self.messages.remove(&position);
+        self.messages.insert(to, Meta { record_len, ..meta });
+        if dedup_open {
+            self.dedup.insert(key, (m.message_id, to));
+            self.dedup_expiry.push_back((m.expires_ms, key, to));
+        }
+        Some(to)
+    }
+
+    fn entry_mut(&mut self, device: DeviceRef, seq: u64) -> Option<&mut Entry> {
+        let queue = self.queues.get_mut(&device)?;
+        let at = queue.entries.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        queue.entries.get_mut(at)
     }
 
     // ---- group commit (the shell performs the I/O) -------------------------
@@ -398,9 +614,10 @@ impl Engine {
         self.messages.len()
     }
 
-    /// Group records recovered from the log, for the router to replay.
-    pub fn group_records(&self) -> &[Vec<u8>] {
-        &self.group_records
+    /// Group records recovered from the log, in the order they were
+    /// written, for the router to replay.
+    pub fn group_records(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.group_records.values().map(Vec::as_slice)
     }
 
     /// The log.
@@ -429,14 +646,27 @@ impl Engine {
 
     /// Applies one record to the index: the live path and recovery both
     /// come through here, so they cannot disagree.
-    pub fn apply(&mut self, position: u64, record: &Record<'_>) {
+    pub fn apply(&mut self, position: u64, len: u64, record: &Record<'_>) {
+        if !matches!(record, Record::Tombstone(_)) {
+            self.live_bytes += len;
+        }
         match record {
-            Record::Message(m) => self.apply_message(position, m),
+            Record::Message(m) => self.apply_message(position, len, m),
             Record::Tombstone(t) => self.apply_tombstone(t),
-            Record::Device { device, .. } => {
-                self.queue(*device);
+            Record::Device {
+                device, next_seq, ..
+            } => {
+                let queue = self.queue(*device);
+                queue.next_seq = queue.next_seq.max(*next_seq);
+                if let Some((_, old)) = self.device_records.insert(*device, (position, len)) {
+                    self.live_bytes -= old; // superseded
+                }
             }
-            Record::Group(bytes) => self.group_records.push(bytes.to_vec()),
+            Record::Group { order, bytes } => {
+                if self.group_records.insert(*order, bytes.to_vec()).is_some() {
+                    self.live_bytes -= len; // a copy of one already replayed
+                }
+            }
             // The original is long durable: position 0 is below any durable mark.
             Record::Dedup(d) => {
                 self.remember(d.sender, d.client_msg_id, d.message_id, 0, d.expires_ms)
@@ -444,25 +674,43 @@ impl Engine {
         }
     }
 
-    fn apply_message(&mut self, position: u64, m: &MessageRecord<'_>) {
+    /// Queues the message for its recipients. Entries go in seq order: a
+    /// record copied forward by reclaim arrives after newer ones. If the
+    /// entry exists (a crash left both the original and its copy), the copy
+    /// takes it over and the original loses that reference.
+    fn apply_message(&mut self, position: u64, len: u64, m: &MessageRecord<'_>) {
         let payload_len = m.payload.len() as u64;
+        let mut replaced = Vec::new();
         for r in &m.recipients {
             let queue = self.queue(r.device);
-            debug_assert!(
-                queue.entries.back().is_none_or(|e| e.seq < r.seq),
-                "seqs increase"
-            );
-            queue.entries.push_back(Entry {
+            let entry = Entry {
                 seq: r.seq,
                 position,
                 expires_ms: m.expires_ms,
-            });
+            };
+            match queue.entries.binary_search_by_key(&r.seq, |e| e.seq) {
+                Ok(at) => replaced.push(std::mem::replace(&mut queue.entries[at], entry).position),
+                Err(at) => {
+                    queue.entries.insert(at, entry);
+                    queue.bytes += payload_len;
+                }
+            }
             queue.next_seq = queue.next_seq.max(r.seq + 1);
-            queue.bytes += payload_len;
+        }
+        for old in replaced {
+            self.release(old);
         }
         let refs = u32::try_from(m.recipients.len()).expect("at most 65,535 recipients");
         let payload_len = u32::try_from(m.payload.len()).expect("records are below 4 GiB");
-        self.messages.insert(position, Meta { refs, payload_len });
+        let record_len = u32::try_from(len).expect("records are below 4 GiB");
+        self.messages.insert(
+            position,
+            Meta {
+                refs,
+                payload_len,
+                record_len,
+            },
+        );
         self.remember(
             m.sender,
             m.client_msg_id,
@@ -485,16 +733,26 @@ impl Engine {
             }
             !dies
         });
+        let freed: u64 = dead
+            .iter()
+            .map(|p| u64::from(self.messages[p].payload_len))
+            .sum();
+        queue.bytes -= freed;
         for position in dead {
-            let meta = self
-                .messages
-                .get_mut(&position)
-                .expect("a queued entry's record is live");
-            queue.bytes -= u64::from(meta.payload_len);
-            meta.refs -= 1;
-            if meta.refs == 0 {
-                self.messages.remove(&position);
-            }
+            self.release(position);
+        }
+    }
+
+    /// One queue entry no longer refers to the record at `position`.
+    fn release(&mut self, position: u64) {
+        let meta = self
+            .messages
+            .get_mut(&position)
+            .expect("a referenced record is live");
+        meta.refs -= 1;
+        if meta.refs == 0 {
+            self.live_bytes -= u64::from(meta.record_len);
+            self.messages.remove(&position);
         }
     }
 
@@ -525,4 +783,27 @@ pub fn flush_all(engine: &mut Engine, storage: &mut impl Storage) -> std::io::Re
         engine.handle_flushed();
     }
     Ok(engine.durable())
+}
+
+/// Reclaims every segment that is due: copies forward, makes the copies
+/// durable, deletes the old segment. Returns what was reclaimed.
+pub fn reclaim_all(
+    engine: &mut Engine,
+    storage: &mut impl Storage,
+) -> Result<Vec<Reclaimed>, RecoveryError> {
+    let mut done = Vec::new();
+    flush_all(engine, storage)?;
+    while let Some(segment) = engine.reclaim_due() {
+        let bytes = storage.read(segment)?;
+        let reclaimed = engine.reclaim(segment, &bytes)?;
+        flush_all(engine, storage)?;
+        assert!(
+            engine.durable() >= reclaimed.after,
+            "copies durable before the delete"
+        );
+        storage.remove(segment)?;
+        engine.segment_deleted(segment);
+        done.push(reclaimed);
+    }
+    Ok(done)
 }

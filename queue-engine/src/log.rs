@@ -212,6 +212,7 @@ mod tests {
         Record::Device {
             device: DeviceRef { user: n, device: 0 },
             registered_ms: 0,
+            next_seq: 0,
         }
     }
 

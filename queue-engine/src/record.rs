@@ -98,15 +98,26 @@ pub enum Record<'a> {
     Message(MessageRecord<'a>),
     /// Dead queue entries.
     Tombstone(Tombstone),
-    /// A device was registered at `registered_ms`.
+    /// A device exists (registered at `registered_ms`) and its next seq is
+    /// at least `next_seq`: reclaim rewrites this floor when it drops the
+    /// tombstones that implied it, so seqs never go back after a restart.
     Device {
         /// The device.
         device: DeviceRef,
         /// When, ms since the Unix epoch.
         registered_ms: u64,
+        /// Lowest seq the next message may get.
+        next_seq: u64,
     },
     /// A group membership change, opaque here (the router's record).
-    Group(&'a [u8]),
+    /// `order` is the position it was first written at: copies made by
+    /// reclaim keep it, so replay applies group changes in their order.
+    Group {
+        /// Replay order.
+        order: u64,
+        /// The router's record.
+        bytes: &'a [u8],
+    },
     /// A dedup entry without its message.
     Dedup(DedupRecord),
 }
@@ -159,13 +170,16 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
         Record::Device {
             device,
             registered_ms,
+            next_seq,
         } => {
             out.push(3);
             put_device(*device, out);
             out.extend_from_slice(&registered_ms.to_le_bytes());
+            out.extend_from_slice(&next_seq.to_le_bytes());
         }
-        Record::Group(bytes) => {
+        Record::Group { order, bytes } => {
             out.push(4);
+            out.extend_from_slice(&order.to_le_bytes());
             out.extend_from_slice(bytes);
         }
         Record::Dedup(d) => {
@@ -294,8 +308,12 @@ fn parse(kind: u8, body: &[u8]) -> Option<Record<'_>> {
         3 => Record::Device {
             device: b.device()?,
             registered_ms: b.u64()?,
+            next_seq: b.u64()?,
         },
-        4 => Record::Group(b.rest()),
+        4 => Record::Group {
+            order: b.u64()?,
+            bytes: b.rest(),
+        },
         5 => Record::Dedup(DedupRecord {
             sender: b.device()?,
             client_msg_id: b.u64()?,
@@ -366,8 +384,12 @@ mod tests {
             Record::Device {
                 device,
                 registered_ms: 77,
+                next_seq: 5,
             },
-            Record::Group(b"router record"),
+            Record::Group {
+                order: 3,
+                bytes: b"router record",
+            },
             Record::Dedup(DedupRecord {
                 sender: device,
                 client_msg_id: 1,

@@ -69,11 +69,11 @@ pub struct Recovered {
 }
 
 /// Scans `storage`, truncates a torn tail, and calls `apply` with every
-/// valid record and its position, in log order.
+/// valid record, its position and its length, in log order.
 pub fn recover(
     storage: &mut impl Storage,
     config: &LogConfig,
-    mut apply: impl FnMut(u64, Record<'_>),
+    mut apply: impl FnMut(u64, u64, Record<'_>),
 ) -> Result<Recovered, RecoveryError> {
     let segments = storage.segments()?;
     let mut found = Recovered {
@@ -111,17 +111,17 @@ pub fn recover(
 
 /// Replays the valid prefix of one segment; returns its length and the
 /// error that ended it, if any.
-fn scan(
+pub(crate) fn scan(
     data: &[u8],
     start: u64,
-    apply: &mut impl FnMut(u64, Record<'_>),
+    apply: &mut impl FnMut(u64, u64, Record<'_>),
     records: &mut u64,
 ) -> (usize, Option<RecordError>) {
     let mut offset = 0;
     while offset < data.len() {
         match record::decode(&data[offset..]) {
             Ok((record, len)) => {
-                apply(start + offset as u64, record);
+                apply(start + offset as u64, len as u64, record);
                 *records += 1;
                 offset += len;
             }
@@ -145,6 +145,7 @@ mod tests {
             &Record::Device {
                 device: DeviceRef { user: n, device: 0 },
                 registered_ms: n,
+                next_seq: 0,
             },
             &mut out,
         );
@@ -171,7 +172,7 @@ mod tests {
         config: &LogConfig,
     ) -> (Result<Recovered, RecoveryError>, Vec<u64>) {
         let mut seen = Vec::new();
-        let result = recover(disk, config, |_, r| {
+        let result = recover(disk, config, |_, _, r| {
             if let Record::Device { registered_ms, .. } = r {
                 seen.push(registered_ms);
             }

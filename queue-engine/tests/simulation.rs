@@ -106,6 +106,7 @@ impl Sim {
             60..75 => self.ack(),
             75..80 => self.expire(),
             80..82 => self.crash_and_check(),
+            82..84 => self.reclaim(),
             _ => self.now_ms += self.rng.below(50),
         }
     }
@@ -194,6 +195,35 @@ impl Sim {
             self.disk.write(f.segment, f.offset, &f.bytes).unwrap();
             self.unsynced = Some(f.segment); // a crash now may tear it
         }
+    }
+
+    /// Reclaims what is due, or else forces the oldest segment, with its
+    /// copies made durable before the delete (crashes inside that window are
+    /// covered by tests/reclaim.rs); then follows the moved records.
+    fn reclaim(&mut self) {
+        if self.unsynced.is_some() {
+            self.flush(); // finish the flush in flight first
+        }
+        let mut done = reclaim_all(&mut self.engine, &mut self.disk).unwrap();
+        self.mark_durable();
+        let segments = self.engine.log().segments().to_vec();
+        if done.is_empty() && segments.len() >= 2 && self.rng.one_in(2) {
+            let bytes = self.disk.read(segments[0]).unwrap();
+            let reclaimed = self.engine.reclaim(segments[0], &bytes).unwrap();
+            flush_all(&mut self.engine, &mut self.disk).unwrap();
+            self.disk.remove(segments[0]).unwrap();
+            self.engine.segment_deleted(segments[0]);
+            done.push(reclaimed);
+        }
+        for (old, new) in done.into_iter().flat_map(|r| r.moved) {
+            for e in self.entries.values_mut().filter(|e| e.position == old) {
+                e.position = new;
+            }
+            for sent in self.sent.values_mut().filter(|s| s.position == old) {
+                sent.position = new;
+            }
+        }
+        self.mark_durable();
     }
 
     fn mark_durable(&mut self) {
@@ -343,14 +373,16 @@ fn smoke() {
         run(seed.parse().unwrap(), env("SIM_STEPS", 20_000));
         return;
     }
-    let (mut crashes, mut torn) = (0, 0);
+    let (mut crashes, mut torn, mut deleted) = (0, 0, 0);
     for seed in 0..24 {
         let sim = run(seed, 4_000);
         crashes += sim.crashes;
         torn += sim.disk.stats.torn;
+        deleted += sim.engine.log().segments()[0];
     }
     assert!(crashes > 1_000, "the smoke crashes often: {crashes}");
     assert!(torn > 100, "and tears writes: {torn}");
+    assert!(deleted > 0, "and reclaims segments");
 }
 
 #[test]

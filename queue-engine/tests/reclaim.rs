@@ -1,0 +1,161 @@
+//! Reclaim: space stays within twice the live bytes plus one segment under
+//! churn, a device that never acks does not pin old segments, a crash
+//! between copying and deleting loses nothing, and seqs never go back.
+
+use queue_engine::*;
+
+const OFFLINE: DeviceRef = DeviceRef {
+    user: 99,
+    device: 0,
+};
+const SENDER: DeviceRef = DeviceRef { user: 1, device: 0 };
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        log: LogConfig {
+            segment_bytes_max: 16 * 1024,
+            batch_bytes_max: 4096,
+        },
+        queue_messages_max: 100_000,
+        queue_bytes_max: 1 << 30,
+        ..EngineConfig::default()
+    }
+}
+
+fn send(e: &mut Engine, id: u64, to: DeviceRef) -> u64 {
+    let payload = [id.to_le_bytes()[0]; 150];
+    let m = NewMessage {
+        message_id: id,
+        sender: SENDER,
+        client_msg_id: id,
+        recipients: &[to],
+        ttl_ms: 0,
+        payload: &payload,
+    };
+    match e.append_message(0, &m).unwrap() {
+        Accepted::Stored { seqs, .. } => seqs[0].1,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn seqs(e: &Engine, device: DeviceRef) -> Vec<u64> {
+    e.backlog(device, 0).map(|(seq, _)| seq).collect()
+}
+
+#[test]
+fn churn_stays_within_twice_the_live_bytes_plus_one_segment() {
+    let mut disk = SimDisk::new(1);
+    let (mut e, _) = Engine::open(&mut disk, config(), 0).unwrap();
+    let devices: Vec<DeviceRef> = (10..30).map(|user| DeviceRef { user, device: 0 }).collect();
+    let (mut worst, mut reclaimed, mut offline_sent) = (0.0f64, 0, Vec::new());
+    for id in 1..=20_000u64 {
+        if id % 50 == 0 {
+            offline_sent.push(send(&mut e, id, OFFLINE));
+        } else {
+            let device = devices[(id % 20) as usize];
+            let seq = send(&mut e, id, device);
+            if seq > 5 {
+                e.ack(device, seq - 5, true).unwrap(); // acks trail by five
+            }
+        }
+        flush_all(&mut e, &mut disk).unwrap();
+        reclaimed += reclaim_all(&mut e, &mut disk).unwrap().len();
+        let bound = 2 * e.live_bytes() + config().log.segment_bytes_max;
+        assert!(
+            e.log_bytes() <= bound,
+            "message {id}: {} > {bound}",
+            e.log_bytes()
+        );
+        worst = worst.max(e.log_bytes() as f64 / bound as f64);
+    }
+    eprintln!(
+        "churn: {reclaimed} segments reclaimed, worst log/bound {worst:.2}, log {} B, live {} B",
+        e.log_bytes(),
+        e.live_bytes()
+    );
+    assert!(reclaimed > 50, "segments were reclaimed: {reclaimed}");
+    assert!(e.log().segments()[0] > 0, "the first segments are gone");
+    assert_eq!(
+        seqs(&e, OFFLINE),
+        offline_sent,
+        "the offline device's backlog is intact"
+    );
+    let (reopened, _) = Engine::open(&mut disk, config(), 0).unwrap();
+    assert_eq!(
+        seqs(&reopened, OFFLINE),
+        offline_sent,
+        "and survives a restart"
+    );
+    for device in &devices {
+        assert_eq!(seqs(&reopened, *device), seqs(&e, *device));
+    }
+}
+
+#[test]
+fn a_crash_between_copying_and_deleting_loses_nothing() {
+    let mut disk = SimDisk::new(2);
+    let (mut e, _) = Engine::open(&mut disk, config(), 0).unwrap();
+    for id in 1..=300 {
+        send(&mut e, id, OFFLINE);
+    }
+    flush_all(&mut e, &mut disk).unwrap();
+    let before = seqs(&e, OFFLINE);
+    let oldest = e.log().segments()[0];
+    let bytes = disk.read(oldest).unwrap();
+    e.reclaim(oldest, &bytes).unwrap();
+    // The copies are in the log but not flushed; the power goes.
+    disk.crash();
+    let (reopened, _) = Engine::open(&mut disk, config(), 0).unwrap();
+    assert_eq!(seqs(&reopened, OFFLINE), before);
+}
+
+#[test]
+fn a_crash_after_the_copies_are_durable_but_before_the_delete_replays_both_once() {
+    let mut disk = SimDisk::new(4);
+    let (mut e, _) = Engine::open(&mut disk, config(), 0).unwrap();
+    for id in 1..=300 {
+        send(&mut e, id, OFFLINE);
+    }
+    e.ack(OFFLINE, 10, true).unwrap();
+    flush_all(&mut e, &mut disk).unwrap();
+    let (before, live) = (seqs(&e, OFFLINE), e.live_messages());
+    let oldest = e.log().segments()[0];
+    let bytes = disk.read(oldest).unwrap();
+    e.reclaim(oldest, &bytes).unwrap();
+    flush_all(&mut e, &mut disk).unwrap(); // copies durable, original still there
+    let (reopened, _) = Engine::open(&mut disk, config(), 0).unwrap();
+    assert_eq!(
+        seqs(&reopened, OFFLINE),
+        before,
+        "each entry once, in order"
+    );
+    assert_eq!(
+        reopened.live_messages(),
+        live,
+        "originals released by their copies"
+    );
+}
+
+#[test]
+fn seqs_continue_after_their_tombstones_are_reclaimed() {
+    let mut disk = SimDisk::new(3);
+    let (mut e, _) = Engine::open(&mut disk, config(), 0).unwrap();
+    let device = DeviceRef { user: 5, device: 0 };
+    let mut last = 0;
+    for id in 1..=400 {
+        last = send(&mut e, id, device);
+        e.ack(device, last, true).unwrap();
+        flush_all(&mut e, &mut disk).unwrap();
+        reclaim_all(&mut e, &mut disk).unwrap();
+    }
+    assert!(
+        e.log().segments()[0] > 0,
+        "the segments with the acks are gone"
+    );
+    let (mut reopened, _) = Engine::open(&mut disk, config(), 0).unwrap();
+    assert_eq!(
+        send(&mut reopened, 1_000, device),
+        last + 1,
+        "no seq is reused"
+    );
+}
