@@ -137,7 +137,22 @@ pub struct Expired {
 struct Entry {
     seq: u64,
     position: u64,
-    expires_ms: u64,
+    payload_len: u32,
+    /// Seconds since the Unix epoch, rounded up (never early).
+    expires_s: u32,
+}
+
+impl Entry {
+    fn expired(&self, now_ms: u64) -> bool {
+        u64::from(self.expires_s) * 1000 <= now_ms
+    }
+}
+
+/// Bytes of a message record with `recipients` and a payload of
+/// `payload_len` (see `record.rs`): what a single-recipient record costs on
+/// disk, derived rather than stored.
+fn message_record_len(recipients: usize, payload_len: u64) -> u64 {
+    55 + 20 * recipients as u64 + payload_len
 }
 
 #[derive(Debug, Default)]
@@ -147,11 +162,11 @@ struct Queue {
     bytes: u64,
 }
 
-/// A stored message record still referenced by queue entries.
+/// A message record referenced by several queue entries (fan-out). A
+/// record with one recipient needs none: its entry is its only reference.
 #[derive(Debug, Clone, Copy)]
-struct Meta {
+struct Shared {
     refs: u32,
-    payload_len: u32,
     record_len: u32,
 }
 
@@ -176,7 +191,9 @@ pub struct Engine {
     config: EngineConfig,
     log: Log,
     queues: FxHashMap<DeviceRef, Queue>,
-    messages: FxHashMap<u64, Meta>,
+    shared: FxHashMap<u64, Shared>,
+    /// Message records still referenced.
+    live_records: usize,
     dedup: FxHashMap<DedupKey, (u64, u64)>,
     /// (expires_ms, key, position of the message it was made for).
     dedup_expiry: VecDeque<(u64, DedupKey, u64)>,
@@ -201,7 +218,8 @@ impl Engine {
             config,
             log: Log::resume(config.log, Vec::new(), 0),
             queues: FxHashMap::default(),
-            messages: FxHashMap::default(),
+            shared: FxHashMap::default(),
+            live_records: 0,
             dedup: FxHashMap::default(),
             dedup_expiry: VecDeque::new(),
             group_records: std::collections::BTreeMap::new(),
@@ -336,7 +354,7 @@ impl Engine {
         self.close_dedup_windows(now_ms);
         let mut expired = Vec::new();
         for (device, queue) in &self.queues {
-            for e in queue.entries.iter().filter(|e| e.expires_ms <= now_ms) {
+            for e in queue.entries.iter().filter(|e| e.expired(now_ms)) {
                 expired.push(Expired {
                     device: *device,
                     seq: e.seq,
@@ -510,7 +528,16 @@ impl Engine {
     fn move_message(&mut self, position: u64, m: &MessageRecord<'_>) -> Option<u64> {
         let key = (m.sender, m.client_msg_id);
         let dedup_open = self.dedup.get(&key) == Some(&(m.message_id, position));
-        let Some(meta) = self.messages.get(&position).copied() else {
+        let live: Vec<Recipient> = m
+            .recipients
+            .iter()
+            .filter(|r| {
+                self.entry_mut(r.device, r.seq)
+                    .is_some_and(|e| e.position == position)
+            })
+            .copied()
+            .collect();
+        if live.is_empty() {
             if !dedup_open {
                 return None;
             }
@@ -522,33 +549,26 @@ impl Engine {
             };
             self.append(&Record::Dedup(d));
             return Some(0);
-        };
-        let live: Vec<Recipient> = m
-            .recipients
-            .iter()
-            .filter(|r| {
-                self.entry_mut(r.device, r.seq)
-                    .is_some_and(|e| e.position == position)
-            })
-            .copied()
-            .collect();
-        debug_assert_eq!(
-            live.len(),
-            meta.refs as usize,
-            "refs count the live entries"
+        }
+        let old_len = self.shared.remove(&position).map_or_else(
+            || message_record_len(1, m.payload.len() as u64),
+            |s| u64::from(s.record_len),
         );
         let copy = Record::Message(MessageRecord {
             recipients: live.clone(),
             ..m.clone()
         });
         let to = self.log.append(&copy);
-        let record_len = u32::try_from(self.log.head() - to).expect("below 4 GiB");
-        self.live_bytes = self.live_bytes - u64::from(meta.record_len) + u64::from(record_len);
+        let new_len = self.log.head() - to;
+        self.live_bytes = self.live_bytes - old_len + new_len;
         for r in &live {
             self.entry_mut(r.device, r.seq).expect("live").position = to;
         }
-        self.messages.remove(&position);
-        self.messages.insert(to, Meta { record_len, ..meta });
+        if live.len() > 1 {
+            let refs = u32::try_from(live.len()).expect("at most 65,535 recipients");
+            let record_len = u32::try_from(new_len).expect("below 4 GiB");
+            self.shared.insert(to, Shared { refs, record_len });
+        }
         if dedup_open {
             self.dedup.insert(key, (m.message_id, to));
             self.dedup_expiry.push_back((m.expires_ms, key, to));
@@ -611,7 +631,18 @@ impl Engine {
 
     /// Message records still referenced.
     pub fn live_messages(&self) -> usize {
-        self.messages.len()
+        self.live_records
+    }
+
+    /// Gives back memory held for queues that have drained (after a
+    /// reconnect storm, say). Costs a pass over every queue.
+    pub fn shrink_to_fit(&mut self) {
+        for queue in self.queues.values_mut() {
+            queue.entries.shrink_to_fit();
+        }
+        self.shared.shrink_to_fit();
+        self.dedup.shrink_to_fit();
+        self.dedup_expiry.shrink_to_fit();
     }
 
     /// Group records recovered from the log, in the order they were
@@ -678,39 +709,44 @@ impl Engine {
     /// record copied forward by reclaim arrives after newer ones. If the
     /// entry exists (a crash left both the original and its copy), the copy
     /// takes it over and the original loses that reference.
+    /// Queues the message for its recipients. Entries go in seq order: a
+    /// record copied forward by reclaim arrives after newer ones. If the
+    /// entry exists (a crash left both the original and its copy), the copy
+    /// takes it over and the original loses that reference.
     fn apply_message(&mut self, position: u64, len: u64, m: &MessageRecord<'_>) {
-        let payload_len = m.payload.len() as u64;
+        debug_assert_eq!(
+            len,
+            message_record_len(m.recipients.len(), m.payload.len() as u64)
+        );
+        let payload_len = u32::try_from(m.payload.len()).expect("records are below 4 GiB");
+        let expires_s = u32::try_from(m.expires_ms.div_ceil(1000)).unwrap_or(u32::MAX);
         let mut replaced = Vec::new();
         for r in &m.recipients {
             let queue = self.queue(r.device);
             let entry = Entry {
                 seq: r.seq,
                 position,
-                expires_ms: m.expires_ms,
+                payload_len,
+                expires_s,
             };
             match queue.entries.binary_search_by_key(&r.seq, |e| e.seq) {
-                Ok(at) => replaced.push(std::mem::replace(&mut queue.entries[at], entry).position),
+                Ok(at) => replaced.push(std::mem::replace(&mut queue.entries[at], entry)),
                 Err(at) => {
                     queue.entries.insert(at, entry);
-                    queue.bytes += payload_len;
+                    queue.bytes += u64::from(payload_len);
                 }
             }
             queue.next_seq = queue.next_seq.max(r.seq + 1);
         }
-        for old in replaced {
-            self.release(old);
+        self.live_records += 1;
+        if m.recipients.len() > 1 {
+            let refs = u32::try_from(m.recipients.len()).expect("at most 65,535 recipients");
+            let record_len = u32::try_from(len).expect("records are below 4 GiB");
+            self.shared.insert(position, Shared { refs, record_len });
         }
-        let refs = u32::try_from(m.recipients.len()).expect("at most 65,535 recipients");
-        let payload_len = u32::try_from(m.payload.len()).expect("records are below 4 GiB");
-        let record_len = u32::try_from(len).expect("records are below 4 GiB");
-        self.messages.insert(
-            position,
-            Meta {
-                refs,
-                payload_len,
-                record_len,
-            },
-        );
+        for old in replaced {
+            self.release(&old);
+        }
         self.remember(
             m.sender,
             m.client_msg_id,
@@ -729,30 +765,31 @@ impl Engine {
         queue.entries.retain(|e| {
             let dies = (t.seq_from..=t.seq_to).contains(&e.seq);
             if dies {
-                dead.push(e.position);
+                dead.push(*e);
             }
             !dies
         });
-        let freed: u64 = dead
-            .iter()
-            .map(|p| u64::from(self.messages[p].payload_len))
-            .sum();
-        queue.bytes -= freed;
-        for position in dead {
-            self.release(position);
+        queue.bytes -= dead.iter().map(|e| u64::from(e.payload_len)).sum::<u64>();
+        for entry in dead {
+            self.release(&entry);
         }
     }
 
-    /// One queue entry no longer refers to the record at `position`.
-    fn release(&mut self, position: u64) {
-        let meta = self
-            .messages
-            .get_mut(&position)
-            .expect("a referenced record is live");
-        meta.refs -= 1;
-        if meta.refs == 0 {
-            self.live_bytes -= u64::from(meta.record_len);
-            self.messages.remove(&position);
+    /// `entry` no longer refers to its message record; the record dies
+    /// with its last reference.
+    fn release(&mut self, entry: &Entry) {
+        let dead_len = match self.shared.get_mut(&entry.position) {
+            Some(shared) => {
+                shared.refs -= 1;
+                let len = u64::from(shared.record_len);
+                (shared.refs == 0).then_some(len)
+            }
+            None => Some(message_record_len(1, u64::from(entry.payload_len))),
+        };
+        if let Some(len) = dead_len {
+            self.shared.remove(&entry.position);
+            self.live_bytes -= len;
+            self.live_records -= 1;
         }
     }
 

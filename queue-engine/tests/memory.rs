@@ -1,0 +1,142 @@
+//! Memory of the in-memory index, measured with a counting allocator
+//! (deterministic, unlike time): bytes per queued message for the queues and
+//! record references, and bytes per message for the dedup window, which
+//! lasts the TTL whether or not the message is still queued.
+//!
+//! `cargo test -p queue-engine --test memory -- --nocapture` prints them.
+
+// A counting global allocator needs `unsafe impl GlobalAlloc`; it forwards
+// every call to the system allocator unchanged.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io;
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use queue_engine::*;
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every method forwards to `System` with the same arguments; the
+// counter only observes sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Storage that keeps nothing: only the engine's own memory is counted.
+#[derive(Default)]
+struct Discard(Vec<u64>);
+
+impl Storage for Discard {
+    fn segments(&self) -> io::Result<Vec<u64>> {
+        Ok(self.0.clone())
+    }
+    fn read(&self, _: u64) -> io::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+    fn create(&mut self, start: u64) -> io::Result<()> {
+        self.0.push(start);
+        Ok(())
+    }
+    fn write(&mut self, _: u64, _: u64, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn sync(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn truncate(&mut self, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn remove(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+const DEVICES: u64 = 2_000;
+const PER_DEVICE: u64 = 100;
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+#[test]
+fn bytes_per_queued_message() {
+    let mut disk = Discard::default();
+    let config = EngineConfig {
+        queue_messages_max: 1_000,
+        ..EngineConfig::default()
+    };
+    let (mut engine, _) = Engine::open(&mut disk, config, 0).unwrap();
+    // Every device has a queue and the log its buffers before we start.
+    for user in 0..DEVICES {
+        engine.register_device(0, DeviceRef { user, device: 0 });
+    }
+    flush_all(&mut engine, &mut disk).unwrap();
+    let payload = [7u8; 100];
+    let start = live();
+    let messages = DEVICES * PER_DEVICE;
+    for id in 0..messages {
+        let to = DeviceRef {
+            user: id % DEVICES,
+            device: 0,
+        };
+        let sender = DeviceRef {
+            user: 1_000_000 + id % 97,
+            device: 0,
+        };
+        let m = NewMessage {
+            message_id: id,
+            sender,
+            client_msg_id: id,
+            recipients: &[to],
+            ttl_ms: 0,
+            payload: &payload,
+        };
+        engine.append_message(0, &m).unwrap();
+        if id % 1_000 == 0 {
+            flush_all(&mut engine, &mut disk).unwrap();
+        }
+    }
+    flush_all(&mut engine, &mut disk).unwrap();
+    let queued = live() - start;
+    for user in 0..DEVICES {
+        engine
+            .ack(DeviceRef { user, device: 0 }, PER_DEVICE, true)
+            .unwrap();
+    }
+    flush_all(&mut engine, &mut disk).unwrap();
+    engine.shrink_to_fit();
+    let dedup_only = live() - start;
+    let per_message = |bytes: isize| bytes as f64 / messages as f64;
+    let (index, dedup) = (per_message(queued - dedup_only), per_message(dedup_only));
+    eprintln!(
+        "memory: {index:.1} B per queued message (queues + record refs), \
+         {dedup:.1} B per message in the dedup window, {:.1} B total while queued",
+        per_message(queued)
+    );
+    // The goal for the index, and a regression bound for dedup.
+    assert!(index <= 48.0, "index: {index:.1} B per queued message (goal: <= 48)");
+    assert!(dedup < 100.0, "dedup: {dedup:.1} B per message");
+}
