@@ -137,6 +137,9 @@ fn bytes_per_queued_message() {
         per_message(queued)
     );
     // The goal for the index, and a regression bound for dedup.
-    assert!(index <= 48.0, "index: {index:.1} B per queued message (goal: <= 48)");
+    assert!(
+        index <= 48.0,
+        "index: {index:.1} B per queued message (goal: <= 48)"
+    );
     assert!(dedup < 100.0, "dedup: {dedup:.1} B per message");
 }

@@ -1,0 +1,164 @@
+//! The log's disk path on this machine, side by side in one run:
+//! a 4 KiB append + fdatasync with buffered writes (`std::fs`, what
+//! `FsStorage` does), the same over pre-written blocks (segment recycling),
+//! the same with glommio's `DmaFile` (O_DIRECT on io_uring), and durable
+//! messages per second through the engine's group commit on real files.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use glommio::io::DmaFile;
+use glommio::{LocalExecutorBuilder, Placement};
+use queue_engine::{DeviceRef, Engine, EngineConfig, FsStorage, NewMessage, flush_all};
+
+const BLOCK: usize = 4096;
+/// Blocks per measured file: appends grow it to 16 MiB, then start over.
+const BLOCKS: u64 = 4096;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("edge-log-io-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn buffered(c: &mut Criterion) {
+    let mut group = c.benchmark_group("log_io");
+    group.throughput(Throughput::Bytes(BLOCK as u64));
+    let block = vec![0x5Au8; BLOCK];
+    let path = scratch("append.log");
+    group.bench_function("buffered_append_4KiB_fdatasync", |b| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut at = 0;
+        b.iter(|| {
+            if at == BLOCKS {
+                file = OpenOptions::new()
+                    .truncate(true)
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .unwrap();
+                at = 0;
+            }
+            file.write_all_at(&block, at * BLOCK as u64).unwrap();
+            file.sync_data().unwrap();
+            at += 1;
+        })
+    });
+    let path = scratch("prewritten.log");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    for i in 0..BLOCKS {
+        file.write_all_at(&block, i * BLOCK as u64).unwrap();
+    }
+    file.sync_all().unwrap();
+    group.bench_function("buffered_overwrite_4KiB_fdatasync", |b| {
+        let mut at = 0;
+        b.iter(|| {
+            file.write_all_at(&block, (at % BLOCKS) * BLOCK as u64)
+                .unwrap();
+            file.sync_data().unwrap();
+            at += 1;
+        })
+    });
+    group.finish();
+}
+
+fn direct(c: &mut Criterion) {
+    let mut group = c.benchmark_group("log_io");
+    group.throughput(Throughput::Bytes(BLOCK as u64));
+    let path = scratch("dma.log");
+    group.bench_function("dma_append_4KiB_fdatasync", |b| {
+        b.iter_custom(|iters| {
+            let path = path.clone();
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .spawn(move || async move {
+                    let _ = std::fs::remove_file(&path);
+                    let file = DmaFile::create(&path).await.unwrap();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        let mut buf = file.alloc_dma_buffer(BLOCK);
+                        buf.as_bytes_mut().fill(0x5A);
+                        file.write_at(buf, (i % BLOCKS) * BLOCK as u64)
+                            .await
+                            .unwrap();
+                        file.fdatasync().await.unwrap();
+                    }
+                    let elapsed = start.elapsed();
+                    file.close().await.unwrap();
+                    elapsed
+                })
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+/// Durable 100-byte messages per second when `per_batch` arrive per group
+/// commit.
+fn group_commit(c: &mut Criterion) {
+    let mut group = c.benchmark_group("log_io");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    for per_batch in [1u64, 32, 512] {
+        group.throughput(Throughput::Elements(per_batch));
+        group.bench_function(format!("group_commit_{per_batch}_msgs_of_100B"), |b| {
+            let dir = scratch(&format!("engine-{per_batch}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut storage = FsStorage::open(&dir).unwrap();
+            let (mut engine, _) = Engine::open(
+                &mut storage,
+                EngineConfig {
+                    queue_messages_max: usize::MAX,
+                    queue_bytes_max: u64::MAX,
+                    ..EngineConfig::default()
+                },
+                0,
+            )
+            .unwrap();
+            let payload = [0x5Au8; 100];
+            let mut id = 0u64;
+            b.iter(|| {
+                for _ in 0..per_batch {
+                    id += 1;
+                    let to = DeviceRef {
+                        user: id % 1000,
+                        device: 0,
+                    };
+                    let m = NewMessage {
+                        message_id: id,
+                        sender: DeviceRef { user: 1, device: 0 },
+                        client_msg_id: id,
+                        recipients: &[to],
+                        ttl_ms: 0,
+                        payload: &payload,
+                    };
+                    engine.append_message(0, &m).unwrap();
+                }
+                flush_all(&mut engine, &mut storage).unwrap();
+            });
+            drop(engine);
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, buffered, direct, group_commit);
+criterion_main!(benches);
