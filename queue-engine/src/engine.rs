@@ -844,3 +844,54 @@ pub fn reclaim_all(
     }
     Ok(done)
 }
+
+/// A message read back from the log, for backlog streaming and receipts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Server-wide id.
+    pub message_id: u64,
+    /// The sending device.
+    pub sender: DeviceRef,
+    /// The sender's id for it.
+    pub client_msg_id: u64,
+    /// When it was accepted, ms since the Unix epoch.
+    pub accepted_ms: u64,
+    /// The opaque payload.
+    pub payload: Vec<u8>,
+}
+
+/// Reads the message record at `position` (from [`Engine::backlog`] or an
+/// [`Expired`]): two `pread`s, the length then the record.
+pub fn read_message(
+    engine: &Engine,
+    storage: &impl Storage,
+    position: u64,
+) -> Result<StoredMessage, RecoveryError> {
+    let segment = *engine
+        .log()
+        .segments()
+        .iter()
+        .rev()
+        .find(|s| **s <= position)
+        .expect("in the log");
+    let offset = position - segment;
+    let mut len = [0; 4];
+    storage.read_at(segment, offset, &mut len)?;
+    let mut bytes = vec![0; 4 + u32::from_le_bytes(len) as usize];
+    storage.read_at(segment, offset, &mut bytes)?;
+    let corrupt = |error| RecoveryError::Corruption {
+        segment,
+        offset,
+        error,
+    };
+    match crate::record::decode(&bytes).map_err(corrupt)?.0 {
+        Record::Message(m) => Ok(StoredMessage {
+            message_id: m.message_id,
+            sender: m.sender,
+            client_msg_id: m.client_msg_id,
+            accepted_ms: m.accepted_ms,
+            payload: m.payload.to_vec(),
+        }),
+        _ => Err(corrupt(crate::record::RecordError::Malformed { kind: 0 })),
+    }
+}

@@ -16,8 +16,8 @@ pub mod record;
 pub mod recovery;
 
 pub use engine::{
-    Accepted, Engine, EngineConfig, Expired, NewMessage, QueueError, Reclaimed, TTL_MAX_MS,
-    flush_all, reclaim_all,
+    Accepted, Engine, EngineConfig, Expired, NewMessage, QueueError, Reclaimed, StoredMessage,
+    TTL_MAX_MS, flush_all, read_message, reclaim_all,
 };
 pub use log::{Flush, Log, LogConfig};
 pub use record::DeviceRef;

@@ -18,6 +18,8 @@ pub trait Storage {
     fn segments(&self) -> io::Result<Vec<u64>>;
     /// The whole content of segment `start`.
     fn read(&self, start: u64) -> io::Result<Vec<u8>>;
+    /// Fills `buf` from segment `start` at `offset` (`pread`).
+    fn read_at(&self, start: u64, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Creates empty segment `start`; its name is durable on return.
     fn create(&mut self, start: u64) -> io::Result<()>;
     /// Writes `data` at `offset` inside segment `start` (not yet durable).
@@ -84,6 +86,13 @@ impl Storage for FsStorage {
 
     fn read(&self, start: u64) -> io::Result<Vec<u8>> {
         std::fs::read(self.path(start))
+    }
+
+    fn read_at(&self, start: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self.open.get(&start) {
+            Some(file) => file.read_exact_at(buf, offset),
+            None => File::open(self.path(start))?.read_exact_at(buf, offset),
+        }
     }
 
     fn create(&mut self, start: u64) -> io::Result<()> {
@@ -241,6 +250,14 @@ impl Storage for SimDisk {
         Ok(segment.current.clone())
     }
 
+    fn read_at(&self, start: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let segment = self.segments.get(&start).ok_or(io::ErrorKind::NotFound)?;
+        let offset = usize::try_from(offset).expect("segments fit in memory");
+        let bytes = segment.current.get(offset..offset + buf.len());
+        buf.copy_from_slice(bytes.ok_or(io::ErrorKind::UnexpectedEof)?);
+        Ok(())
+    }
+
     fn create(&mut self, start: u64) -> io::Result<()> {
         if self.segments.insert(start, SimSegment::default()).is_some() {
             return Err(io::ErrorKind::AlreadyExists.into());
@@ -293,6 +310,10 @@ mod tests {
         storage.write(0, 6, b"world").unwrap();
         storage.sync(0).unwrap();
         assert_eq!(storage.read(0).unwrap(), b"hello world");
+        let mut word = [0; 5];
+        storage.read_at(0, 6, &mut word).unwrap();
+        assert_eq!(&word, b"world");
+        assert!(storage.read_at(0, 8, &mut word).is_err(), "past the end");
         storage.truncate(0, 5).unwrap();
         assert_eq!(storage.read(0).unwrap(), b"hello");
         assert_eq!(storage.segments().unwrap(), [0, 4096]);

@@ -56,6 +56,9 @@ impl Storage for Discard {
     fn read(&self, _: u64) -> io::Result<Vec<u8>> {
         Ok(Vec::new())
     }
+    fn read_at(&self, _: u64, _: u64, _: &mut [u8]) -> io::Result<()> {
+        Ok(())
+    }
     fn create(&mut self, start: u64) -> io::Result<()> {
         self.0.push(start);
         Ok(())
