@@ -24,28 +24,24 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// `path` created or emptied, open for reading and writing.
+fn empty_file(path: &std::path::Path) -> std::fs::File {
+    let mut options = OpenOptions::new();
+    options.create(true).truncate(true).read(true).write(true);
+    options.open(path).unwrap()
+}
+
 fn buffered(c: &mut Criterion) {
     let mut group = c.benchmark_group("log_io");
     group.throughput(Throughput::Bytes(BLOCK as u64));
     let block = vec![0x5Au8; BLOCK];
     let path = scratch("append.log");
     group.bench_function("buffered_append_4KiB_fdatasync", |b| {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let mut file = empty_file(&path);
         let mut at = 0;
         b.iter(|| {
             if at == BLOCKS {
-                file = OpenOptions::new()
-                    .truncate(true)
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .unwrap();
+                file = empty_file(&path);
                 at = 0;
             }
             file.write_all_at(&block, at * BLOCK as u64).unwrap();
@@ -54,13 +50,7 @@ fn buffered(c: &mut Criterion) {
         })
     });
     let path = scratch("prewritten.log");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    let file = empty_file(&path);
     for i in 0..BLOCKS {
         file.write_all_at(&block, i * BLOCK as u64).unwrap();
     }

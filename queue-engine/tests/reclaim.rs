@@ -91,13 +91,19 @@ fn churn_stays_within_twice_the_live_bytes_plus_one_segment() {
     }
 }
 
-#[test]
-fn a_crash_between_copying_and_deleting_loses_nothing() {
-    let mut disk = SimDisk::new(2);
+/// An engine with 300 messages queued for the offline device.
+fn backlog_of_300(seed: u64) -> (Engine, SimDisk) {
+    let mut disk = SimDisk::new(seed);
     let (mut e, _) = Engine::open(&mut disk, config(), 0).unwrap();
     for id in 1..=300 {
         send(&mut e, id, OFFLINE);
     }
+    (e, disk)
+}
+
+#[test]
+fn a_crash_between_copying_and_deleting_loses_nothing() {
+    let (mut e, mut disk) = backlog_of_300(2);
     flush_all(&mut e, &mut disk).unwrap();
     let before = seqs(&e, OFFLINE);
     let oldest = e.log().segments()[0];
@@ -111,11 +117,7 @@ fn a_crash_between_copying_and_deleting_loses_nothing() {
 
 #[test]
 fn a_crash_after_the_copies_are_durable_but_before_the_delete_replays_both_once() {
-    let mut disk = SimDisk::new(4);
-    let (mut e, _) = Engine::open(&mut disk, config(), 0).unwrap();
-    for id in 1..=300 {
-        send(&mut e, id, OFFLINE);
-    }
+    let (mut e, mut disk) = backlog_of_300(4);
     e.ack(OFFLINE, 10, true).unwrap();
     flush_all(&mut e, &mut disk).unwrap();
     let (before, live) = (seqs(&e, OFFLINE), e.live_messages());
