@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use crate::log::{Flush, Log, LogConfig};
+use crate::recent::RecentPayloads;
 use crate::record::{
     DeathReason, DedupRecord, DeviceRef, MessageRecord, Recipient, Record, Tombstone,
 };
@@ -48,6 +49,9 @@ pub struct EngineConfig {
     pub ttl_default_ms: u64,
     /// Largest TTL; longer ones are clamped.
     pub ttl_max_ms: u64,
+    /// Bytes of recent payloads kept in memory for devices that reconnect
+    /// soon after (0: none).
+    pub payload_cache_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +62,7 @@ impl Default for EngineConfig {
             queue_bytes_max: 64 << 20,
             ttl_default_ms: TTL_MAX_MS,
             ttl_max_ms: TTL_MAX_MS,
+            payload_cache_bytes: 16 << 20,
         }
     }
 }
@@ -204,6 +209,7 @@ pub struct Engine {
     /// Bytes of records still needed: live messages, and device, group and
     /// dedup records (the latest copy of each).
     live_bytes: u64,
+    recent: RecentPayloads,
 }
 
 impl Engine {
@@ -225,6 +231,7 @@ impl Engine {
             group_records: std::collections::BTreeMap::new(),
             device_records: FxHashMap::default(),
             live_bytes: 0,
+            recent: RecentPayloads::new(config.payload_cache_bytes),
         };
         let found = recover(storage, &config.log, |position, len, record| {
             engine.apply(position, len, &record)
@@ -277,6 +284,7 @@ impl Engine {
             payload: m.payload,
         });
         let position = self.append(&record);
+        self.recent.insert(position, m.payload);
         let Record::Message(stored) = record else {
             unreachable!()
         };
@@ -615,6 +623,12 @@ impl Engine {
             .flat_map(|q| q.entries.iter())
             .filter(move |e| e.seq > after_seq && e.position < durable)
             .map(|e| (e.seq, e.position))
+    }
+
+    /// The payload of the message at `position` if it is among the recent
+    /// ones kept in memory; otherwise [`read_message`] reads it from disk.
+    pub fn recent_payload(&self, position: u64) -> Option<&[u8]> {
+        self.recent.get(position)
     }
 
     /// Messages and payload bytes queued for `device`.

@@ -12,6 +12,7 @@
 
 mod engine;
 pub mod log;
+mod recent;
 pub mod record;
 pub mod recovery;
 

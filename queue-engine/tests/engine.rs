@@ -231,6 +231,12 @@ fn a_backlog_reads_back_its_payloads_even_after_reclaim_moves_them() {
         (read[4].message_id, read[4].sender, read[4].accepted_ms),
         (40, ALICE, 140)
     );
+    let recent = e.recent_payload(backlog[4].1);
+    assert_eq!(
+        recent,
+        Some(&b"message 40"[..]),
+        "recent ones come from memory"
+    );
     let first = read_message(&e, &disk, e.backlog(BOB_PHONE, 0).next().unwrap().1).unwrap();
     assert_eq!(
         first.payload, b"message 1",

@@ -87,8 +87,10 @@ fn live() -> isize {
 #[test]
 fn bytes_per_queued_message() {
     let mut disk = Discard::default();
+    // The payload cache is one fixed ring, not a cost per message.
     let config = EngineConfig {
         queue_messages_max: 1_000,
+        payload_cache_bytes: 0,
         ..EngineConfig::default()
     };
     let (mut engine, _) = Engine::open(&mut disk, config, 0).unwrap();

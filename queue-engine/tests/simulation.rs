@@ -78,6 +78,7 @@ impl Sim {
             queue_bytes_max: 4096,
             ttl_default_ms: 5_000,
             ttl_max_ms: 20_000,
+            payload_cache_bytes: 4096,
         };
         let mut disk = SimDisk::new(seed ^ 0xD15C);
         let (engine, _) = Engine::open(&mut disk, config, 1).unwrap();
