@@ -153,11 +153,16 @@ impl Entry {
     }
 }
 
-/// Bytes of a message record with `recipients` and a payload of
-/// `payload_len` (see `record.rs`): what a single-recipient record costs on
+/// The index range of `entries` (sorted by seq) with `from <= seq <= to`.
+fn seq_range(entries: &VecDeque<Entry>, from: u64, to: u64) -> std::ops::Range<usize> {
+    entries.partition_point(|e| e.seq < from)..entries.partition_point(|e| e.seq <= to)
+}
+
+/// Bytes of a message record: what a single-recipient record costs on
 /// disk, derived rather than stored.
 fn message_record_len(recipients: usize, payload_len: u64) -> u64 {
-    55 + 20 * recipients as u64 + payload_len
+    let payload_len = usize::try_from(payload_len).expect("records are below 4 GiB");
+    crate::record::message_len(recipients, payload_len) as u64
 }
 
 #[derive(Debug, Default)]
@@ -312,22 +317,13 @@ impl Engine {
             return Err(QueueError::NotDelivered { device, seq });
         }
         let queue = queue.expect("checked");
-        let acked: Vec<Entry> = queue
-            .entries
-            .iter()
-            .filter(|e| {
-                if cumulative {
-                    e.seq <= seq
-                } else {
-                    e.seq == seq
-                }
-            })
-            .copied()
-            .collect();
-        let Some(first) = acked.first() else {
-            return Ok(Vec::new());
+        let from = if cumulative { 0 } else { seq };
+        let range = seq_range(&queue.entries, from, seq);
+        let Some(first) = queue.entries.get(range.start).filter(|_| !range.is_empty()) else {
+            return Ok(Vec::new()); // already acked or expired
         };
         let seq_from = if cumulative { first.seq } else { seq };
+        let positions = queue.entries.range(range).map(|e| e.position).collect();
         let tombstone = Tombstone {
             device,
             seq_from,
@@ -335,7 +331,7 @@ impl Engine {
             reason: DeathReason::Acked,
         };
         self.append(&Record::Tombstone(tombstone));
-        Ok(acked.iter().map(|e| e.position).collect())
+        Ok(positions)
     }
 
     /// Records that `device` exists (its queue starts empty).
@@ -775,14 +771,9 @@ impl Engine {
             return;
         };
         queue.next_seq = queue.next_seq.max(t.seq_to + 1);
-        let mut dead = Vec::new();
-        queue.entries.retain(|e| {
-            let dies = (t.seq_from..=t.seq_to).contains(&e.seq);
-            if dies {
-                dead.push(*e);
-            }
-            !dies
-        });
+        // Entries are sorted by seq: the dead ones are one range.
+        let range = seq_range(&queue.entries, t.seq_from, t.seq_to);
+        let dead: Vec<Entry> = queue.entries.drain(range).collect();
         queue.bytes -= dead.iter().map(|e| u64::from(e.payload_len)).sum::<u64>();
         for entry in dead {
             self.release(&entry);

@@ -125,15 +125,15 @@ impl Log {
     /// Appends `record`; returns its position. It is durable once
     /// [`Log::durable`] is past it.
     pub fn append(&mut self, record: &Record<'_>) -> u64 {
-        let mut bytes = Vec::new();
-        let len = record::encode(record, &mut bytes) as u64;
+        let len = record::encoded_len(record) as u64;
         let in_segment = self.head - self.active_segment;
         if in_segment > 0 && in_segment + len > self.config.segment_bytes_max {
             self.roll();
         }
         let position = self.head;
         let filling = self.filling_batch();
-        filling.bytes.extend_from_slice(&bytes);
+        let written = record::encode(record, &mut filling.bytes) as u64;
+        debug_assert_eq!(written, len, "encoded_len agrees with encode");
         let full = filling.bytes.len() >= self.config.batch_bytes_max;
         self.head += len;
         if full {

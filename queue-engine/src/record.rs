@@ -151,6 +151,25 @@ pub enum RecordError {
     },
 }
 
+/// Bytes of a message record with `recipients` and a `payload_len` payload:
+/// the framing (9), id (8), sender (12), three times (24), count (2), then
+/// 20 per recipient and the payload.
+pub fn message_len(recipients: usize, payload_len: usize) -> usize {
+    LEN_BYTES + CRC_BYTES + 1 + 46 + 20 * recipients + payload_len
+}
+
+/// Bytes `encode` will write for `record`, without writing them.
+pub fn encoded_len(record: &Record<'_>) -> usize {
+    let body = match record {
+        Record::Message(m) => return message_len(m.recipients.len(), m.payload.len()),
+        Record::Tombstone(_) => 12 + 8 + 8 + 1,
+        Record::Device { .. } => 12 + 8 + 8,
+        Record::Group { bytes, .. } => 8 + bytes.len(),
+        Record::Dedup(_) => 12 + 8 + 8 + 8,
+    };
+    LEN_BYTES + CRC_BYTES + 1 + body
+}
+
 /// Appends `record` to `out` and returns the bytes written.
 pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
     let start = out.len();
@@ -399,6 +418,8 @@ mod tests {
         ];
         let mut out = Vec::new();
         let sizes: Vec<usize> = records.iter().map(|r| encode(r, &mut out)).collect();
+        let predicted: Vec<usize> = records.iter().map(encoded_len).collect();
+        assert_eq!(predicted, sizes, "encoded_len agrees with encode");
         let mut at = 0;
         for (record, size) in records.iter().zip(sizes) {
             let (decoded, used) = decode(&out[at..]).unwrap();
