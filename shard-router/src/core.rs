@@ -491,11 +491,7 @@ impl<M: Clone> RouterCore<M> {
     }
 
     fn send_to(&mut self, shard: ShardId, msg: ShardMsg<M>) {
-        if shard == self.shard {
-            self.local.push_back(msg);
-        } else {
-            self.outbox.push(shard, msg);
-        }
+        route(self.shard, &mut self.local, &mut self.outbox, shard, msg);
     }
 
     fn run_local(&mut self, now_ms: u64) {
@@ -626,37 +622,38 @@ impl<M: Clone> RouterCore<M> {
 
     /// Hands `msg` to every online device of `user` except the sending one.
     fn deliver_to_user(&mut self, from: DeviceKey, user: UserId, to: Target, msg: M) {
-        let conns: Vec<ConnRef> = self
-            .registry
-            .online_devices(user)
-            .iter()
-            .filter(|(device, _)| {
-                DeviceKey {
-                    user,
-                    device: *device,
-                } != from
-            })
-            .map(|(_, s)| s.conn)
-            .collect();
-        if conns.is_empty() {
+        let mut delivered = false;
+        for (device, session) in self.registry.online_devices(user) {
+            if (DeviceKey {
+                user,
+                device: *device,
+            }) == from
+            {
+                continue; // not echoed to the sending device
+            }
+            let conn = session.conn;
+            let deliver = ShardMsg::Deliver {
+                conn: conn.conn,
+                from,
+                to,
+                msg: msg.clone(),
+            };
+            route(
+                self.shard,
+                &mut self.local,
+                &mut self.outbox,
+                conn.shard,
+                deliver,
+            );
+            delivered = true;
+        }
+        if !delivered {
             let offline = Target::User(user);
             self.effects.push_back(Effect::Undelivered {
                 from,
                 to: offline,
                 msg,
             });
-            return;
-        }
-        for c in conns {
-            self.send_to(
-                c.shard,
-                ShardMsg::Deliver {
-                    conn: c.conn,
-                    from,
-                    to,
-                    msg: msg.clone(),
-                },
-            );
         }
     }
 
@@ -705,5 +702,22 @@ impl<M: Clone> RouterCore<M> {
             result,
         };
         self.send_to(reply_to.shard, reply);
+    }
+}
+
+/// Queues `msg` for shard `to`: this shard's own FIFO if `to` is `here`,
+/// else the outbox. A free function so callers can keep borrowing other
+/// fields (the registry) while sending.
+fn route<M>(
+    here: ShardId,
+    local: &mut VecDeque<ShardMsg<M>>,
+    outbox: &mut Outbox<ShardMsg<M>>,
+    to: ShardId,
+    msg: ShardMsg<M>,
+) {
+    if to == here {
+        local.push_back(msg);
+    } else {
+        outbox.push(to, msg);
     }
 }
