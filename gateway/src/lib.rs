@@ -1,9 +1,11 @@
 //! The gateway's I/O shell, as a library so benchmarks and tests can drive
 //! its pieces: the channel-mesh link that carries the router's cross-shard
-//! batches between glommio executors, and authentication tokens.
+//! batches between glommio executors, the per-connection protocol state
+//! machine (sans-IO), and authentication tokens.
 //!
 //! Everything here is thin: protocol, routing and queue logic live in the
 //! sans-IO crates (`wire-format`, `shard-router`, `queue-engine`).
 
 pub mod mesh;
+pub mod session;
 pub mod token;

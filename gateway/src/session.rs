@@ -1,0 +1,560 @@
+//! [`Session`]: the protocol state machine of one connection, sans-IO.
+//!
+//! ```text
+//!  Handshaking ──TLS done──► AwaitingHello ──valid Hello──► Authenticated
+//!       │ deadline               │ deadline / bad frame         │ start_drain
+//!       ▼                        ▼                              ▼
+//!     Closed ◄──────────────── Closed ◄──── deadline ──────── Draining
+//! ```
+//!
+//! Inputs are `handle_*` calls with the time passed in; outputs are polled:
+//! [`Session::poll_event`] (what the shard must do: route a `Send`, apply an
+//! ack, …), [`Session::poll_reply`] (frames the session itself answers
+//! with: `Welcome`, `Pong`, `Ping`, `Error`, `GoAway`) and
+//! [`Session::poll_timeout`] (when to call [`Session::handle_timeout`]).
+//! The sender of every event is the authenticated device: nothing a client
+//! writes can name another sender.
+//!
+//! Every refusal carries its protocol [`ErrorCode`]; fatal ones close the
+//! session after the `Error` frame, and nothing of other sessions is
+//! touched.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use wire_format::fb::{self, ErrorCode};
+use wire_format::{Address, AddressKind, Body, Frame, PROTOCOL_VERSION, WireError};
+
+use crate::token::{Claims, Verifier};
+
+/// Deadlines and limits of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// From accept to the end of the TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// From the end of the handshake to a valid `Hello`.
+    pub auth_timeout_ms: u64,
+    /// Silence after which the connection is closed; a `Ping` probes at half.
+    pub idle_timeout_ms: u64,
+    /// Announced in `Welcome`: the client pings after this much silence.
+    pub heartbeat_interval_ms: u32,
+    /// From `GoAway` to the close.
+    pub drain_timeout_ms: u64,
+    /// `Send`s per second, sustained.
+    pub sends_per_s: u32,
+    /// Payload bytes per second, sustained.
+    pub send_bytes_per_s: u32,
+    /// Seconds of the sustained rates a client may burst.
+    pub burst_s: u32,
+    /// Refused `Send`s in a row before the connection is closed.
+    pub refusals_before_close: u32,
+    /// Most ids in one `Receipt` or `PresenceSubscribe`.
+    pub items_max: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: 10_000,
+            auth_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            heartbeat_interval_ms: 120_000,
+            drain_timeout_ms: 30_000,
+            sends_per_s: 100,
+            send_bytes_per_s: 1 << 20,
+            burst_s: 2,
+            refusals_before_close: 100,
+            items_max: 256,
+        }
+    }
+}
+
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// TLS handshake in progress.
+    Handshaking,
+    /// TLS is up; waiting for `Hello`.
+    AwaitingHello,
+    /// Authenticated as the device in the claims.
+    Authenticated(Claims),
+    /// `GoAway` sent; finishing what is in flight.
+    Draining(Claims),
+    /// Done; the shell closes the socket.
+    Closed,
+}
+
+/// What the shard must do for this connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The device authenticated; answer with [`Session::welcome`].
+    Authenticated {
+        /// Who.
+        claims: Claims,
+        /// Resume the backlog after this seq.
+        last_acked_seq: u64,
+    },
+    /// Store and forward `payload` to `to`.
+    Send {
+        /// The destination (kind User, Device or Group).
+        to: Address,
+        /// The sender's id for it.
+        client_msg_id: u64,
+        /// Requested TTL (0 = default).
+        ttl_s: u32,
+        /// The opaque payload, a slice of the read buffer.
+        payload: Bytes,
+    },
+    /// The device acknowledges `seq` (and everything before, if cumulative).
+    Ack {
+        /// The seq.
+        seq: u64,
+        /// Whether everything up to `seq` is acknowledged.
+        cumulative: bool,
+    },
+    /// The user read these messages; tell `to`.
+    Read {
+        /// The original sender.
+        to: Address,
+        /// Server message ids.
+        message_ids: Vec<u64>,
+    },
+    /// Relay a typing state to `to`.
+    Typing {
+        /// The peer.
+        to: Address,
+        /// The state.
+        state: fb::TypingState,
+    },
+    /// Start or stop watching users' presence.
+    Subscribe {
+        /// The users.
+        users: Vec<u64>,
+        /// Stop instead of start.
+        unsubscribe: bool,
+    },
+    /// A group change (`group` is 0 for a create: the shard assigns it).
+    Group {
+        /// Which change.
+        op: GroupOp,
+        /// Echoed in the resulting `GroupChanged`.
+        request_id: u64,
+        /// The group.
+        group: u64,
+        /// The users it is about.
+        members: Vec<u64>,
+    },
+    /// The session ended; `code` is why (None: the client left cleanly).
+    Closed {
+        /// The protocol reason, if any.
+        code: Option<ErrorCode>,
+    },
+}
+
+/// The group frames a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupOp {
+    /// `GroupCreate`.
+    Create,
+    /// `GroupAdd`.
+    Add,
+    /// `GroupRemove` (removing oneself is leaving).
+    Remove,
+}
+
+/// A frame the session answers with; the shell encodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The answer to a valid `Hello`.
+    Welcome {
+        /// The authenticated user.
+        user: u64,
+        /// The authenticated device.
+        device: u32,
+        /// Messages queued after the resume point.
+        backlog_count: u32,
+        /// Announced ping interval.
+        heartbeat_interval_ms: u32,
+    },
+    /// Answer to a client `Ping`.
+    Pong {
+        /// Its nonce.
+        nonce: u64,
+    },
+    /// A probe of a silent client.
+    Ping {
+        /// A nonce to match the `Pong`.
+        nonce: u64,
+    },
+    /// A refusal.
+    Error {
+        /// Why.
+        code: ErrorCode,
+        /// The `Send` it is about, or 0.
+        client_msg_id: u64,
+        /// Whether the connection closes after it.
+        fatal: bool,
+    },
+    /// Reconnect elsewhere.
+    GoAway {
+        /// Wait at least this long before reconnecting.
+        reconnect_after_ms: u32,
+    },
+}
+
+/// A token bucket in thousandths of a token, refilled by the time passed in.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    milli: u64,
+    cap_milli: u64,
+    per_s: u64,
+    at_ms: u64,
+}
+
+impl Bucket {
+    fn new(per_s: u32, burst_s: u32, now_ms: u64) -> Self {
+        let cap_milli = u64::from(per_s) * u64::from(burst_s.max(1)) * 1000;
+        Self {
+            milli: cap_milli,
+            cap_milli,
+            per_s: u64::from(per_s),
+            at_ms: now_ms,
+        }
+    }
+
+    /// Takes `n` tokens if there are enough at `now_ms`.
+    fn take(&mut self, n: u64, now_ms: u64) -> bool {
+        let refill = now_ms.saturating_sub(self.at_ms) * self.per_s;
+        self.milli = (self.milli + refill).min(self.cap_milli);
+        self.at_ms = now_ms;
+        let need = n * 1000;
+        if self.milli < need {
+            return false;
+        }
+        self.milli -= need;
+        true
+    }
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    state: State,
+    deadline_ms: u64,
+    last_rx_ms: u64,
+    probe_nonce: Option<u64>,
+    sends: Bucket,
+    send_bytes: Bucket,
+    refusals_in_a_row: u32,
+    events: VecDeque<Event>,
+    replies: VecDeque<Reply>,
+}
+
+impl Session {
+    /// A connection accepted at `now_ms`; the TLS handshake starts.
+    pub fn new(now_ms: u64, config: SessionConfig) -> Self {
+        Self {
+            state: State::Handshaking,
+            deadline_ms: now_ms + config.handshake_timeout_ms,
+            last_rx_ms: now_ms,
+            probe_nonce: None,
+            sends: Bucket::new(config.sends_per_s, config.burst_s, now_ms),
+            send_bytes: Bucket::new(config.send_bytes_per_s, config.burst_s, now_ms),
+            refusals_in_a_row: 0,
+            events: VecDeque::new(),
+            replies: VecDeque::new(),
+            config,
+        }
+    }
+
+    /// Where the session stands.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether the shell should close the socket (after flushing replies).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    // ---- input ---------------------------------------------------------------
+
+    /// The TLS handshake completed.
+    pub fn handle_handshake_done(&mut self, now_ms: u64) {
+        if self.state == State::Handshaking {
+            self.state = State::AwaitingHello;
+            self.deadline_ms = now_ms + self.config.auth_timeout_ms;
+        }
+    }
+
+    /// The bytes could not be split into frames: answer with the wire
+    /// error's code and close.
+    pub fn handle_decode_error(&mut self, error: &WireError) {
+        self.fail(error.code(), 0);
+    }
+
+    /// The peer closed its side cleanly.
+    pub fn handle_peer_closed(&mut self) {
+        self.close(None);
+    }
+
+    /// A decoded, verified frame arrived at `now_ms`.
+    pub fn handle_frame(&mut self, now_ms: u64, frame: &Frame, verifier: &Verifier) {
+        self.last_rx_ms = now_ms;
+        match self.state {
+            State::Handshaking | State::Closed => {}
+            State::AwaitingHello => self.on_hello(now_ms, frame, verifier),
+            State::Authenticated(_) | State::Draining(_) => self.on_frame(now_ms, frame),
+        }
+    }
+
+    /// Time passed: enforce whichever deadline is due.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        match self.state {
+            State::Handshaking if now_ms >= self.deadline_ms => {
+                self.close(Some(ErrorCode::HandshakeTimeout)); // no TLS: no Error frame
+            }
+            State::AwaitingHello if now_ms >= self.deadline_ms => {
+                self.fail(ErrorCode::AuthTimeout, 0)
+            }
+            State::Draining(_) if now_ms >= self.deadline_ms => {
+                self.close(Some(ErrorCode::ShuttingDown))
+            }
+            State::Authenticated(_) | State::Draining(_) => self.check_idle(now_ms),
+            _ => {}
+        }
+    }
+
+    /// Answers the `Authenticated` event once the shard knows the backlog.
+    pub fn welcome(&mut self, backlog_count: u32) {
+        if let State::Authenticated(claims) = self.state {
+            self.replies.push_back(Reply::Welcome {
+                user: claims.user,
+                device: claims.device,
+                backlog_count,
+                heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            });
+        }
+    }
+
+    /// Drain: `GoAway`, refuse new sends, close at the drain deadline (or
+    /// earlier, when the shell has flushed and calls [`Session::finish`]).
+    pub fn start_drain(&mut self, now_ms: u64, reconnect_after_ms: u32) {
+        match self.state {
+            State::Authenticated(claims) => {
+                self.state = State::Draining(claims);
+                self.deadline_ms = now_ms + self.config.drain_timeout_ms;
+                self.replies.push_back(Reply::GoAway { reconnect_after_ms });
+            }
+            State::Handshaking | State::AwaitingHello => self.close(Some(ErrorCode::ShuttingDown)),
+            State::Draining(_) | State::Closed => {}
+        }
+    }
+
+    /// Everything owed has been flushed; a draining session may close now.
+    pub fn finish(&mut self) {
+        if matches!(self.state, State::Draining(_)) {
+            self.close(Some(ErrorCode::ShuttingDown));
+        }
+    }
+
+    // ---- output --------------------------------------------------------------
+
+    /// The next thing the shard must do.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next frame the session answers with.
+    pub fn poll_reply(&mut self) -> Option<Reply> {
+        self.replies.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match self.state {
+            State::Handshaking | State::AwaitingHello => Some(self.deadline_ms),
+            State::Authenticated(_) => Some(self.idle_check_ms()),
+            State::Draining(_) => Some(self.deadline_ms.min(self.idle_check_ms())),
+            State::Closed => None,
+        }
+    }
+
+    // ---- internals -----------------------------------------------------------
+
+    fn idle_check_ms(&self) -> u64 {
+        let idle = self.config.idle_timeout_ms;
+        match self.probe_nonce {
+            None => self.last_rx_ms + idle / 2,
+            Some(_) => self.last_rx_ms + idle,
+        }
+    }
+
+    fn check_idle(&mut self, now_ms: u64) {
+        let silent = now_ms.saturating_sub(self.last_rx_ms);
+        if silent >= self.config.idle_timeout_ms {
+            self.fail(ErrorCode::IdleTimeout, 0);
+        } else if silent >= self.config.idle_timeout_ms / 2 && self.probe_nonce.is_none() {
+            self.probe_nonce = Some(now_ms);
+            self.replies.push_back(Reply::Ping { nonce: now_ms });
+        }
+    }
+
+    fn on_hello(&mut self, now_ms: u64, frame: &Frame, verifier: &Verifier) {
+        let Body::Hello(hello) = frame.body() else {
+            return self.fail(ErrorCode::AuthRequired, 0);
+        };
+        if hello.protocol_version() != PROTOCOL_VERSION {
+            return self.fail(ErrorCode::UnsupportedVersion, 0);
+        }
+        let token = hello.token().map(|t| t.bytes()).unwrap_or_default();
+        match verifier.verify(token, now_ms / 1000) {
+            Ok(claims) => {
+                self.state = State::Authenticated(claims);
+                let last_acked_seq = hello.last_acked_seq();
+                self.events.push_back(Event::Authenticated {
+                    claims,
+                    last_acked_seq,
+                });
+            }
+            Err(error) => self.fail(error.code(), 0),
+        }
+    }
+
+    fn on_frame(&mut self, now_ms: u64, frame: &Frame) {
+        self.probe_nonce = None; // anything received proves the peer is there
+        match frame.body() {
+            Body::Send(send) => self.on_send(now_ms, frame, send),
+            Body::DeliveryAck(ack) => self.events.push_back(Event::Ack {
+                seq: ack.seq(),
+                cumulative: ack.cumulative(),
+            }),
+            Body::Receipt(r) if r.kind() == fb::ReceiptKind::Read => {
+                let ids: Vec<u64> = r
+                    .message_ids()
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default();
+                match r.to().copied() {
+                    Some(to) if valid_target(&to) && ids.len() <= self.config.items_max => {
+                        self.events.push_back(Event::Read {
+                            to,
+                            message_ids: ids,
+                        })
+                    }
+                    Some(to) if valid_target(&to) => self.refuse(ErrorCode::TooManyItems, 0),
+                    _ => self.refuse(ErrorCode::InvalidAddress, 0),
+                }
+            }
+            Body::Typing(t) => match t.to().copied() {
+                Some(to) if valid_target(&to) => self.events.push_back(Event::Typing {
+                    to,
+                    state: t.state(),
+                }),
+                _ => self.refuse(ErrorCode::InvalidAddress, 0),
+            },
+            Body::PresenceSubscribe(p) => {
+                let users: Vec<u64> = p.users().map(|v| v.iter().collect()).unwrap_or_default();
+                if users.len() > self.config.items_max {
+                    return self.refuse(ErrorCode::TooManyItems, 0);
+                }
+                self.events.push_back(Event::Subscribe {
+                    users,
+                    unsubscribe: p.unsubscribe(),
+                });
+            }
+            Body::Ping(p) => self.replies.push_back(Reply::Pong { nonce: p.nonce() }),
+            Body::Pong(_) => {}
+            Body::Error(_) => self.close(None), // the client gives up; nothing to answer
+            Body::GroupCreate(g) => self.on_group(GroupOp::Create, g.request_id(), 0, g.members()),
+            Body::GroupAdd(g) => {
+                self.on_group(GroupOp::Add, g.request_id(), g.group(), g.members())
+            }
+            Body::GroupRemove(g) => {
+                self.on_group(GroupOp::Remove, g.request_id(), g.group(), g.members())
+            }
+            // A second Hello, or a kind only servers send.
+            _ => self.fail(ErrorCode::UnexpectedFrame, 0),
+        }
+    }
+
+    fn on_send(&mut self, now_ms: u64, frame: &Frame, send: fb::Send<'_>) {
+        let client_msg_id = send.client_msg_id();
+        if matches!(self.state, State::Draining(_)) {
+            return self.refuse(ErrorCode::ShuttingDown, client_msg_id);
+        }
+        let Some(to) = send.to().copied().filter(valid_target) else {
+            return self.refuse(ErrorCode::InvalidAddress, client_msg_id);
+        };
+        let payload = frame.payload_bytes();
+        let allowed =
+            self.sends.take(1, now_ms) && self.send_bytes.take(payload.len() as u64, now_ms);
+        if !allowed {
+            self.refusals_in_a_row += 1;
+            if self.refusals_in_a_row >= self.config.refusals_before_close {
+                return self.fail(ErrorCode::RateLimited, client_msg_id);
+            }
+            return self.refuse(ErrorCode::RateLimited, client_msg_id);
+        }
+        self.refusals_in_a_row = 0;
+        self.events.push_back(Event::Send {
+            to,
+            client_msg_id,
+            ttl_s: send.ttl_s(),
+            payload,
+        });
+    }
+
+    fn on_group(
+        &mut self,
+        op: GroupOp,
+        request_id: u64,
+        group: u64,
+        members: Option<flatbuffers::Vector<'_, u64>>,
+    ) {
+        let members: Vec<u64> = members.map(|v| v.iter().collect()).unwrap_or_default();
+        if members.len() > self.config.items_max {
+            return self.refuse(ErrorCode::TooManyItems, 0);
+        }
+        self.events.push_back(Event::Group {
+            op,
+            request_id,
+            group,
+            members,
+        });
+    }
+
+    /// A non-fatal refusal: the connection stays.
+    fn refuse(&mut self, code: ErrorCode, client_msg_id: u64) {
+        self.replies.push_back(Reply::Error {
+            code,
+            client_msg_id,
+            fatal: false,
+        });
+    }
+
+    /// A fatal refusal: `Error` frame, then close.
+    fn fail(&mut self, code: ErrorCode, client_msg_id: u64) {
+        self.replies.push_back(Reply::Error {
+            code,
+            client_msg_id,
+            fatal: true,
+        });
+        self.close(Some(code));
+    }
+
+    fn close(&mut self, code: Option<ErrorCode>) {
+        if self.state != State::Closed {
+            self.state = State::Closed;
+            self.events.push_back(Event::Closed { code });
+        }
+    }
+}
+
+/// A destination a client may name.
+fn valid_target(address: &Address) -> bool {
+    matches!(
+        address.kind(),
+        AddressKind::User | AddressKind::Device | AddressKind::Group
+    )
+}
