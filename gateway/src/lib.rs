@@ -1,11 +1,12 @@
 //! The gateway's I/O shell, as a library so benchmarks and tests can drive
 //! its pieces: the channel-mesh link that carries the router's cross-shard
 //! batches between glommio executors, the per-connection protocol state
-//! machine (sans-IO), and authentication tokens.
+//! machine (sans-IO), TLS configuration, and authentication tokens.
 //!
 //! Everything here is thin: protocol, routing and queue logic live in the
 //! sans-IO crates (`wire-format`, `shard-router`, `queue-engine`).
 
 pub mod mesh;
 pub mod session;
+pub mod tls;
 pub mod token;

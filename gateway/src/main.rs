@@ -102,7 +102,8 @@ fn token(command: TokenCommand) -> Result<(), String> {
         TokenCommand::Keygen { key_id, out } => {
             let (key, pkcs8) = SigningKey::generate(key_id);
             let path = out.join(format!("token-signing-key-{key_id}.pk8"));
-            write_private(&path, &pkcs8).map_err(|e| format!("{}: {e}", path.display()))?;
+            gateway::tls::write_private(&path, &pkcs8)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             eprintln!("signing key written to {}", path.display());
             println!("{key_id}:{}", hex::encode(key.public_key()));
         }
@@ -126,17 +127,4 @@ fn token(command: TokenCommand) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Writes a secret readable by its owner only.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
