@@ -1,0 +1,292 @@
+//! [`ClientCore`]: the client side of the protocol, sans-IO.
+//!
+//! Feed it the plaintext bytes TLS hands you ([`ClientCore::handle_bytes`]),
+//! send what [`ClientCore::poll_transmit`] gives you, act on
+//! [`ClientCore::poll_event`]. It keeps what a reconnecting client must
+//! remember: the sends not yet answered with ✓ (to resend with the same
+//! client message id, which the server dedups) and the highest seq it has
+//! acknowledged (to resume the backlog after it).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use wire_format::fb::{self, ErrorCode};
+use wire_format::{
+    Address, Body, Encoder, Frame, FrameDecoder, Limits, OutFrame, PROTOCOL_VERSION, WireError,
+};
+
+/// What the server told us.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// Authenticated.
+    Welcome {
+        /// Our user, from the token.
+        user: u64,
+        /// Our device.
+        device: u32,
+        /// Messages waiting for us.
+        backlog_count: u32,
+        /// Ping after this much silence.
+        heartbeat_interval_ms: u32,
+    },
+    /// ✓: the send with `client_msg_id` is durable.
+    Acked {
+        /// Our id for it.
+        client_msg_id: u64,
+        /// The server's id for it.
+        message_id: u64,
+        /// It was a retry of a message already stored.
+        duplicate: bool,
+    },
+    /// A message for us; acknowledge it with [`ClientCore::ack`] once stored.
+    Message {
+        /// Its position in our queue.
+        seq: u64,
+        /// The server's id for it.
+        message_id: u64,
+        /// The sending device.
+        from: Address,
+        /// What the sender addressed.
+        to: Address,
+        /// The opaque payload.
+        payload: Bytes,
+    },
+    /// ✓✓, blue ticks or expiry of messages we sent.
+    Receipt {
+        /// Which.
+        kind: fb::ReceiptKind,
+        /// The device or user it is about.
+        from: Address,
+        /// Server message ids.
+        message_ids: Vec<u64>,
+    },
+    /// A send or request was refused; the connection stays.
+    Refused {
+        /// Why.
+        code: ErrorCode,
+        /// The send it is about (0 if none).
+        client_msg_id: u64,
+    },
+    /// The server asks us to reconnect (elsewhere) after a while.
+    GoAway {
+        /// Wait at least this long.
+        reconnect_after_ms: u32,
+    },
+    /// The connection is over: a fatal error (with its code) or a bad frame.
+    Closed {
+        /// Why, if known.
+        code: Option<ErrorCode>,
+    },
+}
+
+/// A send not yet answered with ✓.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingSend {
+    /// The destination.
+    pub to: Address,
+    /// Requested TTL (0 = default).
+    pub ttl_s: u32,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+/// The client's protocol state for one connection (and what carries over
+/// to the next one).
+#[derive(Debug)]
+pub struct ClientCore {
+    encoder: Encoder,
+    decoder: FrameDecoder,
+    outbound: VecDeque<OutFrame>,
+    events: VecDeque<ClientEvent>,
+    pending: BTreeMap<u64, PendingSend>,
+    next_client_msg_id: u64,
+    last_acked_seq: u64,
+    authenticated: bool,
+    closed: bool,
+}
+
+impl ClientCore {
+    /// A new connection with `token`, resuming after `last_acked_seq`,
+    /// numbering sends from `first_client_msg_id` (persist it: ids must not
+    /// repeat across restarts within the dedup window).
+    pub fn new(token: &[u8], last_acked_seq: u64, first_client_msg_id: u64) -> Self {
+        let limits = Limits::default();
+        let mut core = Self {
+            encoder: Encoder::new(limits),
+            decoder: FrameDecoder::new(limits),
+            outbound: VecDeque::new(),
+            events: VecDeque::new(),
+            pending: BTreeMap::new(),
+            next_client_msg_id: first_client_msg_id.max(1),
+            last_acked_seq,
+            authenticated: false,
+            closed: false,
+        };
+        core.queue_hello(token);
+        core
+    }
+
+    /// The next connection after this one dropped: same pending sends (sent
+    /// again with their ids after `Hello`), same resume point.
+    pub fn reconnect(self, token: &[u8]) -> Self {
+        let mut next = Self::new(token, self.last_acked_seq, self.next_client_msg_id);
+        for (client_msg_id, send) in &self.pending {
+            next.queue_send(*client_msg_id, send);
+        }
+        next.pending = self.pending;
+        next
+    }
+
+    /// Sends `payload` to `to`; returns its client message id.
+    pub fn send(&mut self, to: Address, ttl_s: u32, payload: Bytes) -> u64 {
+        let client_msg_id = self.next_client_msg_id;
+        self.next_client_msg_id += 1;
+        let send = PendingSend { to, ttl_s, payload };
+        self.queue_send(client_msg_id, &send);
+        self.pending.insert(client_msg_id, send);
+        client_msg_id
+    }
+
+    /// Acknowledges every message up to `seq` (stored on this device).
+    pub fn ack(&mut self, seq: u64) {
+        if seq > self.last_acked_seq {
+            self.last_acked_seq = seq;
+            self.push(|e| e.delivery_ack(seq, true));
+        }
+    }
+
+    /// Plaintext bytes from the server.
+    pub fn handle_bytes(&mut self, bytes: &[u8]) {
+        self.decoder.extend_from_slice(bytes);
+        loop {
+            match self.decoder.decode() {
+                Ok(Some(frame)) => self.handle_frame(&frame),
+                Ok(None) => break,
+                Err(error) => return self.close_on_bad_bytes(&error),
+            }
+        }
+        self.decoder.release_if_empty();
+    }
+
+    /// The next frame to write.
+    pub fn poll_transmit(&mut self) -> Option<OutFrame> {
+        self.outbound.pop_front()
+    }
+
+    /// The next thing the server told us.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Sends not yet answered with ✓, by client message id.
+    pub fn pending(&self) -> &BTreeMap<u64, PendingSend> {
+        &self.pending
+    }
+
+    /// The highest seq acknowledged: where the next connection resumes.
+    pub fn last_acked_seq(&self) -> u64 {
+        self.last_acked_seq
+    }
+
+    /// Whether `Welcome` arrived.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Whether the connection is over.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    fn queue_hello(&mut self, token: &[u8]) {
+        let mut hello = fb::HelloT::default();
+        hello.protocol_version = PROTOCOL_VERSION;
+        hello.token = Some(token.to_vec());
+        hello.last_acked_seq = self.last_acked_seq;
+        hello.client_name = Some(concat!("edge-client/", env!("CARGO_PKG_VERSION")).into());
+        let mut header = fb::FrameT::default();
+        header.body = fb::BodyT::Hello(Box::new(hello));
+        self.push(|e| e.encode_owned(&header, Bytes::new()));
+    }
+
+    fn queue_send(&mut self, client_msg_id: u64, send: &PendingSend) {
+        let payload = send.payload.clone();
+        self.push(|e| e.send(send.to, client_msg_id, send.ttl_s, payload));
+    }
+
+    fn push(&mut self, encode: impl FnOnce(&mut Encoder) -> Result<OutFrame, WireError>) {
+        match encode(&mut self.encoder) {
+            Ok(frame) => self.outbound.push_back(frame),
+            // Only a payload over the frame limit gets here: the caller's bug.
+            Err(error) => panic!("cannot encode a client frame: {error}"),
+        }
+    }
+
+    fn close_on_bad_bytes(&mut self, error: &WireError) {
+        let code = error.code();
+        self.push(|e| e.error(code, 0, true, "bad frame from server"));
+        self.close(Some(code));
+    }
+
+    fn close(&mut self, code: Option<ErrorCode>) {
+        if !self.closed {
+            self.closed = true;
+            self.events.push_back(ClientEvent::Closed { code });
+        }
+    }
+
+    fn handle_frame(&mut self, frame: &Frame) {
+        let event = match frame.body() {
+            Body::Welcome(w) => {
+                self.authenticated = true;
+                ClientEvent::Welcome {
+                    user: w.user(),
+                    device: w.device(),
+                    backlog_count: w.backlog_count(),
+                    heartbeat_interval_ms: w.heartbeat_interval_ms(),
+                }
+            }
+            Body::ServerAck(a) => {
+                self.pending.remove(&a.client_msg_id());
+                ClientEvent::Acked {
+                    client_msg_id: a.client_msg_id(),
+                    message_id: a.message_id(),
+                    duplicate: a.status() == fb::AckStatus::Duplicate,
+                }
+            }
+            Body::Deliver(d) => ClientEvent::Message {
+                seq: d.seq(),
+                message_id: d.message_id(),
+                from: d.from().copied().unwrap_or_default(),
+                to: d.to().copied().unwrap_or_default(),
+                payload: frame.payload_bytes(),
+            },
+            Body::Receipt(r) => ClientEvent::Receipt {
+                kind: r.kind(),
+                from: r.from().copied().unwrap_or_default(),
+                message_ids: r
+                    .message_ids()
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default(),
+            },
+            Body::Ping(p) => {
+                let nonce = p.nonce();
+                return self.push(|e| e.pong(nonce));
+            }
+            Body::GoAway(g) => ClientEvent::GoAway {
+                reconnect_after_ms: g.reconnect_after_ms(),
+            },
+            Body::Error(e) if e.fatal() => return self.close(Some(e.code())),
+            Body::Error(e) => {
+                let client_msg_id = e.client_msg_id();
+                self.pending.remove(&client_msg_id); // not stored: the app decides
+                ClientEvent::Refused {
+                    code: e.code(),
+                    client_msg_id,
+                }
+            }
+            _ => return, // presence, typing, groups: not needed by tools yet
+        };
+        self.events.push_back(event);
+    }
+}
