@@ -33,35 +33,31 @@ fn client(
     ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap()
 }
 
+/// Moves whatever `from` has to say into `to`; returns whether anything moved.
+fn transfer<A, B, DA, DB>(from: &mut A, to: &mut B) -> Result<bool, rustls::Error>
+where
+    A: std::ops::DerefMut<Target = rustls::ConnectionCommon<DA>>,
+    B: std::ops::DerefMut<Target = rustls::ConnectionCommon<DB>>,
+{
+    let mut bytes = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut bytes).unwrap();
+    }
+    if bytes.is_empty() {
+        return Ok(false);
+    }
+    to.read_tls(&mut bytes.as_slice()).unwrap();
+    to.process_new_packets()?;
+    Ok(true)
+}
+
 /// Moves TLS bytes both ways until neither side has anything to say.
 fn handshake(
     client: &mut ClientConnection,
     server: &mut ServerConnection,
 ) -> Result<(), rustls::Error> {
-    loop {
-        let mut moved = false;
-        let mut bytes = Vec::new();
-        while client.wants_write() {
-            client.write_tls(&mut bytes).unwrap();
-        }
-        if !bytes.is_empty() {
-            server.read_tls(&mut bytes.as_slice()).unwrap();
-            server.process_new_packets()?;
-            moved = true;
-        }
-        let mut bytes = Vec::new();
-        while server.wants_write() {
-            server.write_tls(&mut bytes).unwrap();
-        }
-        if !bytes.is_empty() {
-            client.read_tls(&mut bytes.as_slice()).unwrap();
-            client.process_new_packets()?;
-            moved = true;
-        }
-        if !moved {
-            return Ok(());
-        }
-    }
+    while transfer(client, server)? | transfer(server, client)? {}
+    Ok(())
 }
 
 #[test]

@@ -7,11 +7,15 @@ use std::process::Command;
 
 use gateway::token::Verifier;
 
-fn gateway(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn gateway(args: &[&str]) -> String {
+    let out = run(args);
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -25,14 +29,15 @@ fn keygen_then_issue_makes_a_token_the_gateway_accepts() {
     let dir = std::env::temp_dir().join(format!("gateway-token-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let printed = gateway(&[
+    let keygen = [
         "token",
         "keygen",
         "--key-id",
         "7",
         "--out",
         dir.to_str().unwrap(),
-    ]);
+    ];
+    let printed = gateway(&keygen);
     let (id, public_hex) = printed.split_once(':').unwrap();
     assert_eq!(id, "7");
     let key_file = dir.join("token-signing-key-7.pk8");
@@ -57,17 +62,7 @@ fn keygen_then_issue_makes_a_token_the_gateway_accepts() {
         "valid for an hour"
     );
 
-    let again = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "token",
-            "keygen",
-            "--key-id",
-            "7",
-            "--out",
-            dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let again = run(&keygen);
     assert!(
         !again.status.success(),
         "an existing key is never overwritten"
