@@ -59,6 +59,8 @@ pub enum ClientEvent {
         from: Address,
         /// Server message ids.
         message_ids: Vec<u64>,
+        /// Its position in our queue: acknowledge it like a message.
+        seq: u64,
     },
     /// A send or request was refused; the connection stays.
     Refused {
@@ -268,6 +270,7 @@ impl ClientCore {
                     .message_ids()
                     .map(|v| v.iter().collect())
                     .unwrap_or_default(),
+                seq: r.seq(),
             },
             Body::Ping(p) => {
                 let nonce = p.nonce();

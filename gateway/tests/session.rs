@@ -257,6 +257,7 @@ fn bad_addresses_and_long_lists_are_refused_without_closing() {
                 user_address(0),
                 &ids,
                 0,
+                0,
             )
             .unwrap(),
     );

@@ -156,6 +156,7 @@ impl World {
                         from,
                         &[message_id],
                         NOW,
+                        0,
                     )
                     .unwrap();
                 for j in self.online(sender) {
@@ -291,6 +292,7 @@ fn send_check_deliver_ack_double_check() {
         kind: fb::ReceiptKind::Delivered,
         from: device_address(2, 0),
         message_ids: vec![1],
+        seq: 0,
     };
     assert_eq!(w.events(alice), [receipt], "✓✓");
     assert_eq!(w.clients[bob].last_acked_seq(), 1);

@@ -169,7 +169,7 @@ impl Encoder {
         self.stamp(|t| &t.delivery_ack, &values, Bytes::new())
     }
 
-    /// `Receipt` of `kind` for `message_ids`.
+    /// `Receipt` of `kind` for `message_ids` (`seq` 0 from clients).
     pub fn receipt(
         &mut self,
         kind: fb::ReceiptKind,
@@ -177,6 +177,7 @@ impl Encoder {
         from: Address,
         message_ids: &[u64],
         at_ms: u64,
+        seq: u64,
     ) -> Result<OutFrame, WireError> {
         let message_ids = Some(self.fbb.create_vector(message_ids));
         let args = fb::ReceiptArgs {
@@ -185,6 +186,7 @@ impl Encoder {
             from: Some(&from),
             message_ids,
             at_ms,
+            seq,
         };
         let body = fb::Receipt::create(&mut self.fbb, &args).as_union_value();
         self.finish(FrameKind::Receipt, body, Bytes::new())

@@ -119,13 +119,14 @@ fn body() -> impl Strategy<Value = BodyT> {
             BodyT::DeliveryAck
         ),
         boxed(
-            (0u8..4, opt_address(), opt_address(), ids(), any::<u64>()).prop_map(
-                |(kind, to, from, message_ids, at_ms)| ReceiptT {
+            (0u8..4, opt_address(), opt_address(), ids(), any::<u64>(), any::<u64>()).prop_map(
+                |(kind, to, from, message_ids, at_ms, seq)| ReceiptT {
                     kind: ReceiptKind(kind),
                     to,
                     from,
                     message_ids,
                     at_ms,
+                    seq,
                 }
             ),
             BodyT::Receipt
@@ -249,7 +250,7 @@ fn encode_fast(enc: &mut Encoder, header: &FrameT, payload: Bytes) -> Option<Out
         BodyT::DeliveryAck(d) => enc.delivery_ack(d.seq, d.cumulative),
         BodyT::Receipt(r) => {
             let ids = r.message_ids.as_deref().unwrap_or(&[]);
-            enc.receipt(r.kind, a(&r.to), a(&r.from), ids, r.at_ms)
+            enc.receipt(r.kind, a(&r.to), a(&r.from), ids, r.at_ms, r.seq)
         }
         BodyT::Typing(t) => enc.typing(a(&t.to), a(&t.from), t.state),
         BodyT::Presence(p) => enc.presence(p.user, p.state, p.last_seen_ms),

@@ -274,6 +274,7 @@ fn vectors() -> Vec<Vector> {
             user_address(42),
             &[1_000_001, 1_000_002],
             1_767_225_601_000,
+            0,
         )
         .unwrap()
         .to_vec();

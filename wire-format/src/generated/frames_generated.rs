@@ -2880,6 +2880,7 @@ impl<'a> Receipt<'a> {
   pub const VT_FROM: ::flatbuffers::VOffsetT = 8;
   pub const VT_MESSAGE_IDS: ::flatbuffers::VOffsetT = 10;
   pub const VT_AT_MS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2891,6 +2892,7 @@ impl<'a> Receipt<'a> {
     args: &'args ReceiptArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Receipt<'bldr>> {
     let mut builder = ReceiptBuilder::new(_fbb);
+    builder.add_seq(args.seq);
     builder.add_at_ms(args.at_ms);
     if let Some(x) = args.message_ids { builder.add_message_ids(x); }
     if let Some(x) = args.from { builder.add_from(x); }
@@ -2911,12 +2913,14 @@ impl<'a> Receipt<'a> {
       x.into_iter().collect()
     });
     let at_ms = self.at_ms();
+    let seq = self.seq();
     ReceiptT {
       kind,
       to,
       from,
       message_ids,
       at_ms,
+      seq,
     }
   }
 
@@ -2957,6 +2961,16 @@ impl<'a> Receipt<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Receipt::VT_AT_MS, Some(0)).unwrap()}
   }
+  /// Server -> client: the receipt's position in this device's queue (it is
+  /// queued durably like a message); acknowledge it with `DeliveryAck`.
+  /// 0 in client -> server receipts.
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Receipt::VT_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Receipt<'_> {
@@ -2970,6 +2984,7 @@ impl ::flatbuffers::Verifiable for Receipt<'_> {
      .visit_field::<Address>("from", Self::VT_FROM, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("message_ids", Self::VT_MESSAGE_IDS, false)?
      .visit_field::<u64>("at_ms", Self::VT_AT_MS, false)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -2980,6 +2995,7 @@ pub struct ReceiptArgs<'a> {
     pub from: Option<&'a Address>,
     pub message_ids: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
     pub at_ms: u64,
+    pub seq: u64,
 }
 impl<'a> Default for ReceiptArgs<'a> {
   #[inline]
@@ -2990,6 +3006,7 @@ impl<'a> Default for ReceiptArgs<'a> {
       from: None,
       message_ids: None,
       at_ms: 0,
+      seq: 0,
     }
   }
 }
@@ -3020,6 +3037,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReceiptBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Receipt::VT_AT_MS, at_ms, 0);
   }
   #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(Receipt::VT_SEQ, seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReceiptBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ReceiptBuilder {
@@ -3042,6 +3063,7 @@ impl ::core::fmt::Debug for Receipt<'_> {
       ds.field("from", &self.from());
       ds.field("message_ids", &self.message_ids());
       ds.field("at_ms", &self.at_ms());
+      ds.field("seq", &self.seq());
       ds.finish()
   }
 }
@@ -3053,6 +3075,7 @@ pub struct ReceiptT {
   pub from: Option<AddressT>,
   pub message_ids: Option<alloc::vec::Vec<u64>>,
   pub at_ms: u64,
+  pub seq: u64,
 }
 impl Default for ReceiptT {
   fn default() -> Self {
@@ -3062,6 +3085,7 @@ impl Default for ReceiptT {
       from: None,
       message_ids: None,
       at_ms: 0,
+      seq: 0,
     }
   }
 }
@@ -3079,12 +3103,14 @@ impl ReceiptT {
       _fbb.create_vector(x)
     });
     let at_ms = self.at_ms;
+    let seq = self.seq;
     Receipt::create(_fbb, &ReceiptArgs{
       kind,
       to,
       from,
       message_ids,
       at_ms,
+      seq,
     })
   }
 }
