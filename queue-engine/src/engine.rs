@@ -616,9 +616,21 @@ impl Engine {
         self.queues
             .get(&device)
             .into_iter()
-            .flat_map(|q| q.entries.iter())
-            .filter(move |e| e.seq > after_seq && e.position < durable)
+            .flat_map(move |q| {
+                let from = q.entries.partition_point(|e| e.seq <= after_seq);
+                q.entries.range(from..)
+            })
+            .filter(move |e| e.position < durable)
             .map(|e| (e.seq, e.position))
+    }
+
+    /// Entries of `device` still queued with a seq up to `seq`: what a
+    /// device has been sent and not yet acknowledged, when `seq` is the
+    /// last one sent.
+    pub fn queued_through(&self, device: DeviceRef, seq: u64) -> usize {
+        self.queues
+            .get(&device)
+            .map_or(0, |q| q.entries.partition_point(|e| e.seq <= seq))
     }
 
     /// The payload of the message at `position` if it is among the recent

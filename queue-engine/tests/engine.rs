@@ -54,6 +54,11 @@ fn messages_queue_in_seq_order_and_become_visible_when_durable() {
     assert_eq!(seqs(&e, BOB_PHONE, 0), [1, 2, 3]);
     assert_eq!(seqs(&e, BOB_PHONE, 2), [3], "resume after seq 2");
     assert_eq!(e.queue_len(BOB_PHONE), (3, 6));
+    assert_eq!(e.queued_through(BOB_PHONE, 2), 2, "sent through seq 2");
+    e.ack(BOB_PHONE, 1, false).unwrap();
+    assert_eq!(e.queued_through(BOB_PHONE, 2), 1, "one left unacked");
+    assert_eq!(seqs(&e, BOB_PHONE, 0), [2, 3]);
+    assert_eq!(e.queued_through(BOB_LAPTOP, 9), 0, "no queue");
 }
 
 #[test]

@@ -134,6 +134,16 @@ pub enum ShardMsg<M> {
         /// The message.
         msg: M,
     },
+    /// To the home of `to`: hand `msg` to the home shard's shell (which
+    /// stores it before anything is delivered).
+    Home {
+        /// The device it comes from.
+        from: DeviceKey,
+        /// The address as the sender wrote it.
+        to: Target,
+        /// The message.
+        msg: M,
+    },
     /// To the shard holding `conn`: hand `msg` to it.
     Deliver {
         /// The connection.
@@ -210,6 +220,15 @@ pub enum Effect<M> {
         /// The connection.
         conn: ConnId,
         /// The sending device.
+        from: DeviceKey,
+        /// The address as the sender wrote it.
+        to: Target,
+        /// The message.
+        msg: M,
+    },
+    /// A message for this shard as the home of `to` (from [`RouterCore::route_home`]).
+    Home {
+        /// The device it comes from.
         from: DeviceKey,
         /// The address as the sender wrote it.
         to: Target,
@@ -453,6 +472,32 @@ impl<M: Clone> RouterCore<M> {
         self.groups.apply(record);
     }
 
+    /// Sends `msg` to the home shard of `to`, where it surfaces as
+    /// [`Effect::Home`]: the path of everything the home must store first.
+    pub fn route_home(&mut self, now_ms: u64, from: DeviceKey, to: Target, msg: M) {
+        self.send_home(to, ShardMsg::Home { from, to, msg });
+        self.run_local(now_ms);
+    }
+
+    /// Hands `msg` to connection `conn` on whichever shard holds it, where it
+    /// surfaces as [`Effect::Deliver`]. FIFO per destination shard.
+    pub fn route_to_conn(&mut self, now_ms: u64, conn: ConnRef, from: DeviceKey, to: Target, msg: M) {
+        let conn_id = conn.conn;
+        let deliver = ShardMsg::Deliver {
+            conn: conn_id,
+            from,
+            to,
+            msg,
+        };
+        self.send_to(conn.shard, deliver);
+        self.run_local(now_ms);
+    }
+
+    /// The device a connection of this shard authenticated as.
+    pub fn conn_device(&self, conn: ConnId) -> Option<DeviceKey> {
+        self.conns.get(&conn).map(|c| c.device)
+    }
+
     // ---- batches from other shards ------------------------------------------
 
     /// A batch from another shard (or this one), in its order.
@@ -512,6 +557,9 @@ impl<M: Clone> RouterCore<M> {
                 self.effects.push_back(Effect::Close { conn, reason })
             }
             ShardMsg::Forward { from, to, msg } => self.on_forward(from, to, msg),
+            ShardMsg::Home { from, to, msg } => {
+                self.effects.push_back(Effect::Home { from, to, msg })
+            }
             ShardMsg::FanOut {
                 from,
                 user,

@@ -587,3 +587,36 @@ mod races {
         }
     }
 }
+
+#[test]
+fn home_routing_reaches_only_the_home_and_replies_reach_the_connection() {
+    let mut w = World::new(3, RouterConfig::default());
+    let erin = user_homed_on(3, 2, 0);
+    w.connect(0, 1, 5, 0); // the sender, on shard 0
+    w.take_effects(2);
+    let from = DeviceKey::new(5, 0);
+    let to = Target::User(UserId(erin));
+    let now = w.now_ms;
+    for msg in 0..20 {
+        w.core(0).route_home(now, from, to, msg);
+    }
+    w.drive();
+    let at_home: Vec<Msg> = w
+        .take_effects(2)
+        .into_iter()
+        .map(|e| match e {
+            Effect::Home { from: f, to: t, msg } if f == from && t == to => msg,
+            other => panic!("only Home effects at the home: {other:?}"),
+        })
+        .collect();
+    assert_eq!(at_home, (0..20).collect::<Vec<_>>(), "once each, in order");
+    assert!(w.take_effects(1).is_empty(), "nothing elsewhere");
+    let conn = ConnRef {
+        shard: ShardId(0),
+        conn: ConnId(1),
+    };
+    w.core(2).route_to_conn(now, conn, from, to, 99);
+    w.drive();
+    assert_eq!(w.deliveries(0, 1), [99]);
+    assert_eq!(w.core(0).conn_device(ConnId(1)), Some(from));
+}
