@@ -3,13 +3,15 @@
 //!
 //! [`ClientCore`] is the sans-IO protocol core: authenticate, send (with
 //! the unanswered sends kept for a reconnect), receive, acknowledge,
-//! receipts, and resume from the last acknowledged sequence number. A thin
-//! glommio + rustls shell that connects to a gateway trusting a given
-//! certificate comes with the gateway's TLS server.
+//! receipts, and resume from the last acknowledged sequence number.
+//! [`Connection`] is the thin glommio + rustls shell that drives it over a
+//! TLS connection trusting the certificates given ([`trust`]).
 //!
 //! It must not know about server internals: it speaks only what
 //! `docs/protocol.md` documents, through the `wire-format` crate.
 
+mod conn;
 mod core;
 
+pub use crate::conn::{Connection, trust};
 pub use crate::core::{ClientCore, ClientEvent, PendingSend};

@@ -6,7 +6,13 @@
 //! Everything here is thin: protocol, routing and queue logic live in the
 //! sans-IO crates (`wire-format`, `shard-router`, `queue-engine`).
 
+pub mod admin;
+pub mod config;
 pub mod mesh;
+pub mod metrics;
+pub mod notify;
+pub mod server;
 pub mod session;
+pub mod shard;
 pub mod tls;
 pub mod token;

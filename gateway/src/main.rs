@@ -1,10 +1,10 @@
 //! The `gateway` binary: the messaging edge server and its tools.
 //!
-//! `gateway serve` (the default) will run the thread-per-core TLS server;
-//! at this step it reports what it is built from. `gateway token keygen`
-//! and `gateway token issue` make signing keys and tokens for development,
-//! tests and load generation (production tokens come from the identity
-//! service; gateways hold only verifying keys).
+//! `gateway serve` (the default) runs the thread-per-core TLS server (see
+//! `server.rs`); `gateway check-config FILE` validates a configuration;
+//! `gateway token keygen` and `gateway token issue` make signing keys and
+//! tokens for development, tests and load generation (production tokens
+//! come from the identity service; gateways hold only verifying keys).
 //!
 //! It must not know how the queue engine lays out bytes on disk.
 
@@ -12,9 +12,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use clap::{Parser, Subcommand};
-use gateway::token::SigningKey;
+use gateway::config::{Overrides, Settings};
+use gateway::metrics::Metrics;
+use gateway::server::{Control, ServerSpec};
+use gateway::token::{SigningKey, Verifier};
 use mimalloc::MiMalloc;
+
+/// The development token signing key's file name in the data directory.
+const DEV_TOKEN_KEY: &str = "dev-token-key.pk8";
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -29,8 +38,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway (the default).
-    Serve,
+    /// Run the gateway (the default). Every flag overrides the --config
+    /// file's key of the same name (with `_` for `-`).
+    Serve(Box<Overrides>),
+    /// Validate a TOML configuration file and print the settings it makes.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
     /// Make signing keys and tokens for development, tests and loadgen.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -69,11 +84,14 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            serve();
-            Ok(())
-        }
+    let command = Cli::parse()
+        .command
+        .unwrap_or_else(|| Command::Serve(Box::default()));
+    let result = match command {
+        Command::Serve(overrides) => serve(&overrides),
+        Command::CheckConfig { file } => Settings::load(&file)
+            .map(|s| println!("{file:?} is valid:\n{s:#?}"))
+            .map_err(|e| e.to_string()),
         Command::Token(command) => token(command),
     };
     match result {
@@ -85,16 +103,127 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve() {
-    let limits = wire_format::Limits::default();
-    println!("gateway {}", env!("CARGO_PKG_VERSION"));
-    println!(
-        "wire protocol v{}, frames up to {} bytes, headers up to {} bytes",
-        wire_format::PROTOCOL_VERSION,
-        limits.frame_bytes_max,
-        limits.header_bytes_max
+fn serve(overrides: &Overrides) -> Result<(), String> {
+    init_logs();
+    let mut settings = overrides.settings().map_err(|e| e.to_string())?;
+    if settings.shards == 0 {
+        settings.shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    }
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|e| format!("{}: {e}", settings.data_dir.display()))?;
+    let tls = tls_config(&settings)?;
+    let verifier = Arc::new(verifier(&settings)?);
+    let metrics = Arc::new(Metrics::new());
+    let control = Arc::new(Control::default());
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, flag(&control))
+        .map_err(|e| format!("SIGTERM handler: {e}"))?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, flag(&control))
+        .map_err(|e| format!("SIGINT handler: {e}"))?;
+    let admin = gateway::admin::start(
+        settings.admin_listen,
+        settings.shards,
+        metrics.clone(),
+        control.clone(),
+    )
+    .map_err(|e| format!("admin endpoint {}: {e}", settings.admin_listen))?;
+    let spec = ServerSpec {
+        listen: settings.listen,
+        shards: settings.shards,
+        data_dir: settings.data_dir.clone(),
+        tls,
+        verifier,
+        shard: settings.shard_config(),
+        engine: settings.engine_config(),
+        metrics,
+        control: control.clone(),
+    };
+    let shards = spec.shards;
+    let _handles = gateway::server::start(spec).map_err(|e| e.to_string())?;
+    while control.listening.load(Ordering::SeqCst) < shards {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tracing::info!(
+        "gateway {} serving TLS on {} with {shards} shards; admin on http://{admin}",
+        env!("CARGO_PKG_VERSION"),
+        settings.listen
     );
-    println!("not serving yet: the TLS server comes with the gateway issue (see README, Status)");
+    println!("ready listen={} admin={admin}", settings.listen);
+    while control.drained.load(Ordering::SeqCst) < shards {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!("drained; exiting");
+    std::process::exit(0);
+}
+
+/// A drain flag that SIGTERM and SIGINT set.
+fn flag(control: &Arc<Control>) -> Arc<std::sync::atomic::AtomicBool> {
+    // signal-hook sets its own flag; mirror it into the control block.
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (watch, control) = (flag.clone(), control.clone());
+    std::thread::spawn(move || {
+        while !watch.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::info!("signal received: draining");
+        control.drain.store(true, Ordering::SeqCst);
+    });
+    flag
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn tls_config(settings: &Settings) -> Result<Arc<rustls::ServerConfig>, String> {
+    let files = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => gateway::tls::CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            generated: false,
+        },
+        _ => {
+            let files =
+                gateway::tls::dev_certificate(&settings.data_dir).map_err(|e| e.to_string())?;
+            tracing::warn!(
+                "no tls_cert configured: using the DEVELOPMENT certificate {} (clients must trust it explicitly; never use it in production)",
+                files.cert.display()
+            );
+            files
+        }
+    };
+    gateway::tls::server_config(&files, settings.allow_tls12).map_err(|e| e.to_string())
+}
+
+/// The configured verifying keys, or a development signing key generated
+/// into the data directory (its public half trusted).
+fn verifier(settings: &Settings) -> Result<Verifier, String> {
+    let mut keys = Vec::new();
+    for text in &settings.verifying_keys {
+        keys.push(gateway::token::parse_verifying_key(text)?);
+    }
+    if keys.is_empty() {
+        let path = settings.data_dir.join(DEV_TOKEN_KEY);
+        if !path.exists() {
+            let (_, pkcs8) = SigningKey::generate(1);
+            gateway::tls::write_private(&path, &pkcs8)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        let pkcs8 = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let key =
+            SigningKey::from_pkcs8(1, &pkcs8).map_err(|e| format!("{}: {e}", path.display()))?;
+        tracing::warn!(
+            "no verifying_keys configured: trusting the DEVELOPMENT token key {} (issue tokens with `gateway token issue --key {}`)",
+            path.display(),
+            path.display()
+        );
+        keys.push((1, key.public_key()));
+    }
+    Ok(Verifier::new(keys))
 }
 
 fn token(command: TokenCommand) -> Result<(), String> {

@@ -352,6 +352,20 @@ impl Session {
         }
     }
 
+    /// The shard refuses something this connection did (a `Send` that was
+    /// not stored, an ack of someone else's message): an `Error` frame, and
+    /// a close if `fatal`.
+    pub fn refuse_from_shard(&mut self, code: ErrorCode, client_msg_id: u64, fatal: bool) {
+        if self.state == State::Closed {
+            return;
+        }
+        if fatal {
+            self.fail(code, client_msg_id);
+        } else {
+            self.refuse(code, client_msg_id);
+        }
+    }
+
     /// Everything owed has been flushed; a draining session may close now.
     pub fn finish(&mut self) {
         if matches!(self.state, State::Draining(_)) {

@@ -481,7 +481,14 @@ impl<M: Clone> RouterCore<M> {
 
     /// Hands `msg` to connection `conn` on whichever shard holds it, where it
     /// surfaces as [`Effect::Deliver`]. FIFO per destination shard.
-    pub fn route_to_conn(&mut self, now_ms: u64, conn: ConnRef, from: DeviceKey, to: Target, msg: M) {
+    pub fn route_to_conn(
+        &mut self,
+        now_ms: u64,
+        conn: ConnRef,
+        from: DeviceKey,
+        to: Target,
+        msg: M,
+    ) {
         let conn_id = conn.conn;
         let deliver = ShardMsg::Deliver {
             conn: conn_id,

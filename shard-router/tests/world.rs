@@ -605,7 +605,11 @@ fn home_routing_reaches_only_the_home_and_replies_reach_the_connection() {
         .take_effects(2)
         .into_iter()
         .map(|e| match e {
-            Effect::Home { from: f, to: t, msg } if f == from && t == to => msg,
+            Effect::Home {
+                from: f,
+                to: t,
+                msg,
+            } if f == from && t == to => msg,
             other => panic!("only Home effects at the home: {other:?}"),
         })
         .collect();

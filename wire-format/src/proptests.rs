@@ -119,16 +119,22 @@ fn body() -> impl Strategy<Value = BodyT> {
             BodyT::DeliveryAck
         ),
         boxed(
-            (0u8..4, opt_address(), opt_address(), ids(), any::<u64>(), any::<u64>()).prop_map(
-                |(kind, to, from, message_ids, at_ms, seq)| ReceiptT {
+            (
+                0u8..4,
+                opt_address(),
+                opt_address(),
+                ids(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(kind, to, from, message_ids, at_ms, seq)| ReceiptT {
                     kind: ReceiptKind(kind),
                     to,
                     from,
                     message_ids,
                     at_ms,
                     seq,
-                }
-            ),
+                }),
             BodyT::Receipt
         ),
         boxed(

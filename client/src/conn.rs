@@ -1,0 +1,149 @@
+//! [`Connection`]: the glommio + rustls shell around [`ClientCore`]. One
+//! TLS connection to a gateway, trusting the certificates given (a
+//! development certificate, for instance). Frames queued by the core are
+//! written in one TLS write per [`Connection::flush`].
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+use crate::{ClientCore, ClientEvent};
+
+/// A client TLS configuration trusting the PEM certificates in `path`.
+pub fn trust(path: &Path) -> io::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(io::Error::other)? {
+        roots
+            .add(cert.map_err(io::Error::other)?)
+            .map_err(io::Error::other)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// One connection to a gateway.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    tls: ClientConnection,
+    core: ClientCore,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    /// Connects to `addr`, checks the server is `server_name`, and sends
+    /// the core's `Hello` (and any sends it carries from a previous
+    /// connection).
+    pub async fn connect(
+        addr: SocketAddr,
+        config: Arc<ClientConfig>,
+        server_name: &str,
+        core: ClientCore,
+    ) -> io::Result<Self> {
+        let name = ServerName::try_from(server_name.to_owned()).map_err(io::Error::other)?;
+        let tls = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = Self {
+            stream,
+            tls,
+            core,
+            buf: vec![0; 16 * 1024],
+        };
+        conn.flush().await?;
+        Ok(conn)
+    }
+
+    /// The protocol core: send, ack and read state through it.
+    pub fn core(&mut self) -> &mut ClientCore {
+        &mut self.core
+    }
+
+    /// Ends this connection, keeping the core for [`ClientCore::reconnect`].
+    pub fn into_core(self) -> ClientCore {
+        self.core
+    }
+
+    /// Writes every frame the core has queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        while let Some(frame) = self.core.poll_transmit() {
+            self.tls.writer().write_all(frame.header())?;
+            self.tls.writer().write_all(frame.payload())?;
+        }
+        self.write_tls().await
+    }
+
+    /// Writes `bytes` as plaintext, frames or not (for tests of bad input).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.tls.writer().write_all(bytes)?;
+        self.write_tls().await
+    }
+
+    /// Flushes, then waits for the next event. A closed connection yields
+    /// `ClientEvent::Closed` once, then `UnexpectedEof` errors.
+    pub async fn next_event(&mut self) -> io::Result<ClientEvent> {
+        loop {
+            self.flush().await?;
+            if let Some(event) = self.core.poll_event() {
+                return Ok(event);
+            }
+            self.read_once().await?;
+        }
+    }
+
+    /// [`Connection::next_event`] with a deadline: `Ok(None)` when it passes.
+    pub async fn next_event_within(&mut self, limit: Duration) -> io::Result<Option<ClientEvent>> {
+        match glommio::timer::timeout(limit, async { Ok(self.next_event().await) }).await {
+            Ok(event) => event.map(Some),
+            Err(glommio::GlommioError::TimedOut(_)) => Ok(None),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    }
+
+    async fn read_once(&mut self) -> io::Result<()> {
+        let n = self.stream.read(&mut self.buf).await?;
+        if n == 0 {
+            self.core.handle_bytes(&[]);
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut input = &self.buf[..n];
+        while !input.is_empty() {
+            self.tls.read_tls(&mut input)?;
+            self.tls.process_new_packets().map_err(io::Error::other)?;
+        }
+        let mut plain = [0u8; 16 * 1024];
+        loop {
+            match self.tls.reader().read(&mut plain) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.core.handle_bytes(&plain[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.write_tls().await // e.g. a Pong the core queued
+    }
+
+    async fn write_tls(&mut self) -> io::Result<()> {
+        if !self.tls.wants_write() {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut out)?;
+        }
+        self.stream.write_all(&out).await
+    }
+}

@@ -1,0 +1,266 @@
+//! The gateway's settings: a TOML file (every key optional, defaults
+//! below), each key overridable by the `serve` flag of the same name
+//! (`listen` ↔ `--listen`, `sends_per_s` ↔ `--sends-per-s`).
+//! `gateway check-config FILE` validates a file without starting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::session::SessionConfig;
+use crate::shard::ShardConfig;
+
+/// Every setting, with its default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Client TLS address; every shard listens on it (`SO_REUSEPORT`).
+    pub listen: SocketAddr,
+    /// Admin HTTP address (metrics, health, drain); keep it private.
+    pub admin_listen: SocketAddr,
+    /// Executors (one per core, pinned); 0 = every core.
+    pub shards: usize,
+    /// The log, the development certificate and the development token key.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain; none = a generated development certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Accept TLS 1.2 as well as 1.3.
+    pub allow_tls12: bool,
+    /// Token verifying keys as `KEY_ID:HEX` (from `gateway token keygen`);
+    /// none = a development key generated into the data directory.
+    pub verifying_keys: Vec<String>,
+    /// Connections per shard.
+    pub conns_per_shard: usize,
+    /// Sends per second per connection, sustained.
+    pub sends_per_s: u32,
+    /// Payload bytes per second per connection, sustained.
+    pub send_bytes_per_s: u32,
+    /// Seconds of the sustained rates a client may burst.
+    pub burst_s: u32,
+    /// Largest frame accepted, bytes.
+    pub frame_bytes_max: u32,
+    /// TLS handshake deadline, ms.
+    pub handshake_timeout_ms: u64,
+    /// From handshake to a valid `Hello`, ms.
+    pub auth_timeout_ms: u64,
+    /// Silence before a connection is closed, ms (probed at half).
+    pub idle_timeout_ms: u64,
+    /// From `GoAway` to the close, ms; also the drain deadline.
+    pub drain_timeout_ms: u64,
+    /// Unacknowledged messages in flight to one device.
+    pub window: usize,
+    /// Pending output per connection before it is a slow reader, bytes.
+    pub out_bytes_max: usize,
+    /// Messages one device's offline queue may hold.
+    pub queue_messages_max: usize,
+    /// Default message TTL, seconds.
+    pub ttl_default_s: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let session = SessionConfig::default();
+        let shard = ShardConfig::default();
+        Self {
+            listen: "127.0.0.1:7443".parse().expect("valid"),
+            admin_listen: "127.0.0.1:7080".parse().expect("valid"),
+            shards: 0,
+            data_dir: PathBuf::from("data"),
+            tls_cert: None,
+            tls_key: None,
+            allow_tls12: false,
+            verifying_keys: Vec::new(),
+            conns_per_shard: shard.conns_max,
+            sends_per_s: session.sends_per_s,
+            send_bytes_per_s: session.send_bytes_per_s,
+            burst_s: session.burst_s,
+            frame_bytes_max: shard.limits.frame_bytes_max,
+            handshake_timeout_ms: session.handshake_timeout_ms,
+            auth_timeout_ms: session.auth_timeout_ms,
+            idle_timeout_ms: session.idle_timeout_ms,
+            drain_timeout_ms: session.drain_timeout_ms,
+            window: shard.window,
+            out_bytes_max: shard.out_bytes_max,
+            queue_messages_max: 10_000,
+            ttl_default_s: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has unknown keys.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+macro_rules! overrides {
+    ($(#[$doc:meta] $name:ident: $ty:ty),* $(,)?) => {
+        /// Flags of `gateway serve`; each overrides the file's key of the
+        /// same name.
+        #[derive(Debug, Clone, Default, Args)]
+        pub struct Overrides {
+            /// A TOML configuration file (every key optional).
+            #[arg(long)]
+            pub config: Option<PathBuf>,
+            /// A token verifying key `KEY_ID:HEX` (repeat for rotation);
+            /// replaces the file's `verifying_keys`.
+            #[arg(long = "verifying-key")]
+            pub verifying_keys: Vec<String>,
+            $(#[$doc] #[arg(long)] pub $name: Option<$ty>,)*
+        }
+
+        impl Overrides {
+            fn apply(&self, s: &mut Settings) {
+                $(if let Some(v) = &self.$name { s.$name = v.clone().into(); })*
+            }
+        }
+    };
+}
+
+overrides! {
+    /// Client TLS address [default: 127.0.0.1:7443].
+    listen: SocketAddr,
+    /// Admin HTTP address [default: 127.0.0.1:7080].
+    admin_listen: SocketAddr,
+    /// Executors, one per core; 0 = every core [default: 0].
+    shards: usize,
+    /// Data directory [default: data].
+    data_dir: PathBuf,
+    /// PEM certificate chain [default: a generated development certificate].
+    tls_cert: PathBuf,
+    /// PEM private key of --tls-cert.
+    tls_key: PathBuf,
+    /// Accept TLS 1.2 too [default: false].
+    allow_tls12: bool,
+    /// Connections per shard [default: 100000].
+    conns_per_shard: usize,
+    /// Sends per second per connection [default: 100].
+    sends_per_s: u32,
+    /// Payload bytes per second per connection [default: 1048576].
+    send_bytes_per_s: u32,
+    /// Burst, in seconds of the sustained rates [default: 2].
+    burst_s: u32,
+    /// Largest frame, bytes [default: 65536].
+    frame_bytes_max: u32,
+    /// TLS handshake deadline, ms [default: 10000].
+    handshake_timeout_ms: u64,
+    /// Deadline for a valid Hello, ms [default: 10000].
+    auth_timeout_ms: u64,
+    /// Idle timeout, ms [default: 300000].
+    idle_timeout_ms: u64,
+    /// Drain deadline, ms [default: 30000].
+    drain_timeout_ms: u64,
+    /// Unacknowledged messages in flight per device [default: 512].
+    window: usize,
+    /// Pending output per connection before SlowReader, bytes [default: 4194304].
+    out_bytes_max: usize,
+    /// Offline queue limit per device, messages [default: 10000].
+    queue_messages_max: usize,
+    /// Default message TTL, seconds [default: 2592000].
+    ttl_default_s: u64,
+}
+
+impl Overrides {
+    /// The settings: defaults, then the file (if any), then the flags.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let mut settings = match &self.config {
+            Some(path) => Settings::load(path)?,
+            None => Settings::default(),
+        };
+        self.apply(&mut settings);
+        if !self.verifying_keys.is_empty() {
+            settings.verifying_keys.clone_from(&self.verifying_keys);
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+impl Settings {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let settings: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks ranges and pairs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key go together");
+        }
+        if !(1024..=16 << 20).contains(&self.frame_bytes_max) {
+            return bad("frame_bytes_max must be within 1 KiB..16 MiB");
+        }
+        if self.window == 0 || self.conns_per_shard == 0 || self.sends_per_s == 0 {
+            return bad("window, conns_per_shard and sends_per_s must be positive");
+        }
+        if self.out_bytes_max < self.frame_bytes_max as usize {
+            return bad("out_bytes_max must hold at least one frame");
+        }
+        for key in &self.verifying_keys {
+            crate::token::parse_verifying_key(key).map_err(ConfigError::Invalid)?;
+        }
+        Ok(())
+    }
+
+    /// The per-shard settings.
+    pub fn shard_config(&self) -> ShardConfig {
+        let session = SessionConfig {
+            handshake_timeout_ms: self.handshake_timeout_ms,
+            auth_timeout_ms: self.auth_timeout_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            drain_timeout_ms: self.drain_timeout_ms,
+            sends_per_s: self.sends_per_s,
+            send_bytes_per_s: self.send_bytes_per_s,
+            burst_s: self.burst_s,
+            ..SessionConfig::default()
+        };
+        ShardConfig {
+            session,
+            limits: wire_format::Limits::with_frame_bytes_max(self.frame_bytes_max),
+            window: self.window,
+            out_bytes_max: self.out_bytes_max,
+            conns_max: self.conns_per_shard,
+        }
+    }
+
+    /// The queue engine's settings.
+    pub fn engine_config(&self) -> queue_engine::EngineConfig {
+        queue_engine::EngineConfig {
+            queue_messages_max: self.queue_messages_max,
+            ttl_default_ms: self.ttl_default_s.saturating_mul(1000),
+            ..queue_engine::EngineConfig::default()
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! The server shell: one pinned glommio executor per shard, each with its
+//! own `SO_REUSEPORT` listener, its [`ShardCore`], its log directory and its
+//! ends of the channel mesh. This is the only place bytes meet sockets,
+//! files and TLS; every decision is the core's.
+//!
+//! Per shard, these tasks share the core (one thread, no locks):
+//! - the acceptor, spawning one task per connection;
+//! - a connection task: rustls over the socket. Reads go through one
+//!   shard-wide scratch buffer borrowed only while a read completes, so an
+//!   idle connection holds no read buffer; the core's output for it is
+//!   written as one TLS write per wake-up (frames coalesce);
+//! - the flusher: group commit. The write + fdatasync of a batch runs on
+//!   glommio's blocking pool, so the executor keeps serving while the disk
+//!   syncs, and the next batch fills meanwhile;
+//! - the mesh: a sender of batches to other shards, a receiver per peer;
+//! - the ticker: session deadlines, TTL expiry, metrics, drain.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_lite::{AsyncRead, AsyncWriteExt, FutureExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement as Cpu};
+use queue_engine::{Engine, EngineConfig, FsStorage, Storage};
+use rustc_hash::FxHashMap;
+use rustls::ServerConnection;
+use shard_router::{ConnId, Placement, RouterConfig, RouterCore, ShardMsg};
+use tracing::{debug, error, info, warn};
+
+use crate::mesh::{MeshLink, mesh};
+use crate::metrics::Metrics;
+use crate::notify::Notify;
+use crate::shard::{Note, ShardConfig, ShardCore};
+use crate::token::Verifier;
+
+/// Bytes of the shard-wide read scratch (one TLS record plus overhead).
+const SCRATCH_BYTES: usize = 18 * 1024;
+/// How often deadlines, expiry and metrics are looked at.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What every shard needs to start.
+#[derive(Clone)]
+pub struct ServerSpec {
+    /// Client TLS address.
+    pub listen: SocketAddr,
+    /// Executors.
+    pub shards: usize,
+    /// Parent of the per-shard log directories.
+    pub data_dir: PathBuf,
+    /// TLS.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Token keys.
+    pub verifier: Arc<Verifier>,
+    /// Per-shard settings.
+    pub shard: ShardConfig,
+    /// Queue engine settings.
+    pub engine: EngineConfig,
+    /// Where metrics go.
+    pub metrics: Arc<Metrics>,
+    /// Shared with the admin endpoint and signal handler.
+    pub control: Arc<Control>,
+}
+
+/// Process-wide flags: readiness and drain.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Shards that are listening.
+    pub listening: AtomicUsize,
+    /// Drain requested (admin `POST /drain` or SIGTERM).
+    pub drain: AtomicBool,
+    /// Shards that finished draining.
+    pub drained: AtomicUsize,
+}
+
+/// Wall-clock milliseconds since the Unix epoch (the time the cores get).
+pub fn now_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970");
+    u64::try_from(since.as_millis()).expect("before year 500 million")
+}
+
+/// Starts every shard; returns their join handles.
+pub fn start(spec: ServerSpec) -> std::io::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
+    let mesh = mesh::<ShardMsg<Note>>(spec.shards);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::new();
+    for i in 0..spec.shards {
+        let (spec, mesh) = (spec.clone(), mesh.clone());
+        let handle = LocalExecutorBuilder::new(Cpu::Fixed(i % cpus))
+            .name(&format!("shard-{i}"))
+            .spawn(move || async move {
+                if let Err(e) = run_shard(spec, mesh).await {
+                    error!("shard stopped: {e}");
+                    std::process::exit(1);
+                }
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+/// One shard's shared state.
+struct Shard {
+    id: u16,
+    core: RefCell<ShardCore<FsStorage>>,
+    storage: RefCell<Option<FsStorage>>,
+    wakers: RefCell<FxHashMap<ConnId, Rc<Notify>>>,
+    outbox: Notify,
+    flush: Notify,
+    spec: ServerSpec,
+    scratch: RefCell<Vec<u8>>,
+    plain: RefCell<Vec<u8>>,
+}
+
+impl Shard {
+    /// After any input: wake the connections with output, the mesh sender
+    /// and the flusher.
+    fn kick(&self) {
+        let ready = self.core.borrow_mut().take_ready();
+        let wakers = self.wakers.borrow();
+        for conn in ready {
+            if let Some(w) = wakers.get(&conn) {
+                w.notify();
+            }
+        }
+        self.outbox.notify();
+        self.flush.notify();
+    }
+}
+
+async fn run_shard(
+    spec: ServerSpec,
+    mesh: glommio::channels::channel_mesh::MeshBuilder<
+        Vec<ShardMsg<Note>>,
+        glommio::channels::channel_mesh::Full,
+    >,
+) -> std::io::Result<()> {
+    let mut link = MeshLink::join(mesh)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let id = link.shard();
+    let dir = spec.data_dir.join(format!("shard-{}", id.0));
+    let mut storage = FsStorage::open(&dir)?;
+    let started = Instant::now();
+    let (engine, _) = Engine::open(&mut storage, spec.engine, now_ms())
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?;
+    info!(
+        shard = id.0,
+        devices = engine.devices().count(),
+        live_messages = engine.live_messages(),
+        "log recovered in {:?}",
+        started.elapsed()
+    );
+    let placement = Placement::single_node(u16::try_from(spec.shards).expect("few shards"));
+    let router = RouterCore::new(id, placement, RouterConfig::default());
+    let core = ShardCore::new(router, engine, FsStorage::open(&dir)?, spec.shard);
+    let shard = Rc::new(Shard {
+        id: id.0,
+        core: RefCell::new(core),
+        storage: RefCell::new(Some(storage)),
+        wakers: RefCell::new(FxHashMap::default()),
+        outbox: Notify::default(),
+        flush: Notify::default(),
+        spec: spec.clone(),
+        scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+        plain: RefCell::new(vec![0; SCRATCH_BYTES]),
+    });
+    let link = Rc::new({
+        let inbound = link.inbound();
+        for (_, rx) in inbound {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                while let Some(batch) = rx.recv().await {
+                    shard.core.borrow_mut().handle_batch(now_ms(), batch);
+                    shard.kick();
+                }
+            })
+            .detach();
+        }
+        link
+    });
+    glommio::spawn_local(send_batches(shard.clone(), link)).detach();
+    glommio::spawn_local(flusher(shard.clone())).detach();
+    let listener = TcpListener::bind(spec.listen)?;
+    spec.control.listening.fetch_add(1, Ordering::SeqCst);
+    glommio::spawn_local(ticker(shard.clone())).detach();
+    accept_loop(shard, listener).await;
+    Ok(())
+}
+
+async fn send_batches(shard: Rc<Shard>, link: Rc<MeshLink<ShardMsg<Note>>>) {
+    loop {
+        shard.outbox.wait().await;
+        loop {
+            let next = shard.core.borrow_mut().poll_batch();
+            let Some((to, batch)) = next else { break };
+            if link.send(to, batch).await.is_err() {
+                return; // a peer is gone: the process is stopping
+            }
+        }
+    }
+}
+
+/// Group commit: one write + fdatasync per batch, off the executor thread.
+async fn flusher(shard: Rc<Shard>) {
+    loop {
+        shard.flush.wait().await;
+        loop {
+            let flush = shard.core.borrow_mut().poll_flush().cloned();
+            let Some(flush) = flush else { break };
+            let mut storage = shard.storage.borrow_mut().take().expect("one flusher");
+            let started = Instant::now();
+            let len = flush.bytes.len();
+            let (storage, result) = glommio::executor()
+                .spawn_blocking(move || {
+                    let result = write_batch(&mut storage, &flush);
+                    (storage, result)
+                })
+                .await;
+            *shard.storage.borrow_mut() = Some(storage);
+            if let Err(e) = result {
+                // Nothing waiting on this batch is answered; retry.
+                error!(shard = shard.id, "log write failed, retrying: {e}");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            shard.spec.metrics.flushed(shard.id, len, seconds);
+            shard.core.borrow_mut().handle_flushed(now_ms());
+            shard.kick();
+        }
+    }
+}
+
+fn write_batch(storage: &mut FsStorage, flush: &queue_engine::Flush) -> std::io::Result<()> {
+    if flush.create {
+        storage.create(flush.segment)?;
+    }
+    storage.write(flush.segment, flush.offset, &flush.bytes)?;
+    storage.sync(flush.segment)
+}
+
+async fn ticker(shard: Rc<Shard>) {
+    let mut last = crate::shard::Stats::default();
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        glommio::timer::sleep(TICK).await;
+        let now = now_ms();
+        shard.core.borrow_mut().tick(now);
+        let control = &shard.spec.control;
+        if control.drain.load(Ordering::SeqCst) && drain_deadline.is_none() {
+            let deadline = shard.spec.shard.session.drain_timeout_ms;
+            drain_deadline = Some(Instant::now() + Duration::from_millis(deadline));
+            shard.core.borrow_mut().start_drain(now, 1_000);
+            info!(shard = shard.id, "draining");
+        }
+        shard.kick();
+        let core = shard.core.borrow();
+        let stats = core.stats().clone();
+        let gauges = [
+            core.conns() as u64,
+            core.engine().live_messages() as u64,
+            core.engine().log_bytes(),
+        ];
+        let conns = core.conns();
+        drop(core);
+        shard.spec.metrics.publish(shard.id, &stats, &last, gauges);
+        last = stats;
+        if let Some(deadline) = drain_deadline {
+            if conns == 0 || Instant::now() >= deadline {
+                control.drained.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(shard = shard.id, "accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let opened = shard.core.borrow_mut().open_conn(now_ms());
+        let Some(conn) = opened else {
+            debug!(
+                shard = shard.id,
+                "refusing a connection: at the limit or draining"
+            );
+            continue; // dropped: the client sees the close
+        };
+        let _ = stream.set_nodelay(true);
+        glommio::spawn_local(serve_conn(shard.clone(), stream, conn)).detach();
+    }
+}
+
+/// What woke a connection task.
+enum Wake {
+    Read(std::io::Result<usize>),
+    Output,
+}
+
+async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream, conn: ConnId) {
+    let notify = Rc::new(Notify::default());
+    shard.wakers.borrow_mut().insert(conn, notify.clone());
+    match ServerConnection::new(shard.spec.tls.clone()) {
+        Ok(mut tls) => {
+            if let Err(e) = drive(&shard, &mut stream, &mut tls, conn, &notify).await {
+                debug!(shard = shard.id, "connection ended: {e}");
+            }
+        }
+        Err(e) => warn!("TLS setup failed: {e}"),
+    }
+    shard.wakers.borrow_mut().remove(&conn);
+    shard.core.borrow_mut().remove_conn(now_ms(), conn);
+    shard.kick();
+    let _ = stream.close().await;
+}
+
+async fn drive(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    tls: &mut ServerConnection,
+    conn: ConnId,
+    notify: &Notify,
+) -> std::io::Result<()> {
+    let mut handshaking = true;
+    loop {
+        let output = shard.core.borrow_mut().take_output(conn);
+        let Some((plaintext, close)) = output else {
+            return Ok(());
+        };
+        if !plaintext.is_empty() {
+            tls.writer().write_all(&plaintext)?;
+        }
+        if close {
+            tls.send_close_notify();
+        }
+        write_tls(stream, tls).await?;
+        if close {
+            return Ok(());
+        }
+        let read = async { Wake::Read(read_some(stream, &shard.scratch).await) };
+        match read
+            .or(async {
+                notify.wait().await;
+                Wake::Output
+            })
+            .await
+        {
+            Wake::Output => continue,
+            Wake::Read(Ok(0)) => shard.core.borrow_mut().peer_closed(now_ms(), conn),
+            Wake::Read(Ok(n)) => {
+                let scratch = shard.scratch.borrow();
+                let mut input = &scratch[..n];
+                while !input.is_empty() {
+                    tls.read_tls(&mut input)?;
+                    if let Err(e) = tls.process_new_packets() {
+                        shard.spec.metrics.tls_error(shard.id);
+                        let _ = write_tls(stream, tls).await; // the alert
+                        return Err(std::io::Error::other(e));
+                    }
+                }
+                drop(scratch);
+                if handshaking && !tls.is_handshaking() {
+                    handshaking = false;
+                    shard.spec.metrics.handshake(shard.id);
+                    shard.core.borrow_mut().handshake_done(now_ms(), conn);
+                }
+                deliver_plaintext(shard, tls, conn)?;
+            }
+            Wake::Read(Err(e)) => return Err(e),
+        }
+        shard.kick();
+    }
+}
+
+/// Hands every decrypted byte to the core.
+fn deliver_plaintext(
+    shard: &Shard,
+    tls: &mut ServerConnection,
+    conn: ConnId,
+) -> std::io::Result<()> {
+    let mut plain = shard.plain.borrow_mut();
+    loop {
+        match tls.reader().read(&mut plain) {
+            Ok(0) => {
+                shard.core.borrow_mut().peer_closed(now_ms(), conn);
+                return Ok(());
+            }
+            Ok(n) => {
+                let verifier = &shard.spec.verifier;
+                shard
+                    .core
+                    .borrow_mut()
+                    .handle_bytes(now_ms(), conn, &plain[..n], verifier);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes whatever TLS has to send.
+async fn write_tls(stream: &mut TcpStream, tls: &mut ServerConnection) -> std::io::Result<()> {
+    if !tls.wants_write() {
+        return Ok(());
+    }
+    let mut out = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut out)?;
+    }
+    stream.write_all(&out).await
+}
+
+/// Reads into the shard's shared scratch buffer, borrowing it only inside
+/// each poll: an idle connection waits on readiness holding no buffer.
+async fn read_some(stream: &mut TcpStream, scratch: &RefCell<Vec<u8>>) -> std::io::Result<usize> {
+    poll_fn(|cx| {
+        let mut buf = scratch.borrow_mut();
+        Pin::new(&mut *stream).poll_read(cx, &mut buf)
+    })
+    .await
+}

@@ -1,0 +1,165 @@
+//! A real gateway process for integration tests: started on a free
+//! loopback port with a fresh data directory, killed (SIGKILL) on drop;
+//! clients connect over real TLS trusting its development certificate.
+
+#![allow(dead_code, clippy::cast_possible_truncation)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use client::{ClientCore, ClientEvent, Connection};
+use gateway::token::SigningKey;
+
+/// A running gateway.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    extra: Vec<String>,
+}
+
+/// A fresh directory under the target dir (kept on failure for a look).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Gateway {
+    /// Starts a gateway with 2 shards on `dir` and `extra` flags.
+    pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::start_on(dir, free_port(), extra)
+    }
+
+    fn start_on(dir: &Path, port: u16, extra: Vec<String>) -> Self {
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["serve", "--shards", "2", "--listen", &listen])
+            .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(&extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let admin = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("admin="))
+            .unwrap_or_else(|| panic!("no ready line, got {line:?}"))
+            .parse()
+            .unwrap();
+        Self {
+            child,
+            addr: listen.parse().unwrap(),
+            admin,
+            dir: dir.to_path_buf(),
+            extra,
+        }
+    }
+
+    /// SIGKILL, then start again on the same port and data directory.
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let next = Self::start_on(&self.dir, self.addr.port(), self.extra.clone());
+        let old = std::mem::replace(self, next);
+        std::mem::forget(old); // its child is already reaped
+    }
+
+    /// A token for `user`/`device`, valid for `ttl_s` (negative: expired).
+    pub fn token(&self, user: u64, device: u32, ttl_s: i64) -> Vec<u8> {
+        let pkcs8 = std::fs::read(self.dir.join("dev-token-key.pk8")).unwrap();
+        let key = SigningKey::from_pkcs8(1, &pkcs8).unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        key.issue(user, device, now.saturating_add_signed(ttl_s))
+    }
+
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
+        client::trust(&self.dir.join("dev-cert.pem")).unwrap()
+    }
+
+    /// Connects `user`/`device` resuming after `last_acked_seq` and waits for
+    /// `Welcome`; returns the connection and the backlog count.
+    pub async fn login(&self, user: u64, device: u32, last_acked_seq: u64) -> (Connection, u32) {
+        let core = ClientCore::new(&self.token(user, device, 3600), last_acked_seq, 1);
+        self.resume(core).await
+    }
+
+    /// Connects with an existing core (a reconnect).
+    pub async fn resume(&self, core: ClientCore) -> (Connection, u32) {
+        let mut conn = Connection::connect(self.addr, self.tls(), "localhost", core)
+            .await
+            .unwrap();
+        match next(&mut conn).await {
+            ClientEvent::Welcome { backlog_count, .. } => (conn, backlog_count),
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// GET (or POST) on the admin endpoint: (status, body).
+    pub fn admin(&self, method: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.admin).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The next event within 10 s (a hang fails the test instead of CI).
+pub async fn next(conn: &mut Connection) -> ClientEvent {
+    conn.next_event_within(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("an event within 10 s")
+}
+
+/// Runs `f` on a glommio executor on this thread's behalf.
+pub fn run<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move { f().await })
+        .unwrap()
+        .join()
+        .unwrap()
+}
