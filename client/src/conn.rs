@@ -79,16 +79,20 @@ impl Connection {
 
     /// Writes every frame the core has queued.
     pub async fn flush(&mut self) -> io::Result<()> {
+        let mut plain = Vec::new();
         while let Some(frame) = self.core.poll_transmit() {
-            self.tls.writer().write_all(frame.header())?;
-            self.tls.writer().write_all(frame.payload())?;
+            plain.extend_from_slice(frame.header());
+            plain.extend_from_slice(frame.payload());
         }
-        self.write_tls().await
+        self.write_raw(&plain).await
     }
 
     /// Writes `bytes` as plaintext, frames or not (for tests of bad input).
     pub async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.tls.writer().write_all(bytes)?;
+        for chunk in bytes.chunks(32 * 1024) {
+            self.tls.writer().write_all(chunk)?; // under rustls's 64 KiB limit
+            self.write_tls().await?;
+        }
         self.write_tls().await
     }
 
@@ -116,21 +120,20 @@ impl Connection {
     async fn read_once(&mut self) -> io::Result<()> {
         let n = self.stream.read(&mut self.buf).await?;
         if n == 0 {
-            self.core.handle_bytes(&[]);
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         let mut input = &self.buf[..n];
+        let mut plain = [0u8; 16 * 1024];
         while !input.is_empty() {
             self.tls.read_tls(&mut input)?;
             self.tls.process_new_packets().map_err(io::Error::other)?;
-        }
-        let mut plain = [0u8; 16 * 1024];
-        loop {
-            match self.tls.reader().read(&mut plain) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => self.core.handle_bytes(&plain[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+            loop {
+                match self.tls.reader().read(&mut plain) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => self.core.handle_bytes(&plain[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
             }
         }
         self.write_tls().await // e.g. a Pong the core queued

@@ -43,6 +43,8 @@ use crate::token::Verifier;
 
 /// Bytes of the shard-wide read scratch (one TLS record plus overhead).
 const SCRATCH_BYTES: usize = 18 * 1024;
+/// Plaintext bytes handed to rustls at a time (its buffer limit is 64 KiB).
+const WRITE_CHUNK: usize = 48 * 1024;
 /// How often deadlines, expiry and metrics are looked at.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -344,8 +346,11 @@ async fn drive(
         let Some((plaintext, close)) = output else {
             return Ok(());
         };
-        if !plaintext.is_empty() {
-            tls.writer().write_all(&plaintext)?;
+        // Chunks stay under rustls's send buffer limit; each chunk is
+        // encrypted into as few records as fit and written at once.
+        for chunk in plaintext.chunks(WRITE_CHUNK) {
+            tls.writer().write_all(chunk)?;
+            write_tls(stream, tls).await?;
         }
         if close {
             tls.send_close_notify();
@@ -365,28 +370,40 @@ async fn drive(
             Wake::Output => continue,
             Wake::Read(Ok(0)) => shard.core.borrow_mut().peer_closed(now_ms(), conn),
             Wake::Read(Ok(n)) => {
-                let scratch = shard.scratch.borrow();
-                let mut input = &scratch[..n];
-                while !input.is_empty() {
-                    tls.read_tls(&mut input)?;
-                    if let Err(e) = tls.process_new_packets() {
-                        shard.spec.metrics.tls_error(shard.id);
-                        let _ = write_tls(stream, tls).await; // the alert
-                        return Err(std::io::Error::other(e));
-                    }
+                if let Err(e) = take_input(shard, tls, conn, n, &mut handshaking) {
+                    shard.spec.metrics.tls_error(shard.id);
+                    let _ = write_tls(stream, tls).await; // the alert
+                    return Err(std::io::Error::other(e));
                 }
-                drop(scratch);
-                if handshaking && !tls.is_handshaking() {
-                    handshaking = false;
-                    shard.spec.metrics.handshake(shard.id);
-                    shard.core.borrow_mut().handshake_done(now_ms(), conn);
-                }
-                deliver_plaintext(shard, tls, conn)?;
             }
             Wake::Read(Err(e)) => return Err(e),
         }
         shard.kick();
     }
+}
+
+/// Feeds `n` bytes of the scratch buffer through TLS to the core. No
+/// await inside: the scratch is not reused before this returns.
+fn take_input(
+    shard: &Shard,
+    tls: &mut ServerConnection,
+    conn: ConnId,
+    n: usize,
+    handshaking: &mut bool,
+) -> std::io::Result<()> {
+    let scratch = shard.scratch.borrow();
+    let mut input = &scratch[..n];
+    while !input.is_empty() {
+        tls.read_tls(&mut input)?;
+        tls.process_new_packets().map_err(std::io::Error::other)?;
+        if *handshaking && !tls.is_handshaking() {
+            *handshaking = false;
+            shard.spec.metrics.handshake(shard.id);
+            shard.core.borrow_mut().handshake_done(now_ms(), conn);
+        }
+        deliver_plaintext(shard, tls, conn)?;
+    }
+    Ok(())
 }
 
 /// Hands every decrypted byte to the core.

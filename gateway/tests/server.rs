@@ -74,3 +74,91 @@ fn send_ack_deliver_ack_receipt_between_two_devices() {
         }
     });
 }
+
+/// Collects `n` messages (acking each), returning (seq, payload) pairs.
+async fn receive(conn: &mut client::Connection, n: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match next(conn).await {
+            ClientEvent::Message { seq, payload, .. } => {
+                got.push((seq, payload.to_vec()));
+                conn.core().ack(seq);
+            }
+            ClientEvent::Receipt { seq, .. } => conn.core().ack(seq),
+            other => panic!("expected messages, got {other:?}"),
+        }
+    }
+    conn.flush().await.unwrap();
+    got
+}
+
+/// Sends `n` numbered messages to `to` and waits for every ✓.
+async fn send_all(conn: &mut client::Connection, to: wire_format::Address, from: u32, n: u32) {
+    for i in from..from + n {
+        conn.core().send(to, 0, Bytes::from(format!("m{i}")));
+    }
+    conn.flush().await.unwrap();
+    let mut acked = 0;
+    while acked < n {
+        match next(conn).await {
+            ClientEvent::Acked { .. } => acked += 1,
+            ClientEvent::Receipt { seq, .. } => conn.core().ack(seq),
+            other => panic!("expected ✓, got {other:?}"),
+        }
+    }
+}
+
+fn numbered(from: u32, n: u32) -> Vec<Vec<u8>> {
+    (from..from + n).map(|i| format!("m{i}").into_bytes()).collect()
+}
+
+#[test]
+fn a_user_with_two_devices_gets_each_message_on_both() {
+    let dir = temp_dir("e2e-two-devices");
+    let gw = Gateway::start(&dir, &[]);
+    run(async move || {
+        let (mut phone, _) = gw.login(2, 0, 0).await;
+        let (mut laptop, _) = gw.login(2, 1, 0).await;
+        let (mut alice, _) = gw.login(1, 0, 0).await;
+        send_all(&mut alice, user_address(2), 0, 50).await;
+        let on = |got: Vec<(u64, Vec<u8>)>| -> Vec<Vec<u8>> {
+            let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+            assert_eq!(seqs, (1..=50).collect::<Vec<_>>(), "in seq order, once each");
+            got.into_iter().map(|(_, p)| p).collect()
+        };
+        assert_eq!(on(receive(&mut phone, 50).await), numbered(0, 50));
+        assert_eq!(on(receive(&mut laptop, 50).await), numbered(0, 50));
+        // To one device only: the laptop gets it, the phone does not.
+        send_all(&mut alice, device_address(2, 1), 100, 1).await;
+        assert_eq!(receive(&mut laptop, 1).await, [(51, b"m100".to_vec())]);
+        let quiet = phone.next_event_within(Duration::from_millis(300)).await.unwrap();
+        assert_eq!(quiet, None, "nothing for the phone");
+    });
+}
+
+#[test]
+fn an_offline_device_gets_its_backlog_once_and_in_order_then_live() {
+    let dir = temp_dir("e2e-backlog");
+    let gw = Gateway::start(&dir, &["--sends-per-s", "100000"]);
+    run(async move || {
+        let (bob, _) = gw.login(2, 0, 0).await;
+        drop(bob); // registered, now offline
+        let (mut alice, _) = gw.login(1, 0, 0).await;
+        send_all(&mut alice, user_address(2), 0, 1200).await; // beyond one window
+        let (mut bob, backlog) = gw.login(2, 0, 0).await;
+        assert_eq!(backlog, 1200);
+        let got = receive(&mut bob, 700).await;
+        assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=700).collect::<Vec<_>>());
+        // Reconnect mid-backlog: resume after the last ack, nothing twice.
+        let core = bob.into_core();
+        assert_eq!(core.last_acked_seq(), 700);
+        let (mut bob, backlog) = gw.resume(core.reconnect(&gw.token(2, 0, 3600))).await;
+        assert_eq!(backlog, 500);
+        let rest = receive(&mut bob, 500).await;
+        assert_eq!(rest.first().map(|(s, _)| *s), Some(701));
+        let payloads: Vec<Vec<u8>> = got.into_iter().chain(rest).map(|(_, p)| p).collect();
+        assert_eq!(payloads, numbered(0, 1200));
+        send_all(&mut alice, user_address(2), 5000, 1).await;
+        assert_eq!(receive(&mut bob, 1).await, [(1201, b"m5000".to_vec())], "then live");
+    });
+}
