@@ -63,8 +63,21 @@ impl Connection {
             core,
             buf: vec![0; 16 * 1024],
         };
+        conn.handshake().await?;
         conn.flush().await?;
         Ok(conn)
+    }
+
+    /// Completes the TLS handshake (before it, rustls holds at most 64 KiB
+    /// of plaintext, less than a reconnect may resend).
+    async fn handshake(&mut self) -> io::Result<()> {
+        while self.tls.is_handshaking() {
+            self.write_tls().await?;
+            if self.tls.is_handshaking() && self.tls.wants_read() {
+                self.read_once().await?;
+            }
+        }
+        self.write_tls().await
     }
 
     /// The protocol core: send, ack and read state through it.
@@ -118,9 +131,13 @@ impl Connection {
     }
 
     async fn read_once(&mut self) -> io::Result<()> {
+        if self.core.is_closed() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
         let n = self.stream.read(&mut self.buf).await?;
         if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+            self.core.handle_peer_closed();
+            return Ok(());
         }
         let mut input = &self.buf[..n];
         let mut plain = [0u8; 16 * 1024];
@@ -129,7 +146,10 @@ impl Connection {
             self.tls.process_new_packets().map_err(io::Error::other)?;
             loop {
                 match self.tls.reader().read(&mut plain) {
-                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(0) => {
+                        self.core.handle_peer_closed();
+                        return Ok(());
+                    }
                     Ok(n) => self.core.handle_bytes(&plain[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e),

@@ -170,6 +170,11 @@ impl ClientCore {
         self.decoder.release_if_empty();
     }
 
+    /// The server closed the connection (after any frames already handled).
+    pub fn handle_peer_closed(&mut self) {
+        self.close(None);
+    }
+
     /// The next frame to write.
     pub fn poll_transmit(&mut self) -> Option<OutFrame> {
         self.outbound.pop_front()

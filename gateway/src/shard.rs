@@ -221,6 +221,9 @@ struct Conn {
     decoder: FrameDecoder,
     device: Option<DeviceKey>,
     out: Vec<u8>,
+    /// Frames that arrived before `Welcome` was written: the client sees
+    /// `Welcome` first, whichever shard answers first.
+    held: Option<Vec<u8>>,
     ready: bool,
 }
 
@@ -337,6 +340,7 @@ impl<S: Storage> ShardCore<S> {
             decoder: FrameDecoder::new(self.config.limits),
             device: None,
             out: Vec::new(),
+            held: Some(Vec::new()),
             ready: false,
         };
         self.conns.insert(id, conn);
@@ -734,7 +738,13 @@ impl<S: Storage> ShardCore<S> {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.session.welcome(backlog_count);
                 }
-                return self.flush_replies(conn);
+                self.flush_replies(conn);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    if let Some(held) = c.held.take() {
+                        c.out.extend_from_slice(&held);
+                    }
+                }
+                return;
             }
             Note::Refused {
                 code,
@@ -762,8 +772,8 @@ impl<S: Storage> ShardCore<S> {
             return;
         }
         self.stats.frames_out += 1;
-        append(&mut c.out, &frame);
-        if c.out.len() > self.config.out_bytes_max {
+        append(c.held.as_mut().unwrap_or(&mut c.out), &frame);
+        if c.out.len() + c.held.as_ref().map_or(0, Vec::len) > self.config.out_bytes_max {
             c.session.refuse_from_shard(ErrorCode::SlowReader, 0, true);
             self.flush_replies(conn);
         }

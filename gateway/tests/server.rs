@@ -109,7 +109,9 @@ async fn send_all(conn: &mut client::Connection, to: wire_format::Address, from:
 }
 
 fn numbered(from: u32, n: u32) -> Vec<Vec<u8>> {
-    (from..from + n).map(|i| format!("m{i}").into_bytes()).collect()
+    (from..from + n)
+        .map(|i| format!("m{i}").into_bytes())
+        .collect()
 }
 
 #[test]
@@ -123,7 +125,11 @@ fn a_user_with_two_devices_gets_each_message_on_both() {
         send_all(&mut alice, user_address(2), 0, 50).await;
         let on = |got: Vec<(u64, Vec<u8>)>| -> Vec<Vec<u8>> {
             let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
-            assert_eq!(seqs, (1..=50).collect::<Vec<_>>(), "in seq order, once each");
+            assert_eq!(
+                seqs,
+                (1..=50).collect::<Vec<_>>(),
+                "in seq order, once each"
+            );
             got.into_iter().map(|(_, p)| p).collect()
         };
         assert_eq!(on(receive(&mut phone, 50).await), numbered(0, 50));
@@ -131,7 +137,10 @@ fn a_user_with_two_devices_gets_each_message_on_both() {
         // To one device only: the laptop gets it, the phone does not.
         send_all(&mut alice, device_address(2, 1), 100, 1).await;
         assert_eq!(receive(&mut laptop, 1).await, [(51, b"m100".to_vec())]);
-        let quiet = phone.next_event_within(Duration::from_millis(300)).await.unwrap();
+        let quiet = phone
+            .next_event_within(Duration::from_millis(300))
+            .await
+            .unwrap();
         assert_eq!(quiet, None, "nothing for the phone");
     });
 }
@@ -148,7 +157,10 @@ fn an_offline_device_gets_its_backlog_once_and_in_order_then_live() {
         let (mut bob, backlog) = gw.login(2, 0, 0).await;
         assert_eq!(backlog, 1200);
         let got = receive(&mut bob, 700).await;
-        assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=700).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (1..=700).collect::<Vec<_>>()
+        );
         // Reconnect mid-backlog: resume after the last ack, nothing twice.
         let core = bob.into_core();
         assert_eq!(core.last_acked_seq(), 700);
@@ -159,6 +171,141 @@ fn an_offline_device_gets_its_backlog_once_and_in_order_then_live() {
         let payloads: Vec<Vec<u8>> = got.into_iter().chain(rest).map(|(_, p)| p).collect();
         assert_eq!(payloads, numbered(0, 1200));
         send_all(&mut alice, user_address(2), 5000, 1).await;
-        assert_eq!(receive(&mut bob, 1).await, [(1201, b"m5000".to_vec())], "then live");
+        assert_eq!(
+            receive(&mut bob, 1).await,
+            [(1201, b"m5000".to_vec())],
+            "then live"
+        );
+    });
+}
+
+#[test]
+fn every_acknowledged_message_survives_sigkill_and_arrives_once() {
+    let dir = temp_dir("e2e-kill");
+    let mut gw = Gateway::start(&dir, &["--sends-per-s", "100000"]);
+    run(async move || {
+        drop(gw.login(2, 0, 0).await); // bob exists, offline
+        let (mut alice, _) = gw.login(1, 0, 0).await;
+        const N: u32 = 3000;
+        for i in 0..N {
+            alice
+                .core()
+                .send(user_address(2), 0, Bytes::from(format!("m{i}")));
+        }
+        alice.flush().await.unwrap();
+        let mut acked = std::collections::BTreeSet::new();
+        while acked.len() < 500 {
+            if let ClientEvent::Acked { client_msg_id, .. } = next(&mut alice).await {
+                acked.insert(client_msg_id);
+            }
+        }
+        gw.kill_and_restart(); // mid-stream: some sends are stored, some not
+        let mut alice = {
+            let mut core = alice.into_core();
+            while let Some(event) = core.poll_event() {
+                if let ClientEvent::Acked { client_msg_id, .. } = event {
+                    acked.insert(client_msg_id); // read before the kill
+                }
+            }
+            assert!(
+                !core.pending().is_empty(),
+                "the kill interrupted the stream"
+            );
+            gw.resume(core.reconnect(&gw.token(1, 0, 3600))).await.0
+        };
+        while acked.len() < N as usize {
+            match next(&mut alice).await {
+                ClientEvent::Acked { client_msg_id, .. } => {
+                    acked.insert(client_msg_id);
+                }
+                other => panic!("only ✓ expected, got {other:?}"),
+            }
+        }
+        assert!(
+            alice.core().pending().is_empty(),
+            "every send is ✓ after the retry"
+        );
+        let (mut bob, backlog) = gw.login(2, 0, 0).await;
+        assert_eq!(
+            backlog, N,
+            "each message stored once (dedup across the crash)"
+        );
+        let got = receive(&mut bob, N as usize).await;
+        let payloads: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
+        assert_eq!(payloads, numbered(0, N), "all, once, in order");
+    });
+}
+
+#[test]
+fn bad_input_gets_its_error_and_touches_nothing_else() {
+    let dir = temp_dir("e2e-bad-input");
+    let gw = Gateway::start(&dir, &[]);
+    run(async move || {
+        drop(gw.login(2, 0, 0).await);
+        let (mut alice, _) = gw.login(1, 0, 0).await;
+        send_all(&mut alice, user_address(2), 0, 3).await; // acknowledged, queued for bob
+
+        // Garbage instead of TLS: the server drops the connection.
+        let mut raw = std::net::TcpStream::connect(gw.addr).unwrap();
+        std::io::Write::write_all(&mut raw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut raw, &mut sink); // EOF (after an alert)
+        assert!(sink.len() < 64, "at most a TLS alert: {sink:?}");
+
+        // Expired and forged tokens.
+        let expired = client::ClientCore::new(&gw.token(3, 0, -10), 0, 1);
+        let forged = {
+            let (key, _) = gateway::token::SigningKey::generate(1);
+            client::ClientCore::new(&key.issue(3, 0, u64::MAX / 2), 0, 1)
+        };
+        for (core, code) in [
+            (expired, ErrorCode::TokenExpired),
+            (forged, ErrorCode::AuthFailed),
+        ] {
+            let mut c = client::Connection::connect(gw.addr, gw.tls(), "localhost", core)
+                .await
+                .unwrap();
+            assert_eq!(next(&mut c).await, ClientEvent::Closed { code: Some(code) });
+        }
+
+        // A header that fails verification, and a frame over the limit.
+        let bad_header = [8u8, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        let oversized = (1u32 << 20).to_le_bytes();
+        for (bytes, code) in [
+            (&bad_header[..], ErrorCode::InvalidHeader),
+            (&oversized[..], ErrorCode::FrameTooLarge),
+        ] {
+            let (mut c, _) = gw.login(4, 0, 0).await;
+            c.write_raw(bytes).await.unwrap();
+            assert_eq!(next(&mut c).await, ClientEvent::Closed { code: Some(code) });
+        }
+
+        // Acking a seq never delivered to this device.
+        let (mut eve, _) = gw.login(5, 0, 0).await;
+        eve.core().ack(2);
+        eve.flush().await.unwrap();
+        assert_eq!(
+            next(&mut eve).await,
+            ClientEvent::Closed {
+                code: Some(ErrorCode::NotYourMessage)
+            }
+        );
+
+        // Nothing else noticed: alice still sends, bob gets all four.
+        send_all(&mut alice, user_address(2), 3, 1).await;
+        let (mut bob, backlog) = gw.login(2, 0, 0).await;
+        assert_eq!(backlog, 4);
+        let got: Vec<Vec<u8>> = receive(&mut bob, 4)
+            .await
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(got, numbered(0, 4));
+        let counted = |m: &str, code: u16| m.contains(&format!("code=\"{code}\""));
+        let codes = [203, 204, 102, 100, 206];
+        gw.metrics_when(|m| codes.iter().all(|c| counted(m, *c)));
+        assert_eq!(gw.admin("GET", "/health").0, 200);
+        assert_eq!(gw.admin("GET", "/ready").0, 200);
     });
 }

@@ -140,6 +140,26 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// `/metrics` once it satisfies `ready` (shards publish every 100 ms
+    /// tick); panics after 10 s.
+    pub fn metrics_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = self.admin("GET", "/metrics");
+            assert_eq!(status, 200);
+            if ready(&body) {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "metrics never got there:\n{body}"
+            );
+            std::thread::sleep(Duration::from_millis(20)); // the next tick
+        }
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
