@@ -648,7 +648,7 @@ impl<S: Storage> ShardCore<S> {
                     from,
                     to,
                     msg,
-                } => self.to_conn(conn, from, to, msg),
+                } => self.for_conn(conn, from, to, msg),
                 Effect::Close { conn, .. } => {
                     self.refuse_local(conn, ErrorCode::ShuttingDown, 0, true);
                     self.after_session(now_ms, conn);
@@ -684,7 +684,7 @@ impl<S: Storage> ShardCore<S> {
     }
 
     /// A note for a connection of this shard.
-    fn to_conn(&mut self, conn: ConnId, from: DeviceKey, to: Target, note: Note) {
+    fn for_conn(&mut self, conn: ConnId, from: DeviceKey, to: Target, note: Note) {
         let frame = match note {
             Note::Acked {
                 client_msg_id,
@@ -802,10 +802,8 @@ impl<S: Storage> ShardCore<S> {
                 seq,
                 cumulative,
             } => self.device_ack(now_ms, reply, from, seq, cumulative),
-            Note::Gone { reply } => {
-                if self.cursors.get(&from).is_some_and(|c| c.conn == reply) {
-                    self.cursors.remove(&from);
-                }
+            Note::Gone { reply } if self.cursors.get(&from).is_some_and(|c| c.conn == reply) => {
+                self.cursors.remove(&from);
             }
             _ => {}
         }

@@ -177,6 +177,16 @@ impl Verifier {
     }
 }
 
+/// Parses a verifying key written as `KEY_ID:HEX` (what `gateway token
+/// keygen` prints).
+pub fn parse_verifying_key(text: &str) -> Result<(u16, [u8; 32]), String> {
+    let bad = || format!("verifying key {text:?} is not KEY_ID:64-HEX-DIGITS");
+    let (id, key) = text.split_once(':').ok_or_else(bad)?;
+    let id = id.trim().parse().map_err(|_| bad())?;
+    let key = hex::decode(key.trim()).map_err(|_| bad())?;
+    Ok((id, key.try_into().map_err(|_| bad())?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,14 +273,4 @@ mod tests {
         let verifier = Verifier::new([(5, key.public_key())]);
         assert_eq!(verifier.verify(&again.issue(1, 0, 10), 0).unwrap().user, 1);
     }
-}
-
-/// Parses a verifying key written as `KEY_ID:HEX` (what `gateway token
-/// keygen` prints).
-pub fn parse_verifying_key(text: &str) -> Result<(u16, [u8; 32]), String> {
-    let bad = || format!("verifying key {text:?} is not KEY_ID:64-HEX-DIGITS");
-    let (id, key) = text.split_once(':').ok_or_else(bad)?;
-    let id = id.trim().parse().map_err(|_| bad())?;
-    let key = hex::decode(key.trim()).map_err(|_| bad())?;
-    Ok((id, key.try_into().map_err(|_| bad())?))
 }
