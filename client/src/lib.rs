@@ -12,6 +12,7 @@
 
 mod conn;
 mod core;
+pub mod token;
 
 pub use crate::conn::{Connection, trust};
 pub use crate::core::{ClientCore, ClientEvent, PendingSend};

@@ -309,3 +309,62 @@ fn bad_input_gets_its_error_and_touches_nothing_else() {
         assert_eq!(gw.admin("GET", "/ready").0, 200);
     });
 }
+
+#[test]
+fn drain_sends_goaway_and_the_process_exits_cleanly() {
+    let dir = temp_dir("e2e-drain");
+    let gw = Gateway::start(&dir, &["--drain-timeout-ms", "300"]);
+    let admin = gw.admin;
+    let mut gw = run(async move || {
+        let (mut bob, _) = gw.login(2, 0, 0).await;
+        assert_eq!(gw.admin("POST", "/drain").0, 202);
+        assert_eq!(gw.admin("GET", "/ready").0, 503, "not ready while draining");
+        assert_eq!(
+            next(&mut bob).await,
+            ClientEvent::GoAway {
+                reconnect_after_ms: 1_000
+            }
+        );
+        // The close at the drain deadline needs no Error frame: GoAway said why.
+        assert_eq!(next(&mut bob).await, ClientEvent::Closed { code: None });
+        gw
+    });
+    let status = gw.child.wait().unwrap();
+    assert!(status.success(), "exit after the drain: {status}");
+    assert!(std::net::TcpStream::connect(admin).is_err(), "gone");
+}
+
+#[test]
+fn the_default_command_serves_and_sigterm_drains() {
+    let dir = temp_dir("e2e-default");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .current_dir(&dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        "ready listen=127.0.0.1:7443 admin=127.0.0.1:7080"
+    );
+    assert!(
+        dir.join("data/dev-cert.pem").exists(),
+        "a development certificate was made"
+    );
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM drains and exits 0: {status}");
+}

@@ -69,9 +69,3 @@ fn keygen_then_issue_makes_a_token_the_gateway_accepts() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
-
-#[test]
-fn running_with_no_subcommand_serves() {
-    let out = gateway(&[]);
-    assert!(out.starts_with("gateway "), "{out}");
-}
