@@ -7,9 +7,9 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -74,7 +74,11 @@ impl Connection {
         while self.tls.is_handshaking() {
             self.write_tls().await?;
             if self.tls.is_handshaking() && self.tls.wants_read() {
-                self.read_once().await?;
+                let n = self.stream.read(&mut self.buf).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                self.take_input(n)?;
             }
         }
         self.write_tls().await
@@ -113,28 +117,43 @@ impl Connection {
     /// `ClientEvent::Closed` once, then `UnexpectedEof` errors.
     pub async fn next_event(&mut self) -> io::Result<ClientEvent> {
         loop {
-            self.flush().await?;
-            if let Some(event) = self.core.poll_event() {
+            if let Some(event) = self.next_event_within(Duration::from_secs(3600)).await? {
                 return Ok(event);
             }
-            self.read_once().await?;
         }
     }
 
     /// [`Connection::next_event`] with a deadline: `Ok(None)` when it passes.
+    /// Only the wait for bytes is cut short, never a write, so the TLS
+    /// stream stays whole.
     pub async fn next_event_within(&mut self, limit: Duration) -> io::Result<Option<ClientEvent>> {
-        match glommio::timer::timeout(limit, async { Ok(self.next_event().await) }).await {
-            Ok(event) => event.map(Some),
-            Err(glommio::GlommioError::TimedOut(_)) => Ok(None),
-            Err(e) => Err(io::Error::other(e.to_string())),
+        let deadline = Instant::now() + limit;
+        loop {
+            self.flush().await?;
+            if let Some(event) = self.core.poll_event() {
+                return Ok(Some(event));
+            }
+            if self.core.is_closed() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let read = async { Some(self.stream.read(&mut self.buf).await) };
+            let timer = async {
+                glommio::timer::Timer::new(left).await;
+                None
+            };
+            match read.or(timer).await {
+                None => return Ok(None),
+                Some(n) => self.take_input(n?)?,
+            }
         }
     }
 
-    async fn read_once(&mut self) -> io::Result<()> {
-        if self.core.is_closed() {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let n = self.stream.read(&mut self.buf).await?;
+    /// Feeds `n` bytes of the read buffer through TLS to the core.
+    fn take_input(&mut self, n: usize) -> io::Result<()> {
         if n == 0 {
             self.core.handle_peer_closed();
             return Ok(());
@@ -156,7 +175,7 @@ impl Connection {
                 }
             }
         }
-        self.write_tls().await // e.g. a Pong the core queued
+        Ok(())
     }
 
     async fn write_tls(&mut self) -> io::Result<()> {

@@ -227,7 +227,8 @@ async fn send(
                     if let Some((c, at)) = inflight.remove(&client_msg_id) {
                         let mut s = stats.borrow_mut();
                         s.acked += 1;
-                        let _ = s.ack_us.record(at.elapsed().as_micros() as u64);
+                        let us = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        let _ = s.ack_us.record(us);
                         let mut p = state.borrow_mut();
                         set(&mut p.acked, c);
                         p.acked_count += 1;

@@ -11,8 +11,10 @@
 
 mod chat;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
@@ -234,11 +236,7 @@ struct TargetSpec {
 fn on_workers<T: Send + 'static>(
     c: &Common,
     spec: &TargetSpec,
-    work: impl Fn(Rc<Target>, usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
-    + Send
-    + Sync
-    + Clone
-    + 'static,
+    work: impl Fn(Rc<Target>, usize) -> Pin<Box<dyn Future<Output = T>>> + Send + Sync + Clone + 'static,
 ) -> Vec<T> {
     let handles: Vec<_> = (0..c.threads)
         .map(|i| {
@@ -247,6 +245,7 @@ fn on_workers<T: Send + 'static>(
                 .map_or(Placement::Unbound, |p| Placement::Fixed(p + i));
             let (spec, work) = (spec.clone(), work.clone());
             LocalExecutorBuilder::new(placement)
+                .preempt_timer(Duration::from_millis(1)) // reap I/O often: latency is measured
                 .spawn(move || async move {
                     let target = Rc::new(Target {
                         addr: spec.addr,
@@ -388,7 +387,7 @@ fn run_idle(
     let threads = c.threads as u64;
     let base = c.user_base;
     let before = pid.and_then(rss_kib);
-    let opened = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let opened = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reported = opened.clone();
     let watcher = std::thread::spawn(move || {
         while reported.load(std::sync::atomic::Ordering::SeqCst) < conns {
