@@ -1179,7 +1179,8 @@ fn append(out: &mut Vec<u8>, frame: &OutFrame) {
     out.extend_from_slice(frame.payload());
 }
 
-fn encode_reply(
+/// The frame for a session's reply.
+pub fn encode_reply(
     e: &mut Encoder,
     reply: &Reply,
     now_ms: u64,

@@ -203,38 +203,8 @@ impl World {
     }
 
     fn encode(&mut self, reply: Reply) -> OutFrame {
-        match reply {
-            Reply::Welcome {
-                user,
-                device,
-                backlog_count,
-                heartbeat_interval_ms,
-            } => {
-                let mut w = fb::WelcomeT::default();
-                (w.protocol_version, w.user, w.device) = (1, user, device);
-                (w.backlog_count, w.heartbeat_interval_ms) = (backlog_count, heartbeat_interval_ms);
-                let mut header = fb::FrameT::default();
-                header.body = fb::BodyT::Welcome(Box::new(w));
-                self.enc.encode_owned(&header, Bytes::new()).unwrap()
-            }
-            Reply::Pong { nonce } => self.enc.pong(nonce).unwrap(),
-            Reply::Ping { nonce } => self.enc.ping(nonce).unwrap(),
-            Reply::Error {
-                code,
-                client_msg_id,
-                fatal,
-            } => self
-                .enc
-                .error(code, client_msg_id, fatal, "refused")
-                .unwrap(),
-            Reply::GoAway { reconnect_after_ms } => {
-                let mut g = fb::GoAwayT::default();
-                g.reconnect_after_ms = reconnect_after_ms;
-                let mut header = fb::FrameT::default();
-                header.body = fb::BodyT::GoAway(Box::new(g));
-                self.enc.encode_owned(&header, Bytes::new()).unwrap()
-            }
-        }
+        let limits = wire_format::Limits::default();
+        gateway::shard::encode_reply(&mut self.enc, &reply, NOW, &limits).unwrap()
     }
 
     fn events(&mut self, i: usize) -> Vec<ClientEvent> {
