@@ -203,7 +203,7 @@ impl World {
     }
 
     fn encode(&mut self, reply: Reply) -> OutFrame {
-        let limits = wire_format::Limits::default();
+        let limits = Limits::default();
         gateway::shard::encode_reply(&mut self.enc, &reply, NOW, &limits).unwrap()
     }
 
