@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_lite::{AsyncRead, AsyncWriteExt, FutureExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement as Cpu};
-use queue_engine::{Engine, EngineConfig, FsStorage, Storage};
+use queue_engine::{Engine, EngineConfig, FsStorage};
 use rustc_hash::FxHashMap;
 use rustls::ServerConnection;
 use shard_router::{ConnId, Placement, RouterConfig, RouterCore, ShardMsg};
@@ -230,7 +230,7 @@ async fn flusher(shard: Rc<Shard>) {
             let len = flush.bytes.len();
             let (storage, result) = glommio::executor()
                 .spawn_blocking(move || {
-                    let result = write_batch(&mut storage, &flush);
+                    let result = queue_engine::write_flush(&mut storage, &flush);
                     (storage, result)
                 })
                 .await;
@@ -247,14 +247,6 @@ async fn flusher(shard: Rc<Shard>) {
             shard.kick();
         }
     }
-}
-
-fn write_batch(storage: &mut FsStorage, flush: &queue_engine::Flush) -> std::io::Result<()> {
-    if flush.create {
-        storage.create(flush.segment)?;
-    }
-    storage.write(flush.segment, flush.offset, &flush.bytes)?;
-    storage.sync(flush.segment)
 }
 
 async fn ticker(shard: Rc<Shard>) {

@@ -829,14 +829,21 @@ impl Engine {
 /// position. The gateway does the same asynchronously on io_uring.
 pub fn flush_all(engine: &mut Engine, storage: &mut impl Storage) -> std::io::Result<u64> {
     while let Some(flush) = engine.poll_flush() {
-        if flush.create {
-            storage.create(flush.segment)?;
-        }
-        storage.write(flush.segment, flush.offset, &flush.bytes)?;
-        storage.sync(flush.segment)?;
+        write_flush(storage, flush)?;
         engine.handle_flushed();
     }
     Ok(engine.durable())
+}
+
+/// Performs one batch from [`Engine::poll_flush`]: creates its segment if
+/// new, writes it and fdatasyncs. Report success with
+/// [`Engine::handle_flushed`].
+pub fn write_flush(storage: &mut impl Storage, flush: &Flush) -> std::io::Result<()> {
+    if flush.create {
+        storage.create(flush.segment)?;
+    }
+    storage.write(flush.segment, flush.offset, &flush.bytes)?;
+    storage.sync(flush.segment)
 }
 
 /// Reclaims every segment that is due: copies forward, makes the copies

@@ -18,7 +18,7 @@ pub mod recovery;
 
 pub use engine::{
     Accepted, Engine, EngineConfig, Expired, NewMessage, QueueError, Reclaimed, StoredMessage,
-    TTL_MAX_MS, flush_all, read_message, reclaim_all,
+    TTL_MAX_MS, flush_all, read_message, reclaim_all, write_flush,
 };
 pub use log::{Flush, Log, LogConfig};
 pub use record::DeviceRef;
