@@ -65,6 +65,7 @@ impl Default for Settings {
     fn default() -> Self {
         let session = SessionConfig::default();
         let shard = ShardConfig::default();
+        let engine = queue_engine::EngineConfig::default();
         Self {
             listen: "127.0.0.1:7443".parse().expect("valid"),
             admin_listen: "127.0.0.1:7080".parse().expect("valid"),
@@ -85,8 +86,8 @@ impl Default for Settings {
             drain_timeout_ms: session.drain_timeout_ms,
             window: shard.window,
             out_bytes_max: shard.out_bytes_max,
-            queue_messages_max: 10_000,
-            ttl_default_s: 30 * 24 * 3600,
+            queue_messages_max: engine.queue_messages_max,
+            ttl_default_s: engine.ttl_default_ms / 1000,
         }
     }
 }

@@ -115,10 +115,10 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
     let verifier = Arc::new(verifier(&settings)?);
     let metrics = Arc::new(Metrics::new());
     let control = Arc::new(Control::default());
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, flag(&control))
-        .map_err(|e| format!("SIGTERM handler: {e}"))?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, flag(&control))
-        .map_err(|e| format!("SIGINT handler: {e}"))?;
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, control.drain.clone())
+            .map_err(|e| format!("signal {signal} handler: {e}"))?;
+    }
     let admin = gateway::admin::start(
         settings.admin_listen,
         settings.shards,
@@ -153,21 +153,6 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
     }
     tracing::info!("drained; exiting");
     std::process::exit(0);
-}
-
-/// A drain flag that SIGTERM and SIGINT set.
-fn flag(control: &Arc<Control>) -> Arc<std::sync::atomic::AtomicBool> {
-    // signal-hook sets its own flag; mirror it into the control block.
-    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (watch, control) = (flag.clone(), control.clone());
-    std::thread::spawn(move || {
-        while !watch.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tracing::info!("signal received: draining");
-        control.drain.store(true, Ordering::SeqCst);
-    });
-    flag
 }
 
 fn init_logs() {

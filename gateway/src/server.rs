@@ -80,8 +80,9 @@ pub struct ServerSpec {
 pub struct Control {
     /// Shards that are listening.
     pub listening: AtomicUsize,
-    /// Drain requested (admin `POST /drain` or SIGTERM).
-    pub drain: AtomicBool,
+    /// Drain requested (admin `POST /drain`, SIGTERM or SIGINT; shared
+    /// with the signal handlers, which set it directly).
+    pub drain: Arc<AtomicBool>,
     /// Shards that finished draining.
     pub drained: AtomicUsize,
 }
