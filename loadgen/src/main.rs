@@ -118,7 +118,9 @@ enum Scenario {
     },
 }
 
-/// Where to connect and how to authenticate.
+/// Where to connect and how to authenticate (cheap to clone: one per
+/// worker).
+#[derive(Clone)]
 pub struct Target {
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
@@ -183,7 +185,7 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
     let pkcs8 = std::fs::read(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
     let key =
         SigningKey::from_pkcs8(1, &pkcs8).map_err(|e| format!("{}: {e}", key_path.display()))?;
-    let target = TargetSpec {
+    let target = Target {
         addr: c.addr,
         tls: client::trust(&cert).map_err(|e| format!("{}: {e}", cert.display()))?,
         key: Arc::new(key),
@@ -224,18 +226,10 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
     }
 }
 
-/// The shareable parts of a [`Target`].
-#[derive(Clone)]
-struct TargetSpec {
-    addr: SocketAddr,
-    tls: Arc<rustls::ClientConfig>,
-    key: Arc<SigningKey>,
-}
-
 /// Runs `work(worker index)` on `threads` executors and collects results.
 fn on_workers<T: Send + 'static>(
     c: &Common,
-    spec: &TargetSpec,
+    spec: &Target,
     work: impl Fn(Rc<Target>, usize) -> Pin<Box<dyn Future<Output = T>>> + Send + Sync + Clone + 'static,
 ) -> Vec<T> {
     let handles: Vec<_> = (0..c.threads)
@@ -246,14 +240,7 @@ fn on_workers<T: Send + 'static>(
             let (spec, work) = (spec.clone(), work.clone());
             LocalExecutorBuilder::new(placement)
                 .preempt_timer(Duration::from_millis(1)) // reap I/O often: latency is measured
-                .spawn(move || async move {
-                    let target = Rc::new(Target {
-                        addr: spec.addr,
-                        tls: spec.tls,
-                        key: spec.key,
-                    });
-                    work(target, i).await
-                })
+                .spawn(move || async move { work(Rc::new(spec), i).await })
                 .expect("executor")
         })
         .collect();
@@ -263,7 +250,7 @@ fn on_workers<T: Send + 'static>(
         .collect()
 }
 
-fn run_chat(c: &Common, spec: &TargetSpec, plan: chat::ChatPlan) -> ExitCode {
+fn run_chat(c: &Common, spec: &Target, plan: chat::ChatPlan) -> ExitCode {
     let threads = c.threads as u64;
     let started = Instant::now();
     let results = on_workers(c, spec, move |target, i| {
@@ -335,7 +322,7 @@ fn print_latency(what: &str, h: &Histogram<u64>) {
     );
 }
 
-fn run_handshakes(c: &Common, spec: &TargetSpec, conns: u64, concurrency: u64) {
+fn run_handshakes(c: &Common, spec: &Target, conns: u64, concurrency: u64) {
     let threads = c.threads as u64;
     let base = c.user_base;
     let started = Instant::now();
@@ -378,7 +365,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 fn run_idle(
     c: &Common,
-    spec: &TargetSpec,
+    spec: &Target,
     conns: u64,
     concurrency: u64,
     hold: Duration,
