@@ -4,7 +4,7 @@
 //! written in one TLS write per [`Connection::flush`].
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,9 +53,26 @@ impl Connection {
         server_name: &str,
         core: ClientCore,
     ) -> io::Result<Self> {
+        Self::connect_from(None, addr, config, server_name, core).await
+    }
+
+    /// [`Connection::connect`] from the local address `source` (say
+    /// 127.0.0.2): each source address has its own ephemeral ports, so a
+    /// client holding more connections than one address pair allows
+    /// spreads them over several.
+    pub async fn connect_from(
+        source: Option<IpAddr>,
+        addr: SocketAddr,
+        config: Arc<ClientConfig>,
+        server_name: &str,
+        core: ClientCore,
+    ) -> io::Result<Self> {
         let name = ServerName::try_from(server_name.to_owned()).map_err(io::Error::other)?;
         let tls = ClientConnection::new(config, name).map_err(io::Error::other)?;
-        let stream = TcpStream::connect(addr).await?;
+        let stream = match source {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => connect_bound(ip, addr)?,
+        };
         stream.set_nodelay(true)?;
         let mut conn = Self {
             stream,
@@ -187,5 +204,64 @@ impl Connection {
             self.tls.write_tls(&mut out)?;
         }
         self.stream.write_all(&out).await
+    }
+}
+
+/// Starts a non-blocking connect from `source`; the first write waits for
+/// it to complete (a write on a connecting socket polls for writability),
+/// and a refused connect surfaces as that write's error.
+fn connect_bound(source: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc_einprogress()) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from(socket))
+}
+
+/// `EINPROGRESS` on Linux.
+const fn libc_einprogress() -> i32 {
+    115
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::LocalExecutor;
+    use glommio::net::TcpListener;
+
+    #[test]
+    fn a_bound_connect_comes_from_the_source_address_and_carries_bytes() {
+        LocalExecutor::default().run(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let source: IpAddr = "127.0.0.2".parse().unwrap();
+            let mut client = connect_bound(source, addr).unwrap();
+            // Write before the accept: the write waits for the connect.
+            client.write_all(b"hello").await.unwrap();
+            let mut server = listener.accept().await.unwrap();
+            assert_eq!(server.peer_addr().unwrap().ip(), source);
+            let mut got = [0u8; 5];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"hello");
+        });
+    }
+
+    #[test]
+    fn a_bound_connect_to_a_closed_port_fails_on_first_use() {
+        LocalExecutor::default().run(async {
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            }; // closed again
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let mut client = connect_bound("127.0.0.3".parse().unwrap(), addr).unwrap();
+            let err = client.write_all(b"x").await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        });
     }
 }
