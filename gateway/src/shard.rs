@@ -974,6 +974,14 @@ impl<S: Storage> ShardCore<S> {
                 .or_default()
                 .push(device.device);
         }
+        // The resume point is an ack the last connection may not have
+        // delivered: take it as one (✓✓ to the senders). A point past the
+        // queue's end acknowledges nothing.
+        if after_seq > 0
+            && let Ok(positions) = self.engine.ack(device_ref(device), after_seq, true)
+        {
+            self.receipts_for(now_ms, device, &positions);
+        }
         let backlog = self.engine.backlog(device_ref(device), after_seq).count();
         let backlog_count = u32::try_from(backlog).unwrap_or(u32::MAX);
         let cursor = Cursor {

@@ -179,6 +179,45 @@ fn an_offline_device_gets_its_backlog_once_and_in_order_then_live() {
     });
 }
 
+/// An ack that never reached the server (the connection dropped first) is
+/// carried by the next `Hello`'s last acknowledged seq: the server takes it
+/// as the ack it is, so the messages leave the queue and the sender gets ✓✓.
+#[test]
+fn the_resume_point_in_hello_acknowledges_and_sends_double_ticks() {
+    let dir = temp_dir("e2e-resume-acks");
+    let gw = Gateway::start(&dir, &["--sends-per-s", "100000"]);
+    run(async move || {
+        let (bob, _) = gw.login(2, 0, 0).await;
+        let (mut alice, _) = gw.login(1, 0, 0).await;
+        send_all(&mut alice, user_address(2), 0, 3).await;
+        drop(bob);
+        // Bob read all three, but his ack was lost with the connection.
+        let (mut bob, backlog) = gw.login(2, 0, 3).await;
+        assert_eq!(backlog, 0, "nothing after seq 3");
+        let mut double_ticked = Vec::new();
+        while double_ticked.len() < 3 {
+            match next(&mut alice).await {
+                ClientEvent::Receipt {
+                    kind: ReceiptKind::Delivered,
+                    message_ids,
+                    seq,
+                    ..
+                } => {
+                    double_ticked.extend(message_ids);
+                    alice.core().ack(seq);
+                }
+                other => panic!("expected ✓✓, got {other:?}"),
+            }
+        }
+        assert_eq!(double_ticked.len(), 3);
+        // And the queue is empty: a fresh resume from 0 gets nothing.
+        drop(bob.flush().await);
+        drop(bob);
+        let (_bob, backlog) = gw.login(2, 0, 0).await;
+        assert_eq!(backlog, 0, "acked messages left the queue");
+    });
+}
+
 #[test]
 fn every_acknowledged_message_survives_sigkill_and_arrives_once() {
     let dir = temp_dir("e2e-kill");
