@@ -106,6 +106,12 @@ impl Connection {
         &mut self.core
     }
 
+    /// The protocol core, read-only (to build the next connection's core
+    /// with [`ClientCore::reconnect`]).
+    pub fn core_ref(&self) -> &ClientCore {
+        &self.core
+    }
+
     /// Ends this connection, keeping the core for [`ClientCore::reconnect`].
     pub fn into_core(self) -> ClientCore {
         self.core

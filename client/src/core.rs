@@ -130,12 +130,14 @@ impl ClientCore {
 
     /// The next connection after this one dropped: same pending sends (sent
     /// again with their ids after `Hello`), same resume point.
-    pub fn reconnect(self, token: &[u8]) -> Self {
+    /// Takes `&self` so a failed attempt can be retried from the same
+    /// state.
+    pub fn reconnect(&self, token: &[u8]) -> Self {
         let mut next = Self::new(token, self.last_acked_seq, self.next_client_msg_id);
         for (client_msg_id, send) in &self.pending {
             next.queue_send(*client_msg_id, send);
         }
-        next.pending = self.pending;
+        next.pending.clone_from(&self.pending);
         next
     }
 
