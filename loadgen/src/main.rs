@@ -1,44 +1,67 @@
 //! The `loadgen` binary: drives a real gateway over real TLS through the
 //! `client` crate and reports what it holds.
 //!
-//! Scenarios built: `chat` (1:1 pairs, closed or open loop, verified end to
-//! end), `handshake` (new authenticated TLS connections per second) and
-//! `idle` (hold N authenticated connections; with `--gateway-pid`, the
-//! gateway's memory per connection). Each worker thread runs one glommio
-//! executor; results merge at the end.
-//!
-//! It must not know about server internals.
+//! Each worker thread runs one glommio executor with its own connections
+//! and [`live::Recorder`]; `--procs N` runs N worker processes (the
+//! open-file limit is per process) and merges their reports, as
+//! `loadgen merge` does for runs on several machines. It must not know
+//! about server internals.
 
 mod chat;
+mod conns;
+mod live;
+mod offline;
+mod plot;
+mod report;
+mod target;
+mod verify;
 
+use std::cell::RefCell;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 use std::rc::Rc;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use client::token::SigningKey;
-use client::{ClientCore, ClientEvent, Connection};
 use glommio::{LocalExecutorBuilder, Placement};
-use hdrhistogram::Histogram;
 use mimalloc::MiMalloc;
+
+use crate::live::{Live, Recorder};
+use crate::report::{Latency, Report};
+use crate::target::{Target, TargetSpec};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-/// Capacity tests against a running gateway.
+/// Capacity tests against a running gateway: every scenario drives real
+/// TLS connections through the client library, verifies what it can, and
+/// writes a table, report.json, .hgrm percentile files and report.svg.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = AFTER_HELP)]
 struct Cli {
     #[command(flatten)]
     common: Common,
     #[command(subcommand)]
     scenario: Scenario,
 }
+
+const AFTER_HELP: &str = "\
+Exit status: 0 when verification passed, 1 when any ✓'d message was lost,
+duplicated or reordered, 2 on a usage or setup error.
+
+Examples (a gateway started with `cargo run --release -p gateway` in the same
+directory, so data/ holds its development certificate and token key):
+  loadgen chat --pairs 1000 --duration 30s                 # closed loop: the maximum
+  loadgen chat --pairs 1000 --rate 50000 --duration 30s    # open loop: latency at a rate
+  loadgen --procs 2 idle --conns 30000 --gateway-pid PID   # memory per connection
+  loadgen offline --devices 10000 --messages 100           # reconnect storm
+  loadgen merge a/report.json b/report.json --out merged";
 
 #[derive(Debug, Clone, Args)]
 struct Common {
@@ -56,94 +79,170 @@ struct Common {
     /// Token signing key (PKCS#8, from `gateway token keygen`), key id 1.
     #[arg(long, global = true)]
     token_key: Option<PathBuf>,
-    /// Worker threads (one glommio executor each).
+    /// Worker threads per process (one glommio executor each).
     #[arg(long, global = true, default_value_t = 1)]
     threads: usize,
+    /// Worker processes, each with --threads workers; their reports are
+    /// merged. Use it to go past the open-file limit of one process.
+    #[arg(long, global = true, default_value_t = 1)]
+    procs: usize,
     /// Pin worker i to CPU `pin + i` (default: unpinned).
     #[arg(long, global = true)]
     pin: Option<usize>,
-    /// First user id: give concurrent loadgen processes disjoint ranges.
+    /// First user id: give concurrent loadgen runs disjoint ranges.
     #[arg(long, global = true, default_value_t = 1_000_000)]
     user_base: u64,
+    /// Local addresses to connect from, in turn (e.g.
+    /// 127.0.0.2,127.0.0.3): each has its own ~28,000 ephemeral ports.
+    #[arg(long, global = true, value_delimiter = ',')]
+    source: Vec<IpAddr>,
+    /// New connections per second across the whole run (0 = no limit).
+    /// Default 5000, except `handshake` and `churn`, which are unlimited.
+    #[arg(long, global = true)]
+    ramp: Option<f64>,
+    /// Connections being opened at once, per worker.
+    #[arg(long, global = true, default_value_t = 64)]
+    concurrency: usize,
+    /// Directory for report.json, *.hgrm and report.svg.
+    #[arg(long, global = true, default_value = "loadgen-report")]
+    out: PathBuf,
+    /// No progress line.
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// (set by --procs) this process's index among `proc_count`.
+    #[arg(long, global = true, hide = true, default_value_t = 0)]
+    proc_index: usize,
+    /// (set by --procs) how many worker processes there are.
+    #[arg(long, global = true, hide = true)]
+    proc_count: Option<usize>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Scenario {
-    /// 1:1 pairs: each sender sends numbered messages to its receiver, which
-    /// checks each arrives exactly once and in order. Exits 1 if any ✓'d
-    /// message was lost, duplicated or reordered.
-    Chat {
-        /// Sender/receiver pairs (two connections each).
+    /// 1:1 pairs: each sender sends stamped messages to its receiver, which
+    /// checks each arrives exactly once and in order. Closed loop (a
+    /// window of unanswered sends) finds the maximum; --rate runs open loop
+    /// with latency from the scheduled send time. Both ends reconnect and
+    /// resume if the gateway restarts. Reports send→✓, send→delivered and
+    /// send→✓✓.
+    Chat(ChatArgs),
+    /// Groups of --size members with --senders each sending to the group.
+    /// Needs group messaging in the gateway, which is not built yet: the
+    /// scenario checks whether the gateway accepts a group send and stops
+    /// with a clear message if not.
+    Group {
+        /// Groups.
         #[arg(long, default_value_t = 100)]
-        pairs: u64,
-        /// Unanswered sends per sender (closed loop), or the cap in open loop.
+        groups: u64,
+        /// Members per group.
         #[arg(long, default_value_t = 32)]
-        window: usize,
-        /// Total messages per second across all senders (open loop,
-        /// latency from the scheduled send time). Omit for closed loop.
+        size: u64,
+        /// Members of each group that send.
+        #[arg(long, default_value_t = 1)]
+        senders: u64,
+        /// Messages per second per sender (omit for closed loop).
         #[arg(long)]
         rate: Option<f64>,
-        /// Payload bytes (≥ 24: pair, counter, send time).
+        /// Payload bytes.
         #[arg(long, default_value_t = 100)]
         payload: usize,
-        /// How long senders send, e.g. `10s`.
+        /// How long senders send.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
-    /// New TLS connections that authenticate and leave, as fast as
-    /// `concurrency` connections at a time allow.
-    Handshake {
-        /// Connections in total.
-        #[arg(long, default_value_t = 10_000)]
-        conns: u64,
-        /// Connections in progress at once, per thread.
+    /// Reconnect storm: --devices devices log in once and leave; senders
+    /// queue --messages for each; then every device reconnects at once.
+    /// Reports the time until every backlog was read, verified.
+    Offline {
+        /// Recipient devices in the run.
+        #[arg(long, default_value_t = 1_000)]
+        devices: u64,
+        /// Messages queued per device.
+        #[arg(long, default_value_t = 100)]
+        messages: u64,
+        /// Sender connections in the run.
+        #[arg(long, default_value_t = 100)]
+        senders: u64,
+        /// Unanswered sends per sender.
         #[arg(long, default_value_t = 64)]
-        concurrency: u64,
+        window: usize,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// How long any one phase may take.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        limit: Duration,
     },
-    /// Hold N authenticated, silent connections; with --gateway-pid, report
-    /// the gateway's resident memory per connection.
+    /// Hold --conns authenticated, silent connections; with --gateway-pid,
+    /// report the gateway's resident memory per connection (from /proc).
     Idle {
-        /// Connections (keep under the open-file limit per process).
+        /// Connections in the run (each process stays under its open-file
+        /// limit: use --procs).
         #[arg(long, default_value_t = 1_000)]
         conns: u64,
-        /// Connections being opened at once, per thread.
-        #[arg(long, default_value_t = 64)]
-        concurrency: u64,
-        /// How long to hold them.
+        /// How long to hold them once all are open.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         hold: Duration,
         /// The gateway's process id (its /proc/PID/status is read).
         #[arg(long)]
         gateway_pid: Option<u32>,
     },
+    /// --conns connection slots that connect, stay for a random time
+    /// (exponential, mean --hold) and leave, over and over.
+    Churn {
+        /// Connection slots in the run.
+        #[arg(long, default_value_t = 1_000)]
+        conns: u64,
+        /// Mean time connected.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        /// How long to churn.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// New authenticated TLS connections, closed at once, with
+    /// --concurrency in progress per worker: the server's handshake rate at
+    /// saturation, and connect→Welcome latency.
+    Handshake {
+        /// Connections in the run.
+        #[arg(long, default_value_t = 10_000)]
+        conns: u64,
+    },
+    /// Merges report.json files from several processes or machines into
+    /// one report (written to --out).
+    Merge {
+        /// report.json files.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
 }
 
-/// Where to connect and how to authenticate (cheap to clone: one per
-/// worker).
-#[derive(Clone)]
-pub struct Target {
-    addr: SocketAddr,
-    tls: Arc<rustls::ClientConfig>,
-    key: Arc<SigningKey>,
-}
-
-impl Target {
-    /// Connects user/device and waits for `Welcome`.
-    pub async fn login(&self, user: u64, device: u32) -> Connection {
-        let expires = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs()
-            + 24 * 3600;
-        let core = ClientCore::new(&self.key.issue(user, device, expires), 0, 1);
-        let mut conn = Connection::connect(self.addr, self.tls.clone(), "localhost", core)
-            .await
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.addr));
-        match conn.next_event_within(Duration::from_secs(30)).await {
-            Ok(Some(ClientEvent::Welcome { .. })) => conn,
-            other => panic!("user {user}: expected Welcome, got {other:?}"),
-        }
-    }
+/// The `chat` scenario's flags.
+#[derive(Debug, Clone, Args)]
+struct ChatArgs {
+    /// Sender/receiver pairs in the run (two connections each).
+    #[arg(long, default_value_t = 100)]
+    pairs: u64,
+    /// Unanswered sends per sender (closed loop), or the cap in open loop.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    /// Messages per second across all senders (open loop). Omit for
+    /// closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open-loop gaps are exponential (a Poisson process) instead of fixed.
+    #[arg(long)]
+    poisson: bool,
+    /// Payload bytes (at least 32: run, pair, counter, send time).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// How long senders send, e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// After sending stops, how long to wait for ✓, deliveries and ✓✓
+    /// (and for the gateway to come back, if it is restarting).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain: Duration,
 }
 
 /// Nanoseconds since the Unix epoch of an `Instant` (one base per process).
@@ -164,7 +263,7 @@ pub fn epoch_ns(at: Instant) -> u64 {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(code) => code,
+        Ok(report) => finish(&cli.common, &report),
         Err(e) => {
             eprintln!("loadgen: {e}");
             ExitCode::from(2)
@@ -172,8 +271,76 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> Result<ExitCode, String> {
+/// Prints the table, writes the outputs, exits by the verdict.
+fn finish(c: &Common, report: &Report) -> ExitCode {
+    if c.proc_count.is_none() {
+        print!("{}", report.table());
+    }
+    if let Err(e) = report.write(&c.out) {
+        eprintln!("loadgen: writing {}: {e}", c.out.display());
+        return ExitCode::from(2);
+    }
+    if c.proc_count.is_none() {
+        println!(
+            "  report: {}/report.json, *.hgrm, report.svg",
+            c.out.display()
+        );
+    }
+    if report.verdict().ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run(cli: &Cli) -> Result<Report, String> {
     let c = &cli.common;
+    if let Scenario::Merge { reports } = &cli.scenario {
+        return merge(reports);
+    }
+    if c.procs > 1 && c.proc_count.is_none() {
+        return run_procs(c, &cli.scenario);
+    }
+    let spec = target_spec(c, &cli.scenario)?;
+    epoch_ns(Instant::now());
+    match &cli.scenario {
+        Scenario::Chat(args) => Ok(run_chat(c, spec, args)),
+        Scenario::Group { .. } => group_probe(c, spec),
+        Scenario::Offline { .. } => Ok(run_offline(c, spec, &cli.scenario)),
+        Scenario::Idle { .. } => Ok(run_idle(c, spec, &cli.scenario)),
+        Scenario::Churn {
+            conns,
+            hold,
+            duration,
+        } => {
+            let (conns, hold, duration) = (*conns, *hold, *duration);
+            let mut r = on_workers(c, spec, "churn", Latency::Connect, move |t, rec, part| {
+                let (first, n) = part.share(conns);
+                let user = part.user_base + first;
+                Box::pin(conns::churn(t, rec, user, n, hold, duration))
+            });
+            r.send_s = duration.as_secs_f64();
+            Ok(r)
+        }
+        Scenario::Handshake { conns } => {
+            let (conns, tasks) = (*conns, c.concurrency as u64);
+            Ok(on_workers(
+                c,
+                spec,
+                "handshake",
+                Latency::Connect,
+                move |t, rec, part| {
+                    let (_, n) = part.share(conns);
+                    let user = part.user_base + part.index as u64 * tasks;
+                    Box::pin(conns::handshakes(t, rec, user, n, tasks))
+                },
+            ))
+        }
+        Scenario::Merge { .. } => unreachable!("handled above"),
+    }
+}
+
+fn target_spec(c: &Common, scenario: &Scenario) -> Result<TargetSpec, String> {
     let cert = c
         .cert
         .clone()
@@ -185,232 +352,393 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
     let pkcs8 = std::fs::read(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
     let key =
         SigningKey::from_pkcs8(1, &pkcs8).map_err(|e| format!("{}: {e}", key_path.display()))?;
-    let target = Target {
+    let unlimited = matches!(
+        scenario,
+        Scenario::Handshake { .. } | Scenario::Churn { .. }
+    );
+    let ramp = c.ramp.unwrap_or(if unlimited { 0.0 } else { 5000.0 });
+    let workers = (c.threads * c.proc_count.unwrap_or(1)) as f64;
+    Ok(TargetSpec {
         addr: c.addr,
         tls: client::trust(&cert).map_err(|e| format!("{}: {e}", cert.display()))?,
         key: Arc::new(key),
-    };
-    epoch_ns(Instant::now());
-    match cli.scenario {
-        Scenario::Chat {
-            pairs,
-            window,
-            rate,
-            payload,
-            duration,
-        } => {
-            let plan = chat::ChatPlan {
-                first_pair: 0,
-                pairs,
-                window,
-                rate_per_sender: rate.map(|r| r / pairs as f64),
-                payload: payload.max(24),
-                duration,
-                user_base: c.user_base,
-            };
-            Ok(run_chat(c, &target, plan))
-        }
-        Scenario::Handshake { conns, concurrency } => {
-            run_handshakes(c, &target, conns, concurrency);
-            Ok(ExitCode::SUCCESS)
-        }
-        Scenario::Idle {
-            conns,
-            concurrency,
-            hold,
-            gateway_pid,
-        } => {
-            run_idle(c, &target, conns, concurrency, hold, gateway_pid);
-            Ok(ExitCode::SUCCESS)
-        }
+        sources: c.source.clone(),
+        ramp_per_s: ramp / workers,
+        concurrency: c.concurrency,
+    })
+}
+
+/// Which share of the run a worker drives.
+#[derive(Debug, Clone, Copy)]
+pub struct Part {
+    /// This worker among all workers of all processes.
+    pub index: usize,
+    /// All workers of all processes.
+    pub of: usize,
+    /// The run's first user id.
+    pub user_base: u64,
+    /// The run's id (the same in every process of one `--procs` run).
+    pub run: u64,
+}
+
+impl Part {
+    /// This worker's `(first, count)` of `total` items.
+    pub fn share(&self, total: u64) -> (u64, u64) {
+        let (i, n) = (self.index as u64, self.of as u64);
+        let first = i * (total / n) + i.min(total % n);
+        (first, total / n + u64::from(i < total % n))
     }
 }
 
-/// Runs `work(worker index)` on `threads` executors and collects results.
-fn on_workers<T: Send + 'static>(
+type Work = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Runs `work` on every worker thread with its own target and recorder,
+/// shows the progress line meanwhile, and merges the workers' reports.
+fn on_workers(
     c: &Common,
-    spec: &Target,
-    work: impl Fn(Rc<Target>, usize) -> Pin<Box<dyn Future<Output = T>>> + Send + Sync + Clone + 'static,
-) -> Vec<T> {
+    spec: TargetSpec,
+    scenario: &'static str,
+    main: Latency,
+    work: impl Fn(Rc<Target>, Rc<RefCell<Recorder>>, Part) -> Work + Send + Sync + Clone + 'static,
+) -> Report {
+    let live = Live::new(c.threads);
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = (!c.quiet).then(|| live.clone().show(stop.clone()));
+    let run = run_id();
     let handles: Vec<_> = (0..c.threads)
         .map(|i| {
             let placement = c
                 .pin
                 .map_or(Placement::Unbound, |p| Placement::Fixed(p + i));
-            let (spec, work) = (spec.clone(), work.clone());
+            let (spec, work, live) = (spec.clone(), work.clone(), live.clone());
+            let part = Part {
+                index: c.proc_index * c.threads + i,
+                of: c.threads * c.proc_count.unwrap_or(1),
+                user_base: c.user_base,
+                run,
+            };
             LocalExecutorBuilder::new(placement)
                 .preempt_timer(Duration::from_millis(1)) // reap I/O often: latency is measured
-                .spawn(move || async move { work(Rc::new(spec), i).await })
+                .spawn(move || async move {
+                    let rec = Rc::new(RefCell::new(Recorder::new(scenario, main, live, i)));
+                    work(Target::new(spec, part.index), rec.clone(), part).await;
+                    Rc::try_unwrap(rec)
+                        .ok()
+                        .expect("work is done")
+                        .into_inner()
+                        .finish(0.0)
+                })
                 .expect("executor")
         })
         .collect();
-    handles
+    let reports: Vec<Report> = handles
         .into_iter()
         .map(|h| h.join().expect("worker"))
-        .collect()
-}
-
-fn run_chat(c: &Common, spec: &Target, plan: chat::ChatPlan) -> ExitCode {
-    let threads = c.threads as u64;
-    let started = Instant::now();
-    let results = on_workers(c, spec, move |target, i| {
-        let i = i as u64;
-        let per = plan.pairs / threads + u64::from(i < plan.pairs % threads);
-        let first = (0..i)
-            .map(|j| plan.pairs / threads + u64::from(j < plan.pairs % threads))
-            .sum();
-        Box::pin(chat::run(
-            target,
-            chat::ChatPlan {
-                first_pair: first,
-                pairs: per,
-                ..plan
-            },
-        ))
-    });
-    let mut total = results[0].clone();
-    for r in &results[1..] {
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    let mut total = reports[0].clone();
+    for r in &reports[1..] {
         total.merge(r);
     }
-    let secs = plan.duration.as_secs_f64();
-    println!(
-        "chat: {} pairs, {} threads, payload {} B, {}",
-        plan.pairs,
-        c.threads,
-        plan.payload,
-        plan.rate_per_sender
-            .map_or(format!("closed loop, window {}", plan.window), |r| format!(
-                "open loop, {:.0} msgs/s offered",
-                r * plan.pairs as f64
-            ))
-    );
-    println!(
-        "  ✓ acked        {:>12}  ({:.0}/s)",
-        total.acked,
-        total.acked as f64 / secs
-    );
-    println!(
-        "  delivered      {:>12}  ({:.0}/s during the run)",
-        total.received,
-        total.received_in_window as f64 / secs
-    );
-    println!("  ✓✓ receipts    {:>12}", total.receipts);
-    print_latency("send→✓", &total.ack_us);
-    print_latency("send→delivered", &total.deliver_us);
-    println!(
-        "  verification: lost {} duplicated {} reordered {}  (wall {:.1}s)",
-        total.lost,
-        total.duplicated,
-        total.reordered,
-        started.elapsed().as_secs_f64()
-    );
-    if total.lost + total.duplicated + total.reordered > 0 {
-        println!("  FAILED: messages were lost, duplicated or reordered");
-        return ExitCode::FAILURE;
+    total.commands.truncate(1);
+    total
+}
+
+/// The run id stamped into payloads: set by a `--procs` parent through the
+/// environment so every worker process shares it, else the start time.
+fn run_id() -> u64 {
+    std::env::var("LOADGEN_RUN_ID")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| epoch_ns(Instant::now()))
+}
+
+fn run_chat(c: &Common, spec: TargetSpec, a: &ChatArgs) -> Report {
+    let pairs = a.pairs;
+    let plan = chat::ChatPlan {
+        first_pair: 0,
+        pairs,
+        window: a.window,
+        rate_per_sender: a.rate.map(|r| r / pairs as f64),
+        poisson: a.poisson,
+        payload: a.payload.max(verify::HEADER),
+        duration: a.duration,
+        drain: a.drain,
+        user_base: c.user_base,
+        run: 0,
+    };
+    let mut r = on_workers(c, spec, "chat", Latency::Delivered, move |t, rec, part| {
+        let (first_pair, pairs) = part.share(plan.pairs);
+        let plan = chat::ChatPlan {
+            first_pair,
+            pairs,
+            run: part.run,
+            ..plan
+        };
+        Box::pin(chat::run(t, plan, rec))
+    });
+    r.send_s = a.duration.as_secs_f64();
+    r
+}
+
+fn run_offline(c: &Common, spec: TargetSpec, s: &Scenario) -> Report {
+    let Scenario::Offline {
+        devices,
+        messages,
+        senders,
+        window,
+        payload,
+        limit,
+    } = *s
+    else {
+        unreachable!("offline")
+    };
+    let barrier = Arc::new(Barrier::new(c.threads));
+    let mut r = on_workers(c, spec, "offline", Latency::Backlog, move |t, rec, part| {
+        let (first, n) = part.share(devices);
+        let plan = offline::OfflinePlan {
+            first,
+            devices: n,
+            messages,
+            senders: part.share(senders).1.max(1),
+            window,
+            payload: payload.max(verify::HEADER),
+            user_base: part.user_base,
+            all_devices: devices,
+            run: part.run,
+            limit,
+        };
+        Box::pin(offline::run(t, rec, plan, barrier.clone()))
+    });
+    if let Some(s) = r.extra.get("storm_s").copied() {
+        let delivered = r.count(report::Counter::Delivered) as f64;
+        r.extra
+            .insert("storm_msgs_per_s".into(), delivered / s.max(1e-9));
     }
-    ExitCode::SUCCESS
+    r
 }
 
-fn print_latency(what: &str, h: &Histogram<u64>) {
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "  {what:<15} p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
-        ms(0.5),
-        ms(0.99),
-        ms(0.999),
-        h.max() as f64 / 1000.0
-    );
+fn run_idle(c: &Common, spec: TargetSpec, s: &Scenario) -> Report {
+    let Scenario::Idle {
+        conns,
+        hold,
+        gateway_pid,
+    } = *s
+    else {
+        unreachable!("idle")
+    };
+    std::fs::create_dir_all(&c.out).expect("create --out");
+    let marker = c.out.join("all-open");
+    let _ = std::fs::remove_file(&marker);
+    let all_open = conns::AllOpen {
+        left: Arc::new(AtomicUsize::new(c.threads)),
+        marker: marker.clone(),
+    };
+    let watcher = (c.proc_count.is_none())
+        .then(|| std::thread::spawn(move || measure_idle(gateway_pid, &[marker], conns)));
+    let mut r = on_workers(c, spec, "idle", Latency::Connect, move |t, rec, part| {
+        let (first, n) = part.share(conns);
+        Box::pin(conns::idle(
+            t,
+            rec,
+            part.user_base + first,
+            n,
+            hold,
+            all_open.clone(),
+        ))
+    });
+    if let Some(w) = watcher {
+        r.extra.extend(w.join().expect("watcher"));
+    }
+    r
 }
 
-fn run_handshakes(c: &Common, spec: &Target, conns: u64, concurrency: u64) {
-    let threads = c.threads as u64;
-    let base = c.user_base;
-    let started = Instant::now();
-    let counts = on_workers(c, spec, move |target, i| {
-        Box::pin(async move {
-            let per_task = conns / threads / concurrency;
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|t| {
-                    let target = target.clone();
-                    let user = base + i as u64 * concurrency + t;
-                    glommio::spawn_local(async move {
-                        for _ in 0..per_task {
-                            drop(target.login(user, 0).await);
-                        }
-                        per_task
-                    })
-                })
-                .collect();
-            let mut done = 0;
-            for t in tasks {
-                done += t.await;
+/// Waits for every marker file, lets the gateway settle, and reads its
+/// memory: bytes per connection over the RSS before any connected.
+fn measure_idle(pid: Option<u32>, markers: &[PathBuf], conns: u64) -> Vec<(String, f64)> {
+    let before = pid.and_then(conns::rss_kib);
+    while !markers.iter().all(|m| m.exists()) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let after = pid.and_then(conns::rss_kib);
+    match (before, after) {
+        (Some(b), Some(a)) => vec![
+            ("gateway_rss_before_kib".into(), b as f64),
+            ("gateway_rss_after_kib".into(), a as f64),
+            (
+                "gateway_bytes_per_conn".into(),
+                (a.saturating_sub(b) * 1024) as f64 / conns as f64,
+            ),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// Checks whether the gateway takes group sends yet.
+fn group_probe(c: &Common, spec: TargetSpec) -> Result<Report, String> {
+    let user = c.user_base;
+    let refused = glommio::LocalExecutor::default().run(async move {
+        let target = Target::new(spec, 0);
+        let live = Live::new(1);
+        let rec = RefCell::new(Recorder::new("group", Latency::Delivered, live, 0));
+        let give_up = Instant::now() + Duration::from_secs(10);
+        let (mut conn, _) = target
+            .open(|| target.core(user, 0), &rec, give_up, false)
+            .await
+            .map_err(|e| e.0)?;
+        conn.core().send(
+            wire_format::group_address(1),
+            0,
+            bytes::Bytes::from_static(b"probe"),
+        );
+        loop {
+            match conn.next_event_within(Duration::from_secs(10)).await {
+                Ok(Some(client::ClientEvent::Refused { code, .. })) => return Ok(Some(code)),
+                Ok(Some(client::ClientEvent::Acked { .. })) => return Ok(None),
+                Ok(Some(_)) => {}
+                other => return Err(format!("group probe: {other:?}")),
             }
-            done
-        })
-    });
-    let done: u64 = counts.iter().sum();
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "handshake: {done} authenticated TLS connections in {secs:.2}s = {:.0}/s ({} threads × {concurrency} at once)",
-        done as f64 / secs,
-        c.threads
-    );
+        }
+    })?;
+    match refused {
+        Some(code) => Err(format!(
+            "the gateway refuses group sends ({code:?}): group messaging is not built yet, \
+             so the group scenario cannot run"
+        )),
+        None => Err(
+            "the gateway accepts group sends: the group scenario's driver is the \
+                     next step (see loadgen --help group)"
+                .into(),
+        ),
+    }
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+/// Runs `--procs` copies of this command as worker processes and merges
+/// their reports.
+fn run_procs(c: &Common, scenario: &Scenario) -> Result<Report, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = strip_flags(&args, &["--procs", "--out", "--quiet"]);
+    let run = epoch_ns(Instant::now()).to_string();
+    let dirs: Vec<PathBuf> = (0..c.procs)
+        .map(|i| c.out.join(format!("proc-{i}")))
+        .collect();
+    let mut children = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let child = Command::new(&exe)
+            .args(&args)
+            .arg("--quiet")
+            .arg(format!("--proc-index={i}"))
+            .arg(format!("--proc-count={}", c.procs))
+            .arg("--out")
+            .arg(dir)
+            .env("LOADGEN_RUN_ID", &run)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", exe.display()))?;
+        children.push(child);
+    }
+    let idle_figures = match scenario {
+        Scenario::Idle {
+            gateway_pid, conns, ..
+        } => {
+            let markers: Vec<_> = dirs.iter().map(|d| d.join("all-open")).collect();
+            measure_idle(*gateway_pid, &markers, *conns)
+        }
+        _ => Vec::new(),
+    };
+    for mut child in children {
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if status.code() == Some(2) || status.code().is_none() {
+            return Err(format!("a worker process failed: {status}"));
+        }
+    }
+    let files: Vec<PathBuf> = dirs.iter().map(|d| d.join("report.json")).collect();
+    let mut report = merge(&files)?;
+    report.extra.extend(idle_figures);
+    report.commands = vec![std::env::args().collect()];
+    Ok(report)
 }
 
-fn run_idle(
-    c: &Common,
-    spec: &Target,
-    conns: u64,
-    concurrency: u64,
-    hold: Duration,
-    pid: Option<u32>,
-) {
-    let threads = c.threads as u64;
-    let base = c.user_base;
-    let before = pid.and_then(rss_kib);
-    let opened = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let reported = opened.clone();
-    let watcher = std::thread::spawn(move || {
-        while reported.load(std::sync::atomic::Ordering::SeqCst) < conns {
-            std::thread::sleep(Duration::from_millis(50));
+/// `args` without the named flags (and their values).
+fn strip_flags(args: &[String], flags: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for a in args {
+        if skip_value {
+            skip_value = false;
+            continue;
         }
-        std::thread::sleep(Duration::from_secs(2)); // let the gateway settle
-        let after = pid.and_then(rss_kib);
-        println!("idle: {conns} authenticated connections open");
-        if let (Some(b), Some(a)) = (before, after) {
-            let per = (a.saturating_sub(b) * 1024) as f64 / conns as f64;
-            println!("  gateway RSS {b} KiB → {a} KiB: {per:.0} bytes per idle connection");
+        let name = a.split('=').next().unwrap_or(a);
+        if flags.contains(&name) {
+            skip_value = !a.contains('=') && name != "--quiet";
+            continue;
         }
-    });
-    on_workers(c, spec, move |target, i| {
-        let opened = opened.clone();
-        Box::pin(async move {
-            let per_task = conns / threads / concurrency;
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|t| {
-                    let (target, opened) = (target.clone(), opened.clone());
-                    glommio::spawn_local(async move {
-                        let mut held = Vec::new();
-                        for k in 0..per_task {
-                            let user = base + ((i as u64 * concurrency + t) * per_task + k);
-                            held.push(target.login(user, 0).await);
-                            opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        }
-                        glommio::timer::sleep(hold).await;
-                        held.len()
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await;
+        out.push(a.clone());
+    }
+    out
+}
+
+/// `loadgen merge`: one report from several.
+fn merge(files: &[PathBuf]) -> Result<Report, String> {
+    let mut reports = files.iter().map(|f| Report::read(Path::new(f)));
+    let mut total = reports.next().ok_or("nothing to merge")??;
+    for r in reports {
+        let r = r?;
+        if r.scenario != total.scenario {
+            return Err(format!(
+                "cannot merge {} with {}",
+                r.scenario, total.scenario
+            ));
+        }
+        total.merge(&r);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_every_item_once() {
+        for total in [0, 1, 7, 100, 1001] {
+            let mut next = 0;
+            for index in 0..6 {
+                let part = Part {
+                    index,
+                    of: 6,
+                    user_base: 0,
+                    run: 0,
+                };
+                let (first, n) = part.share(total);
+                assert_eq!(first, next);
+                next += n;
             }
-        })
-    });
-    let _ = watcher.join();
+            assert_eq!(next, total);
+        }
+    }
+
+    #[test]
+    fn worker_processes_get_the_command_without_procs_and_out() {
+        let args: Vec<String> = [
+            "--procs",
+            "2",
+            "--out=x",
+            "--threads",
+            "2",
+            "--quiet",
+            "chat",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        let kept = strip_flags(&args, &["--procs", "--out", "--quiet"]);
+        assert_eq!(kept, vec!["--threads", "2", "chat"]);
+    }
 }
