@@ -52,22 +52,23 @@ start_gateway() {
         --data-dir "$data" --sends-per-s 1000000 --send-bytes-per-s 1000000000 \
         >"$WORK/gateway.out" 2>>"$WORK/gateway.err" &
     gw=$!
-    for _ in $(seq 1 300); do
+    for _ in $(seq 1 600); do
         grep -q '^ready' "$WORK/gateway.out" && return 0
         kill -0 "$gw" 2>/dev/null || { echo "gateway exited; see $WORK/gateway.err" >&2; return 1; }
         sleep 0.1
     done
-    echo "gateway not ready within 30 s; see $WORK/gateway.err" >&2
+    echo "gateway not ready within 60 s; its last lines:" >&2
+    tail -5 "$WORK/gateway.err" >&2
     return 1
 }
 
 start_gateway
-duration=$((RESTARTS * EVERY + EVERY))
+duration=$((RESTARTS * (EVERY + 2) + EVERY))  # restarts take time too
 rate_args=()
 [[ -n "$RATE" ]] && rate_args=(--rate "$RATE")
 timeout "$LIMIT" "$BIN/loadgen" --addr "127.0.0.1:$port" --data-dir "$data" \
     --out "$WORK/report" --quiet --threads 2 \
-    chat --pairs "$PAIRS" --duration "${duration}s" --drain 60s --window 64 "${rate_args[@]}" \
+    chat --pairs "$PAIRS" --duration "${duration}s" --drain 30s --window 64 "${rate_args[@]}" \
     >"$WORK/loadgen.out" 2>"$WORK/loadgen.err" &
 loadgen=$!
 

@@ -21,6 +21,9 @@ use crate::report::{Counter, Latency};
 use crate::target::{Target, micros};
 use crate::verify::{Link, Stamp, Stream, count_arrival};
 
+/// How long a sender waits for outstanding ✓✓ once every send has its ✓.
+const RECEIPT_WAIT: Duration = Duration::from_secs(5);
+
 /// How a chat run is shaped.
 #[derive(Debug, Clone, Copy)]
 pub struct ChatPlan {
@@ -172,6 +175,7 @@ async fn send(
     let mut counter = 0;
     let mut receipt_seq = 0;
     let mut events = Vec::new();
+    let mut acked_all = None;
     loop {
         let now = Instant::now();
         let sending = now < end;
@@ -188,8 +192,14 @@ async fn send(
             counter += 1;
             rec.borrow_mut().add(Counter::Sent, 1);
         }
-        let settled = out.unacked.is_empty() && out.unreceipted.is_empty();
-        if (!sending && settled) || now > give_up {
+        if !sending && out.unacked.is_empty() {
+            // Every send answered: wait a little longer for ✓✓ only.
+            let since = *acked_all.get_or_insert(now);
+            if out.unreceipted.is_empty() || now > since + RECEIPT_WAIT {
+                break;
+            }
+        }
+        if now > give_up {
             break;
         }
         if link
@@ -205,8 +215,11 @@ async fn send(
         link.core().ack(receipt_seq);
     }
     stream.borrow_mut().sender_done = true;
-    rec.borrow_mut()
-        .add(Counter::Unacked, out.unacked.len() as u64);
+    {
+        let mut r = rec.borrow_mut();
+        r.add(Counter::Unacked, out.unacked.len() as u64);
+        r.add(Counter::ReceiptsMissing, out.unreceipted.len() as u64);
+    }
     link.close().await;
 }
 

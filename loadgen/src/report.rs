@@ -35,6 +35,8 @@ pub enum Counter {
     Delivered,
     /// ✓✓ receipts (one per message id).
     Receipts,
+    /// ✓'d messages whose ✓✓ had not come by the end.
+    ReceiptsMissing,
     /// ✓'d messages never received.
     Lost,
     /// Messages received more than once.
@@ -57,11 +59,12 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in report order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::Sent,
         Counter::Acked,
         Counter::Delivered,
         Counter::Receipts,
+        Counter::ReceiptsMissing,
         Counter::Lost,
         Counter::Duplicated,
         Counter::Reordered,
@@ -80,6 +83,7 @@ impl Counter {
             Counter::Acked => "acked",
             Counter::Delivered => "delivered",
             Counter::Receipts => "receipts",
+            Counter::ReceiptsMissing => "receipts_missing",
             Counter::Lost => "lost",
             Counter::Duplicated => "duplicated",
             Counter::Reordered => "reordered",

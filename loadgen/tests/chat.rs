@@ -36,7 +36,7 @@ fn a_short_verified_chat_run_passes() {
         ])
         .args(["--sends-per-s", "100000", "--data-dir"])
         .arg(&dir)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -45,29 +45,64 @@ fn a_short_verified_chat_run_passes() {
         .read_line(&mut line)
         .unwrap();
     assert!(line.starts_with("ready"), "{line:?}");
+    let report_dir = dir.join("report");
     let out = Command::new(&loadgen)
-        .args(["--addr", &listen, "--data-dir"])
+        .args(["--addr", &listen, "--quiet", "--threads", "2", "--data-dir"])
         .arg(&dir)
+        .arg("--out")
+        .arg(&report_dir)
         .args(["chat", "--pairs", "20", "--duration", "2s", "--window", "8"])
         .output()
         .unwrap();
     let _ = server.kill();
     let _ = server.wait();
-    let report = String::from_utf8_lossy(&out.stdout);
+    let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{report}\n{}",
+        "{table}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        report.contains("lost 0 duplicated 0 reordered 0"),
-        "{report}"
+        table.contains("lost 0 duplicated 0 reordered 0 → PASS"),
+        "{table}"
     );
-    let acked: u64 = report
-        .lines()
-        .find(|l| l.contains("acked"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|n| n.parse().ok())
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["schema"], "loadgen-report/1");
+    assert_eq!(report["verdict"]["ok"], true);
+    let counters = &report["counters"];
+    let acked = counters["acked"].as_u64().unwrap();
+    assert!(acked > 100, "messages flowed: {table}");
+    assert_eq!(counters["delivered"].as_u64(), Some(acked), "each once");
+    assert_eq!(counters["connects"].as_u64(), Some(40));
+    let delivered = &report["latency_us"]["send_to_delivered"];
+    assert_eq!(delivered["count"].as_u64(), Some(acked));
+    assert!(delivered["p99"].as_u64().unwrap() >= delivered["p50"].as_u64().unwrap());
+    let per_second: u64 = report["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["counts"]["delivered"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(per_second, acked, "the series adds up to the total");
+    for file in ["send_to_ack.hgrm", "send_to_delivered.hgrm", "report.svg"] {
+        let text = std::fs::read_to_string(report_dir.join(file)).unwrap();
+        assert!(text.len() > 200, "{file}: {text}");
+    }
+    // Merging the report with itself doubles the counts and keeps the verdict.
+    let merged_dir = dir.join("merged");
+    let merged = Command::new(&loadgen)
+        .arg("--out")
+        .arg(&merged_dir)
+        .arg("merge")
+        .arg(report_dir.join("report.json"))
+        .arg(report_dir.join("report.json"))
+        .output()
         .unwrap();
-    assert!(acked > 100, "messages flowed: {report}");
+    assert!(merged.status.success(), "{merged:?}");
+    let merged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(merged["counters"]["acked"].as_u64(), Some(2 * acked));
 }
