@@ -63,7 +63,6 @@ pub async fn run(
     let mut r = rec.borrow_mut();
     r.add(Counter::Lost, lost);
     r.extra("storm_s", storm_s);
-    r.extra("devices", plan.devices as f64);
 }
 
 /// Phase 0: each device logs in once and leaves.
