@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use client::ClientEvent;
@@ -47,6 +48,12 @@ pub struct ChatPlan {
     pub user_base: u64,
     /// This run's id, stamped into every payload.
     pub run: u64,
+    /// Sends scheduled in the first `warmup` are verified but their
+    /// latencies are not recorded.
+    pub warmup: Duration,
+    /// Latencies are recorded for sends scheduled from here (ns since the
+    /// epoch; set when the senders start).
+    pub measure_from_ns: u64,
 }
 
 /// When the next open-loop send is due.
@@ -100,7 +107,14 @@ impl Schedule {
 }
 
 /// Runs this worker's pairs; every connection on the current executor.
-pub async fn run(target: Rc<Target>, plan: ChatPlan, rec: Rc<RefCell<Recorder>>) {
+/// Senders start once every worker of this process has its connections
+/// open (`ready`), so no worker's sends compete with another's handshakes.
+pub async fn run(
+    target: Rc<Target>,
+    plan: ChatPlan,
+    rec: Rc<RefCell<Recorder>>,
+    ready: Arc<Barrier>,
+) {
     let connect_by = Instant::now() + Duration::from_secs(120);
     let mut opening = Vec::new();
     for i in 0..plan.pairs {
@@ -119,7 +133,12 @@ pub async fn run(target: Rc<Target>, plan: ChatPlan, rec: Rc<RefCell<Recorder>>)
             Err(e) => panic!("chat: could not connect: {}", e.0),
         }
     }
+    ready.wait();
     let start = Instant::now();
+    let plan = ChatPlan {
+        measure_from_ns: epoch_ns(start + plan.warmup),
+        ..plan
+    };
     let mut tasks = Vec::new();
     let mut streams = Vec::new();
     let mut links = links.into_iter();
@@ -210,7 +229,14 @@ async fn send(
             break;
         }
         for e in events.drain(..) {
-            on_sender_event(e, &mut out, &stream, &rec, &mut receipt_seq);
+            on_sender_event(
+                e,
+                &mut out,
+                &stream,
+                &rec,
+                &mut receipt_seq,
+                plan.measure_from_ns,
+            );
         }
         link.core().ack(receipt_seq);
     }
@@ -229,7 +255,9 @@ fn on_sender_event(
     stream: &RefCell<Stream>,
     rec: &RefCell<Recorder>,
     receipt_seq: &mut u64,
+    measure_from_ns: u64,
 ) {
+    let measured = |at: Instant| epoch_ns(at) >= measure_from_ns;
     match e {
         ClientEvent::Acked {
             client_msg_id,
@@ -239,7 +267,9 @@ fn on_sender_event(
             if let Some((counter, at)) = out.unacked.remove(&client_msg_id) {
                 let mut r = rec.borrow_mut();
                 r.add(Counter::Acked, 1);
-                r.latency(Latency::Ack, micros(at.elapsed()));
+                if measured(at) {
+                    r.latency(Latency::Ack, micros(at.elapsed()));
+                }
                 stream.borrow_mut().acked(counter);
                 out.unreceipted.insert(message_id, at);
             }
@@ -258,7 +288,9 @@ fn on_sender_event(
             for id in message_ids {
                 if let Some(at) = out.unreceipted.remove(&id) {
                     r.add(Counter::Receipts, 1);
-                    r.latency(Latency::Receipt, micros(at.elapsed()));
+                    if measured(at) {
+                        r.latency(Latency::Receipt, micros(at.elapsed()));
+                    }
                 }
             }
         }
@@ -282,14 +314,16 @@ async fn receive(
     let mut last_seq = 0;
     let mut events = Vec::new();
     while !stream.borrow().complete() && Instant::now() < give_up {
-        let wait = Duration::from_millis(100);
+        // Only completion is checked on a timeout: wake rarely (a timeout
+        // cancels the read, which costs a syscall per connection).
+        let wait = Duration::from_secs(1);
         if link.poll(wait, &mut events, give_up).await.is_err() {
             break;
         }
         for e in events.drain(..) {
             if let ClientEvent::Message { seq, payload, .. } = e {
                 last_seq = last_seq.max(seq);
-                on_message(&payload, plan.run, &stream, &rec);
+                on_message(&payload, &plan, &stream, &rec);
             }
         }
         link.core().ack(last_seq);
@@ -297,13 +331,13 @@ async fn receive(
     link.close().await;
 }
 
-fn on_message(payload: &[u8], run: u64, stream: &RefCell<Stream>, rec: &RefCell<Recorder>) {
-    let Some(stamp) = Stamp::read(payload).filter(|s| s.run == run) else {
+fn on_message(payload: &[u8], plan: &ChatPlan, stream: &RefCell<Stream>, rec: &RefCell<Recorder>) {
+    let Some(stamp) = Stamp::read(payload).filter(|s| s.run == plan.run) else {
         rec.borrow_mut().add(Counter::Stale, 1);
         return;
     };
     let arrival = stream.borrow_mut().received(stamp.counter);
-    if count_arrival(rec, arrival) {
+    if count_arrival(rec, arrival) && stamp.sent_ns >= plan.measure_from_ns {
         let us = epoch_ns(Instant::now()).saturating_sub(stamp.sent_ns) / 1000;
         rec.borrow_mut().latency(Latency::Delivered, us);
     }

@@ -239,6 +239,10 @@ struct ChatArgs {
     /// How long senders send, e.g. `10s`.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Latencies of sends scheduled in this first stretch are not
+    /// recorded (every message is still verified).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
     /// After sending stops, how long to wait for ✓, deliveries and ✓✓
     /// (and for the gateway to come back, if it is restarting).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -469,7 +473,10 @@ fn run_chat(c: &Common, spec: TargetSpec, a: &ChatArgs) -> Report {
         drain: a.drain,
         user_base: c.user_base,
         run: 0,
+        warmup: a.warmup,
+        measure_from_ns: 0,
     };
+    let ready = Arc::new(Barrier::new(c.threads));
     let mut r = on_workers(c, spec, "chat", Latency::Delivered, move |t, rec, part| {
         let (first_pair, pairs) = part.share(plan.pairs);
         let plan = chat::ChatPlan {
@@ -478,7 +485,7 @@ fn run_chat(c: &Common, spec: TargetSpec, a: &ChatArgs) -> Report {
             run: part.run,
             ..plan
         };
-        Box::pin(chat::run(t, plan, rec))
+        Box::pin(chat::run(t, plan, rec, ready.clone()))
     });
     r.send_s = a.duration.as_secs_f64();
     r

@@ -210,7 +210,7 @@ async fn read_backlog(
     let mut last_seq = 0;
     while !stream.borrow().complete() && Instant::now() < give_up {
         if link
-            .poll(Duration::from_millis(100), &mut events, give_up)
+            .poll(Duration::from_secs(1), &mut events, give_up)
             .await
             .is_err()
         {
