@@ -57,6 +57,7 @@ start_gateway() {
         kill -0 "$gw" 2>/dev/null || { echo "gateway exited; see $WORK/gateway.err" >&2; return 1; }
         sleep 0.1
     done
+    [[ -n "${ON_HANG:-}" ]] && $ON_HANG "$gw"
     echo "gateway not ready within 60 s; its last lines:" >&2
     tail -5 "$WORK/gateway.err" >&2
     return 1

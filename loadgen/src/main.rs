@@ -59,7 +59,7 @@ Examples (a gateway started with `cargo run --release -p gateway` in the same
 directory, so data/ holds its development certificate and token key):
   loadgen chat --pairs 1000 --duration 30s                 # closed loop: the maximum
   loadgen chat --pairs 1000 --rate 50000 --duration 30s    # open loop: latency at a rate
-  loadgen --procs 2 idle --conns 30000 --gateway-pid PID   # memory per connection
+  loadgen --procs 2 --source 127.0.0.2,127.0.0.3 idle --conns 18000 --gateway-pid PID
   loadgen offline --devices 10000 --messages 100           # reconnect storm
   loadgen merge a/report.json b/report.json --out merged";
 
