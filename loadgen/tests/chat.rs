@@ -51,7 +51,17 @@ fn a_short_verified_chat_run_passes() {
         .arg(&dir)
         .arg("--out")
         .arg(&report_dir)
-        .args(["chat", "--pairs", "20", "--duration", "2s", "--window", "8"])
+        .args([
+            "chat",
+            "--pairs",
+            "20",
+            "--duration",
+            "2s",
+            "--window",
+            "8",
+            "--warmup",
+            "0s",
+        ])
         .output()
         .unwrap();
     let _ = server.kill();
