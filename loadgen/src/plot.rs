@@ -5,6 +5,7 @@
 use std::io;
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::report::{Counter, Report};
@@ -76,17 +77,9 @@ fn draw_rates(
             .series
             .iter()
             .map(|(t, s)| ((t - first) as f64, s.counts[*c as usize] as f64));
-        chart
-            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-            .label(c.name())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
+        line(&mut chart, points, c.name(), *colour)?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
-    Ok(())
+    legend(&mut chart)
 }
 
 fn draw_latency(
@@ -127,11 +120,31 @@ fn draw_latency(
             };
             ((t - first) as f64, ms(v))
         });
-        chart
-            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
+        line(&mut chart, points, name, colour)?;
     }
+    legend(&mut chart)
+}
+
+type Chart<'a, 'b, Y> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, Y>>;
+
+/// One labelled line.
+fn line<Y: Ranged<ValueType = f64>>(
+    chart: &mut Chart<'_, '_, Y>,
+    points: impl IntoIterator<Item = (f64, f64)>,
+    name: &str,
+    colour: RGBColor,
+) -> Result<(), Box<dyn std::error::Error>> {
+    chart
+        .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
+    Ok(())
+}
+
+/// The box naming the lines.
+fn legend<'a, Y: Ranged<ValueType = f64>>(
+    chart: &mut Chart<'a, 'a, Y>,
+) -> Result<(), Box<dyn std::error::Error>> {
     chart
         .configure_series_labels()
         .border_style(BLACK)
