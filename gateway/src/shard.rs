@@ -98,6 +98,15 @@ pub enum Note {
         message_ids: Vec<u64>,
         /// When it happened.
         at_ms: u64,
+        /// On the way to the sender's home for a `Delivered` receipt: the
+        /// ack to confirm once the receipt is durable.
+        confirm: Option<AckRef>,
+    },
+    /// To a device's home: the receipts for its ack `seq` are durable at
+    /// one sender's home.
+    ReceiptStored {
+        /// The ack.
+        seq: u64,
     },
     /// To a device's home: the device connected on `reply`; stream its
     /// queue after `after_seq`.
@@ -212,6 +221,26 @@ enum Waiting {
         note: Note,
     },
     Pump(DeviceKey),
+    /// A receipt for this ack is durable: tell the acking device's home.
+    Confirm(AckRef),
+}
+
+/// A device's ack waiting for its receipts to be durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AckRef {
+    device: DeviceKey,
+    seq: u64,
+}
+
+/// An ack whose tombstone waits for its receipts: ✓✓ is durable before
+/// the message is forgotten, so a crash in between repeats ✓✓ rather than
+/// losing it.
+#[derive(Debug, Clone, Copy)]
+struct PendingAck {
+    seq: u64,
+    cumulative: bool,
+    /// Receipts not yet durable at their senders' homes.
+    receipts: u32,
 }
 
 /// A connection of this shard.
@@ -243,6 +272,10 @@ pub struct ShardCore<S> {
     cursors: FxHashMap<DeviceKey, Cursor>,
     meta: FxHashMap<u64, Meta>,
     waiting: VecDeque<(u64, Waiting)>,
+    /// Per device, in order, acks whose receipts are not all durable yet.
+    acks: FxHashMap<DeviceKey, VecDeque<PendingAck>>,
+    /// Per device, the highest seq whose receipts were requested.
+    receipted: FxHashMap<DeviceKey, u64>,
     draining: bool,
     /// The latest time passed in.
     now_ms: u64,
@@ -303,6 +336,8 @@ impl<S: Storage> ShardCore<S> {
             cursors: FxHashMap::default(),
             meta: FxHashMap::default(),
             waiting: VecDeque::new(),
+            acks: FxHashMap::default(),
+            receipted: FxHashMap::default(),
             draining: false,
             now_ms: 0,
             stats: Stats::default(),
@@ -473,6 +508,11 @@ impl<S: Storage> ShardCore<S> {
                         .route_to_conn(now_ms, reply, from, Target::Device(from), note)
                 }
                 Waiting::Pump(device) => self.pump(now_ms, device),
+                Waiting::Confirm(ack) => {
+                    let note = Note::ReceiptStored { seq: ack.seq };
+                    let to = Target::Device(ack.device);
+                    self.router.route_home(now_ms, ack.device, to, note);
+                }
             }
         }
         self.run_effects(now_ms);
@@ -573,6 +613,7 @@ impl<S: Storage> ShardCore<S> {
                     kind: fb::ReceiptKind::Read,
                     message_ids,
                     at_ms: now_ms,
+                    confirm: None,
                 };
                 self.router.route_home(now_ms, device, target(&to), read);
             }
@@ -721,6 +762,7 @@ impl<S: Storage> ShardCore<S> {
                 kind,
                 message_ids,
                 at_ms,
+                ..
             } => {
                 self.stats.messages_delivered += 1;
                 let about = match kind {
@@ -754,6 +796,7 @@ impl<S: Storage> ShardCore<S> {
             Note::Submit { .. }
             | Note::Resume { .. }
             | Note::DeviceAck { .. }
+            | Note::ReceiptStored { .. }
             | Note::Gone { .. } => {
                 return;
             }
@@ -794,8 +837,15 @@ impl<S: Storage> ShardCore<S> {
                 kind,
                 message_ids,
                 at_ms,
+                confirm,
                 ..
-            } => self.store_receipt(now_ms, from, to, kind, &message_ids, at_ms),
+            } => {
+                let stored = self.store_receipt(now_ms, from, to, kind, &message_ids, at_ms);
+                if let Some(ack) = confirm {
+                    self.confirm_when_durable(now_ms, ack, stored);
+                }
+            }
+            Note::ReceiptStored { seq } => self.receipt_stored(now_ms, from, seq),
             Note::Resume { reply, after_seq } => self.resume(now_ms, reply, from, after_seq),
             Note::DeviceAck {
                 reply,
@@ -933,7 +983,7 @@ impl<S: Storage> ShardCore<S> {
         kind: fb::ReceiptKind,
         message_ids: &[u64],
         at_ms: u64,
-    ) {
+    ) -> Option<u64> {
         let recipients = match to {
             Target::Device(d) if self.is_registered(d) => vec![device_ref(d)],
             Target::Device(d) => self.recipients(from, Target::User(d.user)),
@@ -963,6 +1013,21 @@ impl<S: Storage> ShardCore<S> {
                 pending: u32::try_from(seqs.len()).unwrap_or(u32::MAX),
             };
             self.stored(position, meta, &seqs);
+            return Some(position);
+        }
+        None
+    }
+
+    /// Tells the acking device's home when the receipt at `stored` is
+    /// durable (at once if nothing was stored: nobody to tell).
+    fn confirm_when_durable(&mut self, now_ms: u64, ack: AckRef, stored: Option<u64>) {
+        match stored {
+            Some(position) => self.waiting.push_back((position, Waiting::Confirm(ack))),
+            None => {
+                let note = Note::ReceiptStored { seq: ack.seq };
+                let to = Target::Device(ack.device);
+                self.router.route_home(now_ms, ack.device, to, note);
+            }
         }
     }
 
@@ -977,10 +1042,8 @@ impl<S: Storage> ShardCore<S> {
         // The resume point is an ack the last connection may not have
         // delivered: take it as one (✓✓ to the senders). A point past the
         // queue's end acknowledges nothing.
-        if after_seq > 0
-            && let Ok(positions) = self.engine.ack(device_ref(device), after_seq, true)
-        {
-            self.receipts_for(now_ms, device, &positions);
+        if after_seq > 0 {
+            let _ = self.request_ack(now_ms, device, after_seq, true);
         }
         let backlog = self.engine.backlog(device_ref(device), after_seq).count();
         let backlog_count = u32::try_from(backlog).unwrap_or(u32::MAX);
@@ -1041,6 +1104,7 @@ impl<S: Storage> ShardCore<S> {
                 kind,
                 message_ids: receipt_ids(&payload),
                 at_ms: meta.at_ms,
+                confirm: None,
             },
         };
         let to = match meta.receipt {
@@ -1081,19 +1145,16 @@ impl<S: Storage> ShardCore<S> {
             .get(&device)
             .filter(|c| c.conn == reply)
             .map_or(0, |c| c.sent);
-        let positions = if seq > sent {
+        let acked = if seq > sent {
             Err(QueueError::NotDelivered {
                 device: device_ref(device),
                 seq,
             })
         } else {
-            self.engine.ack(device_ref(device), seq, cumulative)
+            self.request_ack(now_ms, device, seq, cumulative)
         };
-        match positions {
-            Ok(positions) => {
-                self.receipts_for(now_ms, device, &positions);
-                self.pump(now_ms, device);
-            }
+        match acked {
+            Ok(()) => {}
             Err(_) => {
                 let note = Note::Refused {
                     code: ErrorCode::NotYourMessage,
@@ -1106,8 +1167,84 @@ impl<S: Storage> ShardCore<S> {
         }
     }
 
-    /// ✓✓ for acknowledged messages, one receipt per sender.
-    fn receipts_for(&mut self, now_ms: u64, device: DeviceKey, positions: &[u64]) {
+    /// Sends ✓✓ for what an ack of `seq` covers to the senders' homes,
+    /// and tombstones the messages once those receipts are durable (in ack
+    /// order per device). Receipts already requested by an earlier
+    /// cumulative ack are not sent again.
+    fn request_ack(
+        &mut self,
+        now_ms: u64,
+        device: DeviceKey,
+        seq: u64,
+        cumulative: bool,
+    ) -> Result<(), QueueError> {
+        let floor = match cumulative {
+            true => self.receipted.get(&device).copied().unwrap_or(0),
+            false => 0,
+        };
+        let positions: Vec<u64> = self
+            .engine
+            .acked_by(device_ref(device), seq, cumulative)?
+            .filter(|(s, _)| *s > floor)
+            .map(|(_, position)| position)
+            .collect();
+        if cumulative {
+            let through = self.receipted.entry(device).or_default();
+            *through = (*through).max(seq);
+        }
+        let ack = AckRef { device, seq };
+        let receipts = self.receipts_for(now_ms, device, &positions, ack);
+        let pending = PendingAck {
+            seq,
+            cumulative,
+            receipts,
+        };
+        self.acks.entry(device).or_default().push_back(pending);
+        self.settle_acks(now_ms, device);
+        Ok(())
+    }
+
+    /// One of the receipts for `device`'s ack `seq` is durable.
+    fn receipt_stored(&mut self, now_ms: u64, device: DeviceKey, seq: u64) {
+        let Some(acks) = self.acks.get_mut(&device) else {
+            return;
+        };
+        if let Some(a) = acks.iter_mut().find(|a| a.seq == seq && a.receipts > 0) {
+            a.receipts -= 1;
+        }
+        self.settle_acks(now_ms, device);
+    }
+
+    /// Tombstones the oldest acks whose receipts are all durable.
+    fn settle_acks(&mut self, now_ms: u64, device: DeviceKey) {
+        let Some(acks) = self.acks.get_mut(&device) else {
+            return;
+        };
+        let mut settled = Vec::new();
+        while acks.front().is_some_and(|a| a.receipts == 0) {
+            settled.extend(acks.pop_front());
+        }
+        if acks.is_empty() {
+            self.acks.remove(&device);
+        }
+        for a in &settled {
+            // Already acknowledged or expired meanwhile: nothing to do.
+            let _ = self.engine.ack(device_ref(device), a.seq, a.cumulative);
+        }
+        if !settled.is_empty() {
+            self.pump(now_ms, device);
+        }
+    }
+
+    /// ✓✓ for acknowledged messages, one receipt per sender (in chunks);
+    /// returns how many receipts went out.
+    fn receipts_for(
+        &mut self,
+        now_ms: u64,
+        device: DeviceKey,
+        positions: &[u64],
+        ack: AckRef,
+    ) -> u32 {
         let mut by_sender: Vec<(DeviceKey, Vec<u64>)> = Vec::new();
         for position in positions {
             let meta = match self.meta.get_mut(position) {
@@ -1132,6 +1269,7 @@ impl<S: Storage> ShardCore<S> {
                 None => by_sender.push((meta.from, vec![meta.message_id])),
             }
         }
+        let mut sent = 0;
         for (sender, ids) in by_sender {
             for chunk in ids.chunks(256) {
                 let receipt = Note::Receipt {
@@ -1139,11 +1277,14 @@ impl<S: Storage> ShardCore<S> {
                     kind: fb::ReceiptKind::Delivered,
                     message_ids: chunk.to_vec(),
                     at_ms: now_ms,
+                    confirm: Some(ack),
                 };
                 self.router
                     .route_home(now_ms, device, Target::User(sender.user), receipt);
+                sent += 1;
             }
         }
+        sent
     }
 
     /// TTL expiry: `Expired` receipts to the senders.
@@ -1163,6 +1304,7 @@ impl<S: Storage> ShardCore<S> {
                     kind: fb::ReceiptKind::Expired,
                     message_ids: vec![meta.message_id],
                     at_ms: now_ms,
+                    confirm: None,
                 };
                 self.router
                     .route_home(now_ms, device, Target::User(meta.from.user), receipt);

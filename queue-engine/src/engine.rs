@@ -312,13 +312,7 @@ impl Engine {
         seq: u64,
         cumulative: bool,
     ) -> Result<Vec<u64>, QueueError> {
-        let queue = self.queues.get(&device);
-        if queue.is_none_or(|q| seq == 0 || seq >= q.next_seq) {
-            return Err(QueueError::NotDelivered { device, seq });
-        }
-        let queue = queue.expect("checked");
-        let from = if cumulative { 0 } else { seq };
-        let range = seq_range(&queue.entries, from, seq);
+        let (queue, range) = self.ack_range(device, seq, cumulative)?;
         let Some(first) = queue.entries.get(range.start).filter(|_| !range.is_empty()) else {
             return Ok(Vec::new()); // already acked or expired
         };
@@ -332,6 +326,34 @@ impl Engine {
         };
         self.append(&Record::Tombstone(tombstone));
         Ok(positions)
+    }
+
+    /// What [`Engine::ack`] with the same arguments would acknowledge, as
+    /// `(seq, position)`, without acknowledging it (so ✓✓ can be made
+    /// durable first).
+    pub fn acked_by(
+        &self,
+        device: DeviceRef,
+        seq: u64,
+        cumulative: bool,
+    ) -> Result<impl Iterator<Item = (u64, u64)> + '_, QueueError> {
+        let (queue, range) = self.ack_range(device, seq, cumulative)?;
+        Ok(queue.entries.range(range).map(|e| (e.seq, e.position)))
+    }
+
+    /// The queue of `device` and the entries an ack of `seq` covers.
+    fn ack_range(
+        &self,
+        device: DeviceRef,
+        seq: u64,
+        cumulative: bool,
+    ) -> Result<(&Queue, std::ops::Range<usize>), QueueError> {
+        let queue = self.queues.get(&device);
+        let Some(queue) = queue.filter(|q| seq != 0 && seq < q.next_seq) else {
+            return Err(QueueError::NotDelivered { device, seq });
+        };
+        let from = if cumulative { 0 } else { seq };
+        Ok((queue, seq_range(&queue.entries, from, seq)))
     }
 
     /// Records that `device` exists (its queue starts empty).

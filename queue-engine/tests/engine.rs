@@ -88,8 +88,19 @@ fn cumulative_and_single_acks() {
         send(&mut e, 0, id, &[BOB_PHONE], b"m").unwrap();
     }
     flush_all(&mut e, &mut disk).unwrap();
+    let peek = |e: &Engine, seq, cumulative| -> Vec<u64> {
+        e.acked_by(BOB_PHONE, seq, cumulative)
+            .unwrap()
+            .map(|(s, _)| s)
+            .collect()
+    };
+    assert_eq!(peek(&e, 4, false), [4]);
+    assert_eq!(peek(&e, 3, true), [1, 2, 3]);
+    assert_eq!(peek(&e, 4, false), [4], "peeking acknowledges nothing");
     assert_eq!(e.ack(BOB_PHONE, 4, false).unwrap().len(), 1);
+    assert_eq!(peek(&e, 5, true), [1, 2, 3, 5], "4 is gone");
     assert_eq!(e.ack(BOB_PHONE, 3, true).unwrap().len(), 3);
+    assert!(e.acked_by(BOB_PHONE, 9, true).is_err(), "never assigned");
     assert_eq!(seqs(&e, BOB_PHONE, 0), [5]);
     let never = QueueError::NotDelivered {
         device: BOB_PHONE,
