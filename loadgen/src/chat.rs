@@ -12,7 +12,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use client::ClientEvent;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use wire_format::fb::ReceiptKind;
 use wire_format::user_address;
 
@@ -177,6 +177,9 @@ struct Outstanding {
     unacked: FxHashMap<u64, (u64, Instant)>,
     /// server message id → send time.
     unreceipted: FxHashMap<u64, Instant>,
+    /// ✓✓ that came before their ✓: after a reconnect the resent send's
+    /// ✓ (a duplicate) can follow the receipt for the first copy.
+    early: FxHashSet<u64>,
 }
 
 async fn send(
@@ -271,7 +274,11 @@ fn on_sender_event(
                     r.latency(Latency::Ack, micros(at.elapsed()));
                 }
                 stream.borrow_mut().acked(counter);
-                out.unreceipted.insert(message_id, at);
+                if out.early.remove(&message_id) {
+                    r.add(Counter::Receipts, 1);
+                } else {
+                    out.unreceipted.insert(message_id, at);
+                }
             }
         }
         ClientEvent::Receipt {
@@ -286,10 +293,15 @@ fn on_sender_event(
             }
             let mut r = rec.borrow_mut();
             for id in message_ids {
-                if let Some(at) = out.unreceipted.remove(&id) {
-                    r.add(Counter::Receipts, 1);
-                    if measured(at) {
-                        r.latency(Latency::Receipt, micros(at.elapsed()));
+                match out.unreceipted.remove(&id) {
+                    Some(at) => {
+                        r.add(Counter::Receipts, 1);
+                        if measured(at) {
+                            r.latency(Latency::Receipt, micros(at.elapsed()));
+                        }
+                    }
+                    None => {
+                        out.early.insert(id);
                     }
                 }
             }

@@ -1,7 +1,8 @@
 //! The reliability check: `benchmarks/crash-under-load.sh` runs a verified
 //! `loadgen chat` while the gateway is killed with SIGKILL and restarted on
 //! the same data directory 20 times. It passes only if no ✓'d message was
-//! lost, duplicated or reordered and every restart happened. Runs on the
+//! lost, duplicated or reordered, every ✓'d message got its ✓✓, and every
+//! restart happened. Runs on the
 //! binaries of this build (the script builds release ones when run by
 //! hand).
 
@@ -46,7 +47,12 @@ fn twenty_sigkill_restarts_lose_and_duplicate_nothing() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(work.join("report/report.json")).unwrap())
             .unwrap();
-    let reconnects = report["counters"]["reconnects"].as_u64().unwrap_or(0);
+    let counters = &report["counters"];
+    assert_eq!(
+        counters["receipts"], counters["acked"],
+        "every ✓'d message got its ✓✓ despite the crashes: {stdout}"
+    );
+    let reconnects = counters["reconnects"].as_u64().unwrap_or(0);
     assert!(
         reconnects >= 20 * 100,
         "every restart moved every connection: {stdout}"
