@@ -1217,21 +1217,20 @@ impl<S: Storage> ShardCore<S> {
 
     /// Tombstones the oldest acks whose receipts are all durable.
     fn settle_acks(&mut self, now_ms: u64, device: DeviceKey) {
-        let Some(acks) = self.acks.get_mut(&device) else {
-            return;
-        };
-        let mut settled = Vec::new();
-        while acks.front().is_some_and(|a| a.receipts == 0) {
-            settled.extend(acks.pop_front());
-        }
-        if acks.is_empty() {
-            self.acks.remove(&device);
-        }
-        for a in &settled {
+        let mut settled = false;
+        while let Some(acks) = self.acks.get_mut(&device) {
+            let Some(a) = acks.front().copied().filter(|a| a.receipts == 0) else {
+                break;
+            };
+            acks.pop_front();
+            if acks.is_empty() {
+                self.acks.remove(&device);
+            }
             // Already acknowledged or expired meanwhile: nothing to do.
             let _ = self.engine.ack(device_ref(device), a.seq, a.cumulative);
+            settled = true;
         }
-        if !settled.is_empty() {
+        if settled {
             self.pump(now_ms, device);
         }
     }
