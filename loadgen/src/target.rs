@@ -91,10 +91,10 @@ impl Target {
             if !storm {
                 self.pace().await;
             }
-            let started = Instant::now();
-            let attempt = {
+            let (attempt, started) = {
                 let _permit = self.opening.acquire_permit(1).await;
-                self.attempt(core()).await
+                let started = Instant::now(); // not counting the wait for a permit
+                (self.attempt(core()).await, started)
             };
             match attempt {
                 Ok((conn, backlog)) => {
