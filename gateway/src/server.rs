@@ -188,7 +188,7 @@ async fn run_shard(
         for (_, rx) in inbound {
             let shard = shard.clone();
             glommio::spawn_local(async move {
-                while let Some(batch) = rx.recv().await {
+                while let Some(batch) = crate::mesh::recv_batch(&rx).await {
                     shard.core.borrow_mut().handle_batch(now_ms(), batch);
                     shard.kick();
                 }

@@ -3,69 +3,91 @@
 //! message must arrive once and in order, or loadgen exits non-zero.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+/// A gateway process on a free port with its own data directory.
+struct Gateway {
+    process: std::process::Child,
+    listen: String,
+    dir: PathBuf,
+}
+
+impl Gateway {
+    fn start(name: &str) -> Self {
+        let gateway = loadgen().with_file_name("gateway");
+        assert!(
+            gateway.exists(),
+            "cargo test --workspace builds {}",
+            gateway.display()
+        );
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("loadgen-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut process = Command::new(&gateway)
+            .args(["serve", "--shards", "2", "--listen", &listen])
+            .args(["--admin-listen", "127.0.0.1:0", "--sends-per-s", "100000"])
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(process.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready"), "{line:?}");
+        Self {
+            process,
+            listen,
+            dir,
+        }
+    }
+
+    /// `loadgen` against this gateway, with `args` after the common flags.
+    fn loadgen(&self, report_dir: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(loadgen())
+            .args(["--addr", &self.listen, "--quiet", "--data-dir"])
+            .arg(&self.dir)
+            .arg("--out")
+            .arg(report_dir)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn loadgen() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_loadgen"))
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
 
 #[test]
 fn a_short_verified_chat_run_passes() {
-    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
-    let gateway = loadgen.with_file_name("gateway");
-    assert!(
-        gateway.exists(),
-        "cargo test --workspace builds {}",
-        gateway.display()
-    );
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("loadgen-chat-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut server = Command::new(&gateway)
-        .args([
-            "serve",
-            "--shards",
-            "2",
-            "--listen",
-            &listen,
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--sends-per-s", "100000", "--data-dir"])
-        .arg(&dir)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("ready"), "{line:?}");
+    let gw = Gateway::start("chat");
+    let (dir, loadgen) = (gw.dir.clone(), loadgen());
     let report_dir = dir.join("report");
-    let out = Command::new(&loadgen)
-        .args(["--addr", &listen, "--quiet", "--threads", "2", "--data-dir"])
-        .arg(&dir)
-        .arg("--out")
-        .arg(&report_dir)
-        .args([
-            "chat",
-            "--pairs",
-            "20",
-            "--duration",
-            "2s",
-            "--window",
-            "8",
-            "--warmup",
-            "0s",
-        ])
-        .output()
-        .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    let chat = ["chat", "--pairs", "20", "--duration", "2s", "--window", "8"];
+    let args = [&["--threads", "2"][..], &chat, &["--warmup", "0s"]].concat();
+    let out = gw.loadgen(&report_dir, &args);
+    drop(gw);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -76,9 +98,7 @@ fn a_short_verified_chat_run_passes() {
         table.contains("lost 0 duplicated 0 reordered 0 → PASS"),
         "{table}"
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap())
-            .unwrap();
+    let report = read_json(&report_dir.join("report.json"));
     assert_eq!(report["schema"], "loadgen-report/1");
     assert_eq!(report["verdict"]["ok"], true);
     let counters = &report["counters"];
@@ -111,8 +131,49 @@ fn a_short_verified_chat_run_passes() {
         .output()
         .unwrap();
     assert!(merged.status.success(), "{merged:?}");
-    let merged: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(merged_dir.join("report.json")).unwrap())
-            .unwrap();
+    let merged = read_json(&merged_dir.join("report.json"));
     assert_eq!(merged["counters"]["acked"].as_u64(), Some(2 * acked));
+}
+
+/// `--procs 2` runs two worker processes (each connecting from a source
+/// address of its own turn) and merges their reports into one.
+#[test]
+fn worker_processes_merge_into_one_verified_report() {
+    let gw = Gateway::start("procs");
+    let report_dir = gw.dir.join("report");
+    let out = gw.loadgen(
+        &report_dir,
+        &[
+            "--procs",
+            "2",
+            "--source",
+            "127.0.0.2,127.0.0.3",
+            "chat",
+            "--pairs",
+            "10",
+            "--duration",
+            "1s",
+        ],
+    );
+    drop(gw);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged = read_json(&report_dir.join("report.json"));
+    let parts: Vec<_> = (0..2)
+        .map(|i| read_json(&report_dir.join(format!("proc-{i}/report.json"))))
+        .collect();
+    let acked = |r: &serde_json::Value| r["counters"]["acked"].as_u64().unwrap();
+    assert!(parts.iter().all(|p| acked(p) > 0), "both processes sent");
+    assert_eq!(acked(&merged), parts.iter().map(acked).sum::<u64>());
+    assert_eq!(
+        merged["counters"]["connects"].as_u64(),
+        Some(20),
+        "10 pairs in all"
+    );
+    assert_eq!(merged["workers"].as_u64(), Some(2));
+    assert_eq!(merged["verdict"]["ok"], true, "{table}");
 }
