@@ -75,6 +75,17 @@ fn loadgen() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_loadgen"))
 }
 
+/// The table a run printed, once its exit status says it passed.
+fn passed(out: &std::process::Output) -> String {
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    table
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -88,12 +99,7 @@ fn a_short_verified_chat_run_passes() {
     let args = [&["--threads", "2"][..], &chat, &["--warmup", "0s"]].concat();
     let out = gw.loadgen(&report_dir, &args);
     drop(gw);
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{table}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let table = passed(&out);
     assert!(
         table.contains("lost 0 duplicated 0 reordered 0 → PASS"),
         "{table}"
@@ -130,7 +136,7 @@ fn a_short_verified_chat_run_passes() {
         .arg(report_dir.join("report.json"))
         .output()
         .unwrap();
-    assert!(merged.status.success(), "{merged:?}");
+    passed(&merged);
     let merged = read_json(&merged_dir.join("report.json"));
     assert_eq!(merged["counters"]["acked"].as_u64(), Some(2 * acked));
 }
@@ -156,12 +162,7 @@ fn worker_processes_merge_into_one_verified_report() {
         ],
     );
     drop(gw);
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{table}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let table = passed(&out);
     let merged = read_json(&report_dir.join("report.json"));
     let parts: Vec<_> = (0..2)
         .map(|i| read_json(&report_dir.join(format!("proc-{i}/report.json"))))
