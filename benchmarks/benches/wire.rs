@@ -50,7 +50,7 @@ fn split_read_buffer(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let mut decoder = FrameDecoder::new(Limits::default());
-                decoder.buffer_mut().extend_from_slice(&buffer);
+                decoder.extend_from_slice(&buffer);
                 decoder
             },
             |mut decoder| {

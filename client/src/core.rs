@@ -71,6 +71,9 @@ pub enum ClientEvent {
     },
     /// The server asks us to reconnect (elsewhere) after a while.
     GoAway {
+        /// Why: `Draining` (reconnect after the delay) or `ConnectedElsewhere`
+        /// (this device connected again; do not reconnect from here).
+        reason: fb::GoAwayReason,
         /// Wait at least this long.
         reconnect_after_ms: u32,
     },
@@ -157,6 +160,13 @@ impl ClientCore {
             self.last_acked_seq = seq;
             self.push(|e| e.delivery_ack(seq, true));
         }
+    }
+
+    /// Tells `to` (the original sender, a user or device) that the user
+    /// read `message_ids` (at most 256).
+    pub fn read(&mut self, to: Address, message_ids: &[u64]) {
+        let about = Address::default();
+        self.push(|e| e.receipt(fb::ReceiptKind::Read, to, about, message_ids, 0, 0));
     }
 
     /// Plaintext bytes from the server.
@@ -284,6 +294,7 @@ impl ClientCore {
                 return self.push(|e| e.pong(nonce));
             }
             Body::GoAway(g) => ClientEvent::GoAway {
+                reason: g.reason(),
                 reconnect_after_ms: g.reconnect_after_ms(),
             },
             Body::Error(e) if e.fatal() => return self.close(Some(e.code())),

@@ -192,6 +192,24 @@ pub struct Stats {
     pub errors: FxHashMap<u16, u64>,
 }
 
+/// How many entries the core's bookkeeping holds: once every device has
+/// acked everything and disconnected, all of it is zero.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Internals {
+    /// Records whose sender, target and id are kept in memory.
+    pub meta: usize,
+    /// Connected devices being fed.
+    pub cursors: usize,
+    /// Things waiting for the log to be durable.
+    pub waiting: usize,
+    /// Devices with acks whose receipts are not all durable.
+    pub acks: usize,
+    /// Devices with a receipt floor.
+    pub receipted: usize,
+    /// Message and receipt records still referenced by a queue.
+    pub live_messages: usize,
+}
+
 /// What the home shard knows of a stored record without reading it.
 #[derive(Debug, Clone, Copy)]
 struct Meta {
@@ -277,6 +295,8 @@ pub struct ShardCore<S> {
     /// Per device, the highest seq whose receipts were requested.
     receipted: FxHashMap<DeviceKey, u64>,
     draining: bool,
+    /// The log failed (fail-stop: the shell exits); why.
+    failed: Option<String>,
     /// The latest time passed in.
     now_ms: u64,
     stats: Stats,
@@ -339,6 +359,7 @@ impl<S: Storage> ShardCore<S> {
             acks: FxHashMap::default(),
             receipted: FxHashMap::default(),
             draining: false,
+            failed: None,
             now_ms: 0,
             stats: Stats::default(),
         }
@@ -357,6 +378,18 @@ impl<S: Storage> ShardCore<S> {
     /// Connections held.
     pub fn conns(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Sizes of the internal bookkeeping (tests check it drains to zero).
+    pub fn internals(&self) -> Internals {
+        Internals {
+            meta: self.meta.len(),
+            cursors: self.cursors.len(),
+            waiting: self.waiting.len(),
+            acks: self.acks.len(),
+            receipted: self.receipted.len(),
+            live_messages: self.engine.live_messages(),
+        }
     }
 
     // ---- connections --------------------------------------------------------
@@ -493,6 +526,20 @@ impl<S: Storage> ShardCore<S> {
     /// The next group-commit batch to write and fdatasync.
     pub fn poll_flush(&mut self) -> Option<&Flush> {
         self.engine.poll_flush()
+    }
+
+    /// Writing or syncing the batch from [`ShardCore::poll_flush`] failed.
+    /// That is fail-stop: the shell must exit non-zero (the supervisor
+    /// restarts it and recovery replays the log). Nothing waiting on the
+    /// batch was answered, so nothing unsynced was ✓'d; until the exit the
+    /// shard refuses sends with `StorageUnavailable` and is not ready.
+    pub fn handle_flush_failed(&mut self, error: &std::io::Error) {
+        self.failed = Some(format!("shard {}: log write failed: {error}", self.shard.0));
+    }
+
+    /// Why the log failed, if it did (the shard is then not ready).
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     /// The batch from [`ShardCore::poll_flush`] is durable: answer what

@@ -361,6 +361,7 @@ fn drain_sends_goaway_and_the_process_exits_cleanly() {
         assert_eq!(
             next(&mut bob).await,
             ClientEvent::GoAway {
+                reason: wire_format::fb::GoAwayReason::Draining,
                 reconnect_after_ms: 1_000
             }
         );

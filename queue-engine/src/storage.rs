@@ -32,6 +32,35 @@ pub trait Storage {
     fn remove(&mut self, start: u64) -> io::Result<()>;
 }
 
+/// One storage shared by several owners of one thread (a simulated shard's
+/// engine and its reader).
+impl<S: Storage> Storage for std::rc::Rc<std::cell::RefCell<S>> {
+    fn segments(&self) -> io::Result<Vec<u64>> {
+        self.borrow().segments()
+    }
+    fn read(&self, start: u64) -> io::Result<Vec<u8>> {
+        self.borrow().read(start)
+    }
+    fn read_at(&self, start: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.borrow().read_at(start, offset, buf)
+    }
+    fn create(&mut self, start: u64) -> io::Result<()> {
+        self.borrow_mut().create(start)
+    }
+    fn write(&mut self, start: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.borrow_mut().write(start, offset, data)
+    }
+    fn sync(&mut self, start: u64) -> io::Result<()> {
+        self.borrow_mut().sync(start)
+    }
+    fn truncate(&mut self, start: u64, len: u64) -> io::Result<()> {
+        self.borrow_mut().truncate(start, len)
+    }
+    fn remove(&mut self, start: u64) -> io::Result<()> {
+        self.borrow_mut().remove(start)
+    }
+}
+
 /// Segments as files in one directory.
 #[derive(Debug)]
 pub struct FsStorage {
@@ -165,14 +194,29 @@ struct SimSegment {
     current: Vec<u8>,
 }
 
+/// An operation of [`SimDisk`] that can be made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SimOp {
+    /// [`Storage::create`].
+    Create,
+    /// [`Storage::write`].
+    Write,
+    /// [`Storage::sync`].
+    Sync,
+}
+
 /// An in-memory disk with seeded faults. Writes are volatile until `sync`;
 /// [`SimDisk::crash`] keeps only what was synced, plus, per segment, maybe a
 /// torn prefix of what was not (with a flipped bit in it, sometimes), the way
-/// a power cut leaves a partly written sector run.
+/// a power cut leaves a partly written sector run. [`SimDisk::fail_next`]
+/// makes the next create, write or sync fail with an I/O error (a full or
+/// failing disk); a failed write may still have landed in part, and a
+/// failed sync made nothing durable.
 #[derive(Debug, Clone)]
 pub struct SimDisk {
     segments: BTreeMap<u64, SimSegment>,
     rng: SimRng,
+    failing: Vec<SimOp>,
     /// Bytes written, syncs done (for the tests' accounting).
     pub stats: SimStats,
 }
@@ -186,6 +230,8 @@ pub struct SimStats {
     pub syncs: u64,
     /// Crashes that tore a segment's unsynced tail.
     pub torn: u64,
+    /// Operations failed on purpose ([`SimDisk::fail_next`]).
+    pub failed: u64,
 }
 
 impl SimDisk {
@@ -194,7 +240,25 @@ impl SimDisk {
         Self {
             segments: BTreeMap::new(),
             rng: SimRng::new(seed),
+            failing: Vec::new(),
             stats: SimStats::default(),
+        }
+    }
+
+    /// The next `op` fails with an I/O error (once per call).
+    pub fn fail_next(&mut self, op: SimOp) {
+        self.failing.push(op);
+    }
+
+    /// Whether an injected failure of `op` is due (and uses it up).
+    fn fails(&mut self, op: SimOp) -> io::Result<()> {
+        match self.failing.iter().position(|f| *f == op) {
+            Some(at) => {
+                self.failing.remove(at);
+                self.stats.failed += 1;
+                Err(io::Error::other(format!("simulated {op:?} failure")))
+            }
+            None => Ok(()),
         }
     }
 
@@ -259,6 +323,7 @@ impl Storage for SimDisk {
     }
 
     fn create(&mut self, start: u64) -> io::Result<()> {
+        self.fails(SimOp::Create)?;
         if self.segments.insert(start, SimSegment::default()).is_some() {
             return Err(io::ErrorKind::AlreadyExists.into());
         }
@@ -267,17 +332,25 @@ impl Storage for SimDisk {
 
     fn write(&mut self, start: u64, offset: u64, data: &[u8]) -> io::Result<()> {
         self.stats.writes += 1;
+        // A failed write may have landed in part: a prefix of it.
+        let failed = self.fails(SimOp::Write).err();
+        let landed = match failed {
+            None => data.len(),
+            Some(_) => usize::try_from(self.rng.below(data.len() as u64 + 1)).expect("small"),
+        };
+        let data = &data[..landed];
         let segment = self.segment(start)?;
         let offset = usize::try_from(offset).expect("segments fit in memory");
         if segment.current.len() < offset + data.len() {
             segment.current.resize(offset + data.len(), 0);
         }
         segment.current[offset..offset + data.len()].copy_from_slice(data);
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     fn sync(&mut self, start: u64) -> io::Result<()> {
         self.stats.syncs += 1;
+        self.fails(SimOp::Sync)?;
         let segment = self.segment(start)?;
         segment.durable = segment.current.clone();
         Ok(())

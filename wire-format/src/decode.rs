@@ -127,10 +127,23 @@ impl FrameDecoder {
         self.buf.extend_from_slice(data);
     }
 
-    /// The buffer itself, for shells that read straight into it. Only append:
-    /// bytes already in it belong to the frame in progress.
-    pub fn buffer_mut(&mut self) -> &mut BytesMut {
-        &mut self.buf
+    /// Reserves room for at least `additional` more bytes (a shell that
+    /// knows the next read's size). There is deliberately no mutable access
+    /// to the buffer itself: the header of the frame in progress is
+    /// verified once, and [`FrameDecoder::decode`] relies on those bytes not
+    /// changing afterwards.
+    ///
+    /// ```compile_fail
+    /// let mut decoder = wire_format::FrameDecoder::new(wire_format::Limits::default());
+    /// decoder.buffer_mut().clear(); // no such method: verified bytes stay as verified
+    /// ```
+    pub fn reserve(&mut self, additional: usize) {
+        self.buf.reserve(additional);
+    }
+
+    /// Bytes the buffer can hold without reallocating.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Bytes held that are not yet part of a returned frame.
@@ -226,7 +239,7 @@ mod tests {
         let wire: Vec<u8> = (0..10).flat_map(|_| send_frame(b"x")).collect();
         let mut dec = FrameDecoder::new(Limits::default());
         dec.extend_from_slice(&wire);
-        let base = dec.buffer_mut().as_ptr() as usize;
+        let base = dec.buf.as_ptr() as usize;
         let mut offset = 0;
         while let Some(frame) = dec.decode().unwrap() {
             assert_eq!(frame.kind(), FrameKind::Send);
@@ -266,7 +279,7 @@ mod tests {
                 max: 65536
             }
         );
-        dec.buffer_mut().clear();
+        dec.buf.clear();
         dec.extend_from_slice(&send_frame(b"ok"));
         assert_eq!(
             dec.decode().unwrap_err(),
@@ -279,13 +292,13 @@ mod tests {
     fn release_if_empty_keeps_partial_frames() {
         let wire = send_frame(b"payload");
         let mut dec = FrameDecoder::new(Limits::default());
-        dec.buffer_mut().reserve(4096);
+        dec.reserve(4096);
         dec.extend_from_slice(&wire[..10]);
         assert!(!dec.release_if_empty(), "a partial frame stays");
         dec.extend_from_slice(&wire[10..]);
         let frame = dec.decode().unwrap().unwrap();
         assert!(dec.release_if_empty());
-        assert_eq!(dec.buffer_mut().capacity(), 0);
+        assert_eq!(dec.capacity(), 0);
         assert_eq!(
             frame.payload(),
             b"payload",

@@ -1,0 +1,885 @@
+//! The whole-shard world: N real [`ShardCore`]s (each with its router, its
+//! queue engine and a [`SimDisk`]), an in-memory mesh, and real
+//! [`ClientCore`]s talking to them in encoded bytes, all on virtual time
+//! and driven by one seed. A step is one thing the world can do (a send,
+//! an ack, a reconnect, a mesh batch, a finished flush, a crash, …); the
+//! checker watches every client event and, at quiescence, what must have
+//! arrived.
+//!
+//! What it checks (`Check` panics with the seed on the first breach):
+//! - every ✓'d message reaches each of its recipient devices, and on one
+//!   connection seqs strictly increase from the resume point;
+//! - nothing is delivered that was not sent (payloads name their sender
+//!   and client id), and one seq always carries the same message;
+//! - ✓✓ arrives at every other device of the sender for every device ack;
+//! - a connection never holds more than `window` unacknowledged entries;
+//! - once all is acked and everyone has left, every internal map is empty.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use client::{ClientCore, ClientEvent};
+use gateway::shard::{Note, ShardConfig, ShardCore};
+use gateway::token::{SigningKey, Verifier};
+use queue_engine::{Engine, EngineConfig, LogConfig, SimDisk, SimOp, SimRng, write_flush};
+use shard_router::{ConnId, Placement, RouterConfig, RouterCore, ShardId, ShardMsg};
+use wire_format::fb::{self, ErrorCode};
+use wire_format::{Address, AddressKind, device_address, user_address};
+
+/// Virtual time starts here (2026-01-01).
+pub const T0: u64 = 1_767_225_600_000;
+
+type Disk = Rc<RefCell<SimDisk>>;
+type Core = ShardCore<Disk>;
+/// (user, device)
+pub type Dev = (u64, u32);
+
+/// The shape of a world.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Shards of the one process.
+    pub shards: u16,
+    /// Users, numbered from 1.
+    pub users: u64,
+    /// Devices per user.
+    pub devices: u32,
+    /// The server's limits.
+    pub shard: ShardConfig,
+    /// The queue engine's.
+    pub engine: EngineConfig,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        let shard = ShardConfig {
+            window: 4,
+            ..ShardConfig::default()
+        };
+        let engine = EngineConfig {
+            log: LogConfig {
+                segment_bytes_max: 16 << 10,
+                batch_bytes_max: 4 << 10,
+            },
+            // Small: most backlog is read back from the disk.
+            payload_cache_bytes: 2 << 10,
+            ..EngineConfig::default()
+        };
+        Self {
+            shards: 2,
+            users: 4,
+            devices: 2,
+            shard,
+            engine,
+        }
+    }
+}
+
+/// A message a client sent, as the world knows it.
+#[derive(Debug, Clone)]
+struct Sent {
+    to: Address,
+    /// The server's id, once ✓'d.
+    message_id: Option<u64>,
+}
+
+/// One device as the world sees it: its client state and what it got.
+#[derive(Debug)]
+pub struct Device {
+    /// Its client core (kept across connections for `reconnect`).
+    pub client: Option<ClientCore>,
+    /// Its connection: (shard, id).
+    pub conn: Option<(usize, ConnId)>,
+    /// Next client message id.
+    next_id: u64,
+    /// On the current connection: the resume point and the last seq seen.
+    floor: u64,
+    last_seq: u64,
+    /// Seqs received on this connection (for the window check).
+    unacked: BTreeSet<u64>,
+    /// What each seq carried: a message id, or a receipt (`u64::MAX`).
+    pub seqs: BTreeMap<u64, u64>,
+    /// Message ids received.
+    pub got: BTreeSet<u64>,
+    /// (message id, device it is about) of Delivered receipts received.
+    pub receipts: BTreeSet<(u64, Dev)>,
+    /// Every event, for scenario tests.
+    pub events: Vec<ClientEvent>,
+}
+
+/// What the world saw of a connection that was replaced or dropped while
+/// the server still held it.
+#[derive(Debug)]
+pub struct Ghost {
+    /// The device.
+    pub dev: Dev,
+    /// Its old connection.
+    pub conn: (usize, ConnId),
+    /// The client core of that old connection.
+    pub client: ClientCore,
+    /// What it received.
+    pub events: Vec<ClientEvent>,
+}
+
+/// The world.
+pub struct World {
+    /// Its seed.
+    pub seed: u64,
+    /// Its shape.
+    pub shape: Shape,
+    /// Randomness.
+    pub rng: SimRng,
+    /// Virtual wall-clock time.
+    pub now: u64,
+    key: SigningKey,
+    verifier: Verifier,
+    /// The process: one core per shard (None while crashed).
+    pub cores: Vec<Core>,
+    disks: Vec<Disk>,
+    /// Per (from, to) shard pair, batches in flight, FIFO.
+    mesh: BTreeMap<(usize, usize), VecDeque<Vec<ShardMsg<Note>>>>,
+    /// Per shard, when its in-flight flush completes.
+    flushing: Vec<Option<u64>>,
+    /// Flush latency in ms (0: at once).
+    pub flush_ms: u64,
+    /// Devices by (user, device).
+    pub devices: BTreeMap<Dev, Device>,
+    /// Old connections the server still held.
+    pub ghosts: Vec<Ghost>,
+    /// Sends by (sender, client id).
+    sent: BTreeMap<(Dev, u64), Sent>,
+    /// Message id → (sender, client id).
+    ids: BTreeMap<u64, (Dev, u64)>,
+    /// Crashes so far.
+    pub crashes: u64,
+    /// Fail-stops after an I/O error so far.
+    pub fail_stops: u64,
+}
+
+/// `WORLD_TRACE=1` prints every step and client event.
+fn trace() -> bool {
+    std::env::var_os("WORLD_TRACE").is_some()
+}
+
+fn dev_of(a: &Address) -> Dev {
+    (a.id(), a.device())
+}
+
+/// The payload of a send: it names its sender and client id.
+pub fn payload(dev: Dev, client_msg_id: u64, pad: usize) -> Bytes {
+    let mut p = Vec::with_capacity(20 + pad);
+    p.extend_from_slice(&dev.0.to_le_bytes());
+    p.extend_from_slice(&dev.1.to_le_bytes());
+    p.extend_from_slice(&client_msg_id.to_le_bytes());
+    p.resize(20 + pad, 0xab);
+    Bytes::from(p)
+}
+
+fn parse_payload(p: &[u8]) -> Option<(Dev, u64)> {
+    let user = u64::from_le_bytes(p.get(..8)?.try_into().ok()?);
+    let device = u32::from_le_bytes(p.get(8..12)?.try_into().ok()?);
+    let id = u64::from_le_bytes(p.get(12..20)?.try_into().ok()?);
+    Some(((user, device), id))
+}
+
+impl World {
+    /// A world of `shape` driven by `seed`, with every device registered
+    /// (each connected once and gone again).
+    pub fn new(seed: u64, shape: Shape) -> Self {
+        let (key, _) = SigningKey::generate(1);
+        let verifier = Verifier::new([(1, key.public_key())]);
+        let shards = usize::from(shape.shards);
+        let mut world = Self {
+            seed,
+            shape,
+            rng: SimRng::new(seed),
+            now: T0,
+            key,
+            verifier,
+            cores: Vec::new(),
+            disks: (0..shards)
+                .map(|i| Rc::new(RefCell::new(SimDisk::new(seed ^ (i as u64) << 32))))
+                .collect(),
+            mesh: BTreeMap::new(),
+            flushing: vec![None; shards],
+            flush_ms: 0,
+            devices: BTreeMap::new(),
+            ghosts: Vec::new(),
+            sent: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            crashes: 0,
+            fail_stops: 0,
+        };
+        world.start();
+        for user in 1..=shape.users {
+            for device in 0..shape.devices {
+                world.devices.insert((user, device), Device::new());
+            }
+        }
+        let all: Vec<Dev> = world.devices.keys().copied().collect();
+        for dev in &all {
+            world.connect(*dev);
+        }
+        world.settle();
+        for dev in all {
+            world.disconnect(dev);
+        }
+        world.settle();
+        world
+    }
+
+    fn fail(&self, what: impl std::fmt::Display) -> ! {
+        panic!("seed {}: {what}", self.seed)
+    }
+
+    // ---- the process ----------------------------------------------------------
+
+    /// Opens every shard from its disk (recovery).
+    fn start(&mut self) {
+        let shards = self.shape.shards;
+        self.cores = (0..shards)
+            .map(|i| {
+                let disk = self.disks[usize::from(i)].clone();
+                let (engine, _) = Engine::open(&mut disk.clone(), self.shape.engine, self.now)
+                    .unwrap_or_else(|e| self.fail(format!("recovery of shard {i}: {e}")));
+                let placement = Placement::single_node(shards);
+                let router = RouterCore::new(ShardId(i), placement, RouterConfig::default());
+                ShardCore::new(router, engine, disk, self.shape.shard)
+            })
+            .collect();
+    }
+
+    /// The process dies (SIGKILL, or a power cut: unsynced bytes may be
+    /// lost or torn) and starts again; every client sees its connection end.
+    pub fn crash(&mut self) {
+        self.crashes += 1;
+        for disk in &self.disks {
+            disk.borrow_mut().crash();
+        }
+        self.mesh.clear();
+        self.flushing.iter_mut().for_each(|f| *f = None);
+        for d in self.devices.values_mut() {
+            if d.conn.take().is_some() {
+                if let Some(c) = d.client.as_mut() {
+                    c.handle_peer_closed();
+                }
+            }
+        }
+        self.ghosts.clear();
+        self.start();
+    }
+
+    /// The next create, write or sync of `shard`'s disk fails.
+    pub fn fail_disk(&mut self, shard: usize, op: SimOp) {
+        self.disks[shard].borrow_mut().fail_next(op);
+    }
+
+    // ---- connections ------------------------------------------------------------
+
+    fn token(&self, dev: Dev) -> Vec<u8> {
+        self.key.issue(dev.0, dev.1, T0 / 1000 + 365 * 24 * 3600)
+    }
+
+    /// `dev` connects to a random shard, resuming where its client stopped.
+    /// A connection it still had stays with the server (a ghost) until the
+    /// server closes it.
+    pub fn connect(&mut self, dev: Dev) -> bool {
+        let token = self.token(dev);
+        let client = match &self.devices[&dev].client {
+            Some(old) => old.reconnect(&token),
+            None => ClientCore::new(&token, 0, 1),
+        };
+        self.connect_with(dev, client)
+    }
+
+    /// `dev` connects with a client that resumes after `last_acked_seq`
+    /// (stale, exact or past the end); unanswered sends are forgotten.
+    pub fn connect_resuming(&mut self, dev: Dev, last_acked_seq: u64) -> bool {
+        let token = self.token(dev);
+        let next_id = self.devices[&dev].next_id;
+        let client = ClientCore::new(&token, last_acked_seq, next_id);
+        self.connect_with(dev, client)
+    }
+
+    fn connect_with(&mut self, dev: Dev, client: ClientCore) -> bool {
+        if trace() {
+            eprintln!("  {dev:?} connects after {}", client.last_acked_seq());
+        }
+        let shards = self.cores.len() as u64;
+        let shard = usize::try_from(self.rng.below(shards)).expect("few shards");
+        let Some(conn) = self.cores[shard].open_conn(self.now) else {
+            return false; // at the limit or draining: the socket is closed
+        };
+        self.cores[shard].handshake_done(self.now, conn);
+        let d = self.devices.get_mut(&dev).expect("known");
+        if let Some(old) = d.conn.take() {
+            let old_client = d.client.take().expect("a connected device has a client");
+            self.ghosts.push(Ghost {
+                dev,
+                conn: old,
+                client: old_client,
+                events: Vec::new(),
+            });
+        }
+        d.floor = client.last_acked_seq();
+        d.last_seq = d.floor;
+        d.unacked.clear();
+        d.client = Some(client);
+        d.conn = Some((shard, conn));
+        self.pump_client(dev);
+        true
+    }
+
+    /// `dev`'s socket closes (the client leaves or the network drops).
+    pub fn disconnect(&mut self, dev: Dev) {
+        let d = self.devices.get_mut(&dev).expect("known");
+        let Some((shard, conn)) = d.conn.take() else {
+            return;
+        };
+        if let Some(c) = d.client.as_mut() {
+            c.handle_peer_closed();
+        }
+        self.cores[shard].remove_conn(self.now, conn);
+    }
+
+    // ---- what devices do ----------------------------------------------------------
+
+    /// Whether `dev` is connected and welcomed.
+    pub fn online(&self, dev: Dev) -> bool {
+        let d = &self.devices[&dev];
+        d.conn.is_some() && d.client.as_ref().is_some_and(|c| c.is_authenticated())
+    }
+
+    /// `dev` sends a payload of `pad` extra bytes to `to`; returns its id.
+    pub fn send(&mut self, dev: Dev, to: Address, pad: usize) -> u64 {
+        let d = self.devices.get_mut(&dev).expect("known");
+        let client = d.client.as_mut().expect("connected");
+        let id = d.next_id.max(1);
+        let got = client.send(to, 0, payload(dev, id, pad));
+        assert_eq!(got, id, "the world and the client agree on ids");
+        d.next_id = id + 1;
+        self.sent.insert(
+            (dev, id),
+            Sent {
+                to,
+                message_id: None,
+            },
+        );
+        self.pump_client(dev);
+        id
+    }
+
+    /// `dev` acknowledges everything it received on this connection.
+    pub fn ack(&mut self, dev: Dev) {
+        let d = self.devices.get_mut(&dev).expect("known");
+        let Some(client) = d.client.as_mut() else {
+            return;
+        };
+        if d.last_seq > client.last_acked_seq() {
+            client.ack(d.last_seq);
+            d.unacked.clear();
+        }
+        self.pump_client(dev);
+    }
+
+    /// `dev` tells the senders it read the last message it got.
+    pub fn read(&mut self, dev: Dev) {
+        let d = &self.devices[&dev];
+        let Some(&mid) = d.got.iter().next_back() else {
+            return;
+        };
+        let Some(&(sender, _)) = self.ids.get(&mid) else {
+            return;
+        };
+        let d = self.devices.get_mut(&dev).expect("known");
+        if let Some(client) = d.client.as_mut() {
+            client.read(user_address(sender.0), &[mid]);
+        }
+        self.pump_client(dev);
+    }
+
+    /// Moves `dev`'s pending frames to its shard.
+    fn pump_client(&mut self, dev: Dev) {
+        let d = self.devices.get_mut(&dev).expect("known");
+        let (Some((shard, conn)), Some(client)) = (d.conn, d.client.as_mut()) else {
+            return;
+        };
+        let mut bytes = Vec::new();
+        while let Some(frame) = client.poll_transmit() {
+            bytes.extend_from_slice(&frame.to_vec());
+        }
+        if !bytes.is_empty() {
+            let now = self.now;
+            self.cores[shard].handle_bytes(now, conn, &bytes, &self.verifier);
+        }
+    }
+
+    // ---- the server side ----------------------------------------------------------
+
+    /// Hands every connection's output to its client; returns whether any moved.
+    fn pump_outputs(&mut self) -> bool {
+        let mut moved = false;
+        for shard in 0..self.cores.len() {
+            for conn in self.cores[shard].take_ready() {
+                let Some((out, close)) = self.cores[shard].take_output(conn) else {
+                    continue;
+                };
+                moved = true;
+                self.to_client((shard, conn), &out, close);
+                if close {
+                    self.cores[shard].remove_conn(self.now, conn);
+                }
+            }
+        }
+        moved
+    }
+
+    fn to_client(&mut self, conn: (usize, ConnId), out: &[u8], close: bool) {
+        let owner = self
+            .devices
+            .iter()
+            .find(|(_, d)| d.conn == Some(conn))
+            .map(|(k, _)| *k);
+        if let Some(dev) = owner {
+            let client = self.devices.get_mut(&dev).and_then(|d| d.client.as_mut());
+            let client = client.expect("connected");
+            client.handle_bytes(out);
+            if close {
+                client.handle_peer_closed();
+                self.devices.get_mut(&dev).expect("known").conn = None;
+            }
+            self.take_events(dev);
+            self.pump_client(dev);
+            return;
+        }
+        let Some(ghost) = self.ghosts.iter_mut().find(|g| g.conn == conn) else {
+            return; // a connection the world already dropped
+        };
+        ghost.client.handle_bytes(out);
+        if close {
+            ghost.client.handle_peer_closed();
+        }
+        while let Some(e) = ghost.client.poll_event() {
+            ghost.events.push(e);
+        }
+        while ghost.client.poll_transmit().is_some() {} // it is leaving
+    }
+
+    /// Delivers one mesh batch (a random pair's oldest); returns whether any.
+    pub fn deliver_one_batch(&mut self) -> bool {
+        self.collect_batches();
+        let pairs: Vec<(usize, usize)> = self
+            .mesh
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        if pairs.is_empty() {
+            return false;
+        }
+        let pair = pairs[usize::try_from(self.rng.below(pairs.len() as u64)).expect("small")];
+        let batch = self
+            .mesh
+            .get_mut(&pair)
+            .and_then(VecDeque::pop_front)
+            .expect("non-empty");
+        self.cores[pair.1].handle_batch(self.now, batch);
+        true
+    }
+
+    fn collect_batches(&mut self) {
+        for from in 0..self.cores.len() {
+            while let Some((to, batch)) = self.cores[from].poll_batch() {
+                let key = (from, usize::from(to.0));
+                self.mesh.entry(key).or_default().push_back(batch);
+            }
+        }
+    }
+
+    /// Starts the next flush of every idle shard and completes those due;
+    /// returns whether any moved. An I/O error is fail-stop: the process
+    /// exits and restarts on the same disk.
+    pub fn flush(&mut self) -> bool {
+        let mut moved = false;
+        for shard in 0..self.cores.len() {
+            if self.flushing[shard].is_some_and(|t| t <= self.now) {
+                self.flushing[shard] = None;
+                self.cores[shard].handle_flushed(self.now);
+                moved = true;
+            }
+            if self.flushing[shard].is_some() {
+                continue;
+            }
+            let Some(flush) = self.cores[shard].poll_flush().cloned() else {
+                continue;
+            };
+            moved = true;
+            let result = write_flush(&mut self.disks[shard].clone(), &flush);
+            if let Err(error) = result {
+                // Fail-stop: the shell exits and the supervisor restarts it.
+                self.cores[shard].handle_flush_failed(&error);
+                assert!(self.cores[shard].failed().is_some());
+                self.fail_stops += 1;
+                self.crash();
+                return true;
+            }
+            self.flushing[shard] = Some(self.now + self.flush_ms);
+        }
+        moved
+    }
+
+    /// Virtual time passes: deadlines, expiry.
+    pub fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        for core in &mut self.cores {
+            core.tick(self.now);
+        }
+    }
+
+    /// Starts a drain on every shard.
+    pub fn drain(&mut self) {
+        for core in &mut self.cores {
+            core.start_drain(self.now, 1_000);
+        }
+    }
+
+    /// Moves everything (outputs, batches, flushes) until nothing moves.
+    pub fn settle(&mut self) {
+        for _ in 0..100_000 {
+            let mut moved = self.pump_outputs();
+            while self.deliver_one_batch() {
+                moved = true;
+                self.pump_outputs();
+            }
+            moved |= self.flush();
+            if !moved {
+                if self.flushing.iter().any(Option::is_some) {
+                    self.now += self.flush_ms.max(1);
+                    continue;
+                }
+                return;
+            }
+        }
+        self.fail("the world did not settle");
+    }
+
+    // ---- the checker ----------------------------------------------------------------
+
+    fn take_events(&mut self, dev: Dev) {
+        loop {
+            let d = self.devices.get_mut(&dev).expect("known");
+            let Some(event) = d.client.as_mut().and_then(ClientCore::poll_event) else {
+                return;
+            };
+            self.check_event(dev, &event);
+            self.devices
+                .get_mut(&dev)
+                .expect("known")
+                .events
+                .push(event);
+        }
+    }
+
+    fn check_event(&mut self, dev: Dev, event: &ClientEvent) {
+        if trace() {
+            eprintln!("  {dev:?} <- {event:?}");
+        }
+        match event {
+            ClientEvent::Acked {
+                client_msg_id,
+                message_id,
+                ..
+            } => self.on_acked(dev, *client_msg_id, *message_id),
+            ClientEvent::Message {
+                seq,
+                message_id,
+                from,
+                payload,
+                ..
+            } => {
+                let Some((sender, id)) = parse_payload(payload) else {
+                    self.fail(format!("{dev:?} got a payload nobody sent"));
+                };
+                if dev_of(from) != sender || !self.sent.contains_key(&(sender, id)) {
+                    self.fail(format!("{dev:?} got {sender:?}/{id} that was not sent"));
+                }
+                if let Some(&(s, i)) = self.ids.get(message_id) {
+                    if (s, i) != (sender, id) {
+                        self.fail(format!("message id {message_id} names two messages"));
+                    }
+                }
+                self.ids.insert(*message_id, (sender, id));
+                self.on_entry(dev, *seq, *message_id);
+                self.devices
+                    .get_mut(&dev)
+                    .expect("known")
+                    .got
+                    .insert(*message_id);
+            }
+            ClientEvent::Receipt {
+                kind,
+                from,
+                message_ids,
+                seq,
+            } => {
+                self.on_entry(dev, *seq, u64::MAX);
+                if *kind == fb::ReceiptKind::Delivered {
+                    let d = self.devices.get_mut(&dev).expect("known");
+                    for id in message_ids {
+                        d.receipts.insert((*id, dev_of(from)));
+                    }
+                }
+            }
+            ClientEvent::Refused {
+                code,
+                client_msg_id,
+            } if *client_msg_id != 0 => {
+                let sent = self.sent.get(&(dev, *client_msg_id));
+                if sent.is_some_and(|s| s.message_id.is_some()) {
+                    self.fail(format!(
+                        "{dev:?}/{client_msg_id} ✓'d, then refused {code:?}"
+                    ));
+                }
+                self.sent.remove(&(dev, *client_msg_id));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_acked(&mut self, dev: Dev, client_msg_id: u64, message_id: u64) {
+        let Some(sent) = self.sent.get_mut(&(dev, client_msg_id)) else {
+            self.fail(format!("{dev:?} got ✓ for {client_msg_id}, never sent"));
+        };
+        if sent.message_id.is_some_and(|m| m != message_id) {
+            self.fail(format!("{dev:?}/{client_msg_id}: ✓ with two message ids"));
+        }
+        sent.message_id = Some(message_id);
+        self.ids.insert(message_id, (dev, client_msg_id));
+    }
+
+    /// A message or receipt at `seq` arrived on `dev`'s connection.
+    fn on_entry(&mut self, dev: Dev, seq: u64, what: u64) {
+        let window = self.shape.shard.window;
+        let seed = self.seed;
+        let d = self.devices.get_mut(&dev).expect("known");
+        if seq <= d.last_seq {
+            panic!(
+                "seed {seed}: {dev:?} got seq {seq} after {} (resumed after {})",
+                d.last_seq, d.floor
+            );
+        }
+        d.last_seq = seq;
+        if let Some(&before) = d.seqs.get(&seq) {
+            if before != what {
+                panic!("seed {seed}: {dev:?} seq {seq} carried two entries");
+            }
+        }
+        d.seqs.insert(seq, what);
+        d.unacked.insert(seq);
+        if d.unacked.len() > window {
+            panic!(
+                "seed {seed}: {dev:?} holds {} unacked > window {window}",
+                d.unacked.len()
+            );
+        }
+    }
+
+    /// The devices a ✓'d message must reach.
+    fn recipients(&self, sender: Dev, to: &Address) -> Vec<Dev> {
+        match to.kind() {
+            AddressKind::User => (0..self.shape.devices)
+                .map(|d| (to.id(), d))
+                .filter(|d| *d != sender && self.devices.contains_key(d))
+                .collect(),
+            AddressKind::Device => {
+                let d = dev_of(to);
+                if d != sender && self.devices.contains_key(&d) {
+                    vec![d]
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Brings everyone online, acks everything until nothing moves, then
+    /// checks every promise, disconnects everyone and checks the cores
+    /// hold nothing.
+    pub fn quiesce_and_check(&mut self) {
+        self.settle();
+        let all: Vec<Dev> = self.devices.keys().copied().collect();
+        for round in 0..200 {
+            for dev in &all {
+                if !self.online(*dev) {
+                    self.disconnect(*dev);
+                    self.connect(*dev);
+                }
+            }
+            self.settle();
+            for dev in &all {
+                self.ack(*dev);
+            }
+            self.settle();
+            let pending = self.devices.values().any(|d| {
+                d.client.as_ref().is_some_and(|c| !c.pending().is_empty())
+                    || d.last_seq > d.client.as_ref().map_or(0, ClientCore::last_acked_seq)
+            });
+            if !pending && round > 0 {
+                break;
+            }
+            self.advance(1);
+        }
+        self.check_arrivals();
+        for dev in &all {
+            self.disconnect(*dev);
+        }
+        self.settle();
+        for (i, core) in self.cores.iter().enumerate() {
+            let internals = core.internals();
+            if internals != Default::default() {
+                self.fail(format!("shard {i} still holds {internals:?}"));
+            }
+        }
+    }
+
+    fn check_arrivals(&self) {
+        for ((sender, id), sent) in &self.sent {
+            let Some(mid) = sent.message_id else { continue };
+            for r in self.recipients(*sender, &sent.to) {
+                if !self.devices[&r].got.contains(&mid) {
+                    self.fail(format!(
+                        "{sender:?}/{id} (message {mid}) never reached {r:?}"
+                    ));
+                }
+                for s in (0..self.shape.devices).map(|d| (sender.0, d)) {
+                    if s != r && !self.devices[&s].receipts.contains(&(mid, r)) {
+                        self.fail(format!("{s:?} never got ✓✓ for {mid} from {r:?}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// ✓'d messages so far.
+    pub fn acked_sends(&self) -> usize {
+        self.sent
+            .values()
+            .filter(|s| s.message_id.is_some())
+            .count()
+    }
+
+    /// Errors with `code` the device has been sent.
+    pub fn refusals(&self, dev: Dev, code: ErrorCode) -> usize {
+        self.devices[&dev]
+            .events
+            .iter()
+            .filter(|e| matches!(e, ClientEvent::Refused { code: c, .. } if *c == code))
+            .count()
+    }
+
+    // ---- random steps ----------------------------------------------------------------
+
+    fn random_dev(&mut self) -> Dev {
+        let user = 1 + self.rng.below(self.shape.users);
+        let device = u32::try_from(self.rng.below(u64::from(self.shape.devices))).expect("few");
+        (user, device)
+    }
+
+    fn random_target(&mut self, from: Dev) -> Address {
+        let (user, device) = self.random_dev();
+        if self.rng.one_in(4) && (user, device) != from {
+            return device_address(user, device);
+        }
+        if user == from.0 && self.shape.devices == 1 {
+            return user_address(1 + user % self.shape.users);
+        }
+        user_address(user)
+    }
+
+    /// One random step.
+    pub fn step(&mut self) {
+        let dev = self.random_dev();
+        let roll = self.rng.below(1000);
+        if trace() {
+            eprintln!("step {roll} {dev:?} t={}", self.now - T0);
+        }
+        match roll {
+            0..300 if self.online(dev) => {
+                let to = self.random_target(dev);
+                let pad = usize::try_from(self.rng.below(200)).expect("small");
+                self.send(dev, to, pad);
+            }
+            300..450 => self.ack(dev),
+            450..480 if self.online(dev) => self.read(dev),
+            480..510 => self.disconnect(dev),
+            510..580 if self.devices[&dev].conn.is_none() => self.random_connect(dev),
+            580..590 => self.random_connect(dev), // replaces a live connection
+            590..760 => {
+                self.deliver_one_batch();
+            }
+            760..900 => {
+                self.flush();
+            }
+            900..980 => {
+                let ms = 1 + self.rng.below(300);
+                self.advance(ms);
+            }
+            980..990 => {
+                let shard = usize::try_from(self.rng.below(self.cores.len() as u64)).expect("few");
+                let op = [SimOp::Create, SimOp::Write, SimOp::Sync][self.rng.below(3) as usize];
+                self.fail_disk(shard, op);
+            }
+            990..995 => self.crash(),
+            995..997 => self.drain_and_restart(),
+            _ => {}
+        }
+        self.pump_outputs();
+    }
+
+    fn random_connect(&mut self, dev: Dev) {
+        let acked = self.devices[&dev]
+            .client
+            .as_ref()
+            .map_or(0, ClientCore::last_acked_seq);
+        match self.rng.below(10) {
+            0 => {
+                let stale = self.rng.below(acked + 1);
+                self.connect_resuming(dev, stale)
+            }
+            1 => {
+                let past_end = acked + 1 + self.rng.below(50);
+                self.connect_resuming(dev, past_end)
+            }
+            _ => self.connect(dev),
+        };
+    }
+
+    /// A drain (GoAway to all), time for clients to leave, then a restart.
+    pub fn drain_and_restart(&mut self) {
+        self.drain();
+        self.settle();
+        let drain_ms = self.shape.shard.session.drain_timeout_ms;
+        self.advance(drain_ms);
+        self.settle();
+        self.crash();
+    }
+}
+
+impl Device {
+    fn new() -> Self {
+        Self {
+            client: None,
+            conn: None,
+            next_id: 1,
+            floor: 0,
+            last_seq: 0,
+            unacked: BTreeSet::new(),
+            seqs: BTreeMap::new(),
+            got: BTreeSet::new(),
+            receipts: BTreeSet::new(),
+            events: Vec::new(),
+        }
+    }
+}
