@@ -138,6 +138,7 @@ fn group_commit(c: &mut Criterion) {
                         recipients: &[to],
                         ttl_ms: 0,
                         payload: &payload,
+                        receipt: false,
                     };
                     engine.append_message(0, &m).unwrap();
                 }

@@ -104,6 +104,9 @@ pub struct NewMessage<'a> {
     pub ttl_ms: u64,
     /// The opaque payload.
     pub payload: &'a [u8],
+    /// A receipt the server queues (a record of its own kind, never
+    /// deduped), not a client's message.
+    pub receipt: bool,
 }
 
 /// The outcome of [`Engine::append_message`].
@@ -254,7 +257,8 @@ impl Engine {
         now_ms: u64,
         m: &NewMessage<'_>,
     ) -> Result<Accepted, QueueError> {
-        if let Some(&(message_id, position)) = self.dedup.get(&(m.sender, m.client_msg_id)) {
+        let dup = (!m.receipt).then(|| self.dedup.get(&(m.sender, m.client_msg_id)));
+        if let Some(&(message_id, position)) = dup.flatten() {
             return Ok(Accepted::Duplicate {
                 message_id,
                 position,
@@ -280,6 +284,7 @@ impl Engine {
             })
             .collect();
         let record = Record::Message(MessageRecord {
+            receipt: m.receipt,
             message_id: m.message_id,
             sender: m.sender,
             client_msg_id: m.client_msg_id,
@@ -553,7 +558,7 @@ impl Engine {
 
     fn move_message(&mut self, position: u64, m: &MessageRecord<'_>) -> Option<u64> {
         let key = (m.sender, m.client_msg_id);
-        let dedup_open = self.dedup.get(&key) == Some(&(m.message_id, position));
+        let dedup_open = !m.receipt && self.dedup.get(&key) == Some(&(m.message_id, position));
         let live: Vec<Recipient> = m
             .recipients
             .iter()
@@ -791,13 +796,15 @@ impl Engine {
         for old in replaced {
             self.release(&old);
         }
-        self.remember(
-            m.sender,
-            m.client_msg_id,
-            m.message_id,
-            position,
-            m.expires_ms,
-        );
+        if !m.receipt {
+            self.remember(
+                m.sender,
+                m.client_msg_id,
+                m.message_id,
+                position,
+                m.expires_ms,
+            );
+        }
     }
 
     fn apply_tombstone(&mut self, t: &Tombstone) {
@@ -902,6 +909,8 @@ pub struct StoredMessage {
     pub client_msg_id: u64,
     /// When it was accepted, ms since the Unix epoch.
     pub accepted_ms: u64,
+    /// A receipt the server queued, not a client's message.
+    pub receipt: bool,
     /// The opaque payload.
     pub payload: Vec<u8>,
 }
@@ -936,6 +945,7 @@ pub fn read_message(
             sender: m.sender,
             client_msg_id: m.client_msg_id,
             accepted_ms: m.accepted_ms,
+            receipt: m.receipt,
             payload: m.payload.to_vec(),
         }),
         _ => Err(corrupt(crate::record::RecordError::Malformed { kind: 0 })),

@@ -3,7 +3,8 @@
 //! ```text
 //! u32 len      bytes after this field: crc (4) + kind (1) + body; 5..=RECORD_BYTES_MAX
 //! u32 crc32c   over kind + body (Castagnoli, hardware-accelerated)
-//! u8  kind     1 message, 2 tombstone, 3 device, 4 group, 5 dedup
+//! u8  kind     1 message, 2 tombstone, 3 device, 4 group, 5 dedup,
+//!              6 receipt (a message record the server made: never deduped)
 //! body         a fixed header per kind (little-endian), then variable bytes
 //! ```
 //!
@@ -46,8 +47,14 @@ pub enum DeathReason {
 }
 
 /// A stored message: one copy, any number of recipient queue entries.
+/// Receipts (✓✓, read, expired) are queued the same way but are records
+/// of their own kind, so nothing a client chooses can make a message read
+/// back as a receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRecord<'a> {
+    /// A receipt the server queued (kind 6), not a client's message: it
+    /// has no dedup entry and `client_msg_id` is not the client's.
+    pub receipt: bool,
     /// Server-wide id.
     pub message_id: u64,
     /// The sending device.
@@ -176,7 +183,7 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
     out.extend_from_slice(&[0; LEN_BYTES + CRC_BYTES]);
     match record {
         Record::Message(m) => {
-            out.push(1);
+            out.push(if m.receipt { 6 } else { 1 });
             put_message(m, out);
         }
         Record::Tombstone(t) => {
@@ -313,7 +320,8 @@ impl<'a> Body<'a> {
 fn parse(kind: u8, body: &[u8]) -> Option<Record<'_>> {
     let mut b = Body(body);
     let record = match kind {
-        1 => Record::Message(parse_message(&mut b)?),
+        1 => Record::Message(parse_message(&mut b, false)?),
+        6 => Record::Message(parse_message(&mut b, true)?),
         2 => Record::Tombstone(Tombstone {
             device: b.device()?,
             seq_from: b.u64()?,
@@ -345,7 +353,7 @@ fn parse(kind: u8, body: &[u8]) -> Option<Record<'_>> {
     Some(record)
 }
 
-fn parse_message<'a>(b: &mut Body<'a>) -> Option<MessageRecord<'a>> {
+fn parse_message<'a>(b: &mut Body<'a>, receipt: bool) -> Option<MessageRecord<'a>> {
     let (message_id, sender) = (b.u64()?, b.device()?);
     let (client_msg_id, accepted_ms, expires_ms) = (b.u64()?, b.u64()?, b.u64()?);
     let count = b.u16()?;
@@ -359,6 +367,7 @@ fn parse_message<'a>(b: &mut Body<'a>) -> Option<MessageRecord<'a>> {
         .collect::<Option<Vec<_>>>()?;
     let payload = b.rest();
     Some(MessageRecord {
+        receipt,
         message_id,
         sender,
         client_msg_id,
@@ -376,6 +385,7 @@ mod tests {
 
     fn message(payload: &[u8]) -> Record<'_> {
         Record::Message(MessageRecord {
+            receipt: false,
             message_id: 9,
             sender: DeviceRef { user: 1, device: 2 },
             client_msg_id: 3,
@@ -392,8 +402,13 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let device = DeviceRef { user: 6, device: 1 };
+        let receipt = match message(b"\x00ids") {
+            Record::Message(m) => Record::Message(MessageRecord { receipt: true, ..m }),
+            _ => unreachable!(),
+        };
         let records = [
             message(b"ciphertext"),
+            receipt,
             Record::Tombstone(Tombstone {
                 device,
                 seq_from: 1,
@@ -457,7 +472,7 @@ mod tests {
         #[test]
         fn any_message_round_trips(payload in proptest::collection::vec(any::<u8>(), 0..500), seqs in proptest::collection::vec(any::<u64>(), 0..20)) {
             let recipients = seqs.iter().map(|s| Recipient { device: DeviceRef { user: *s, device: 1 }, seq: *s }).collect();
-            let record = Record::Message(MessageRecord { message_id: 1, sender: DeviceRef { user: 2, device: 3 }, client_msg_id: 4, accepted_ms: 5, expires_ms: 6, recipients, payload: &payload });
+            let record = Record::Message(MessageRecord { receipt: seqs.len() % 2 == 0, message_id: 1, sender: DeviceRef { user: 2, device: 3 }, client_msg_id: 4, accepted_ms: 5, expires_ms: 6, recipients, payload: &payload });
             let mut out = Vec::new();
             let size = encode(&record, &mut out);
             prop_assert_eq!(decode(&out).unwrap(), (record, size));

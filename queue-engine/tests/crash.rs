@@ -49,6 +49,7 @@ fn crash_child() {
             recipients: &[DEVICE],
             ttl_ms: 0,
             payload: &payload,
+            receipt: false,
         };
         let Ok(Accepted::Stored { position, .. }) = engine.append_message(0, &m) else {
             panic!("stored")

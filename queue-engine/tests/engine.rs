@@ -28,6 +28,7 @@ fn send(
         recipients: to,
         ttl_ms: 0,
         payload,
+        receipt: false,
     };
     e.append_message(now, &m)
 }

@@ -118,6 +118,7 @@ fn bytes_per_queued_message() {
             recipients: &[to],
             ttl_ms: 0,
             payload: &payload,
+            receipt: false,
         };
         engine.append_message(0, &m).unwrap();
         if id % 1_000 == 0 {

@@ -31,6 +31,7 @@ fn send(e: &mut Engine, id: u64, to: DeviceRef) -> u64 {
         recipients: &[to],
         ttl_ms: 0,
         payload: &payload,
+        receipt: false,
     };
     match e.append_message(0, &m).unwrap() {
         Accepted::Stored { seqs, .. } => seqs[0].1,

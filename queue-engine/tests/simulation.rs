@@ -136,6 +136,7 @@ impl Sim {
             recipients: &recipients_unique,
             ttl_ms,
             payload: &payload,
+            receipt: false,
         };
         let expires_ms = self.now_ms
             + if ttl_ms == 0 {
@@ -333,6 +334,7 @@ impl Sim {
                 recipients: &DEVICES[..1],
                 ttl_ms: 0,
                 payload: b"retry",
+                receipt: false,
             };
             let answer = self.engine.append_message(self.now_ms, &m).unwrap();
             assert_eq!(

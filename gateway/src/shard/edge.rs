@@ -1,0 +1,322 @@
+//! The connection edge: sessions in, frames out. Turns a session's events
+//! into notes for the homes, and notes for a connection into frames.
+
+use super::*;
+
+impl<S: Storage> ShardCore<S> {
+    // ---- sessions -------------------------------------------------------------
+
+    /// Acts on what the session of `conn` produced.
+    pub(super) fn after_session(&mut self, now_ms: u64, conn: ConnId) {
+        self.now_ms = self.now_ms.max(now_ms);
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let Some(event) = c.session.poll_event() else {
+                break;
+            };
+            self.on_event(now_ms, conn, event);
+        }
+        self.flush_replies(conn);
+        self.run_effects(now_ms);
+    }
+
+    pub(super) fn on_event(&mut self, now_ms: u64, conn: ConnId, event: Event) {
+        let device = self.conns.get(&conn).and_then(|c| c.device);
+        let reply = ConnRef {
+            shard: self.shard,
+            conn,
+        };
+        match (event, device) {
+            (
+                Event::Authenticated {
+                    claims,
+                    last_acked_seq,
+                },
+                _,
+            ) => {
+                let device = DeviceKey::new(claims.user, claims.device);
+                self.stats.authenticated += 1;
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.device = Some(device);
+                }
+                self.router.handle_connect(now_ms, conn, device);
+                let resume = ToHome::Resume {
+                    reply,
+                    after_seq: last_acked_seq,
+                };
+                self.to_home(now_ms, device, Target::Device(device), resume);
+            }
+            (Event::Closed { .. }, device) => {
+                self.router.handle_disconnect(now_ms, conn);
+                if let Some(device) = device {
+                    let gone = ToHome::Gone { reply };
+                    self.to_home(now_ms, device, Target::Device(device), gone);
+                }
+                self.mark_ready(conn);
+            }
+            (event, Some(device)) => self.on_device_event(now_ms, reply, device, event),
+            (_, None) => {}
+        }
+    }
+
+    pub(super) fn on_device_event(
+        &mut self,
+        now_ms: u64,
+        reply: ConnRef,
+        device: DeviceKey,
+        event: Event,
+    ) {
+        match event {
+            Event::Send {
+                to,
+                client_msg_id,
+                ttl_s,
+                payload,
+            } => {
+                let to = target(&to);
+                if matches!(to, Target::Group(_)) {
+                    let code = ErrorCode::UnknownGroup; // groups come with group messaging
+                    return self.refuse_local(reply.conn, code, client_msg_id, false);
+                }
+                let submit = ToHome::Submit {
+                    reply,
+                    client_msg_id,
+                    ttl_s,
+                    payload,
+                };
+                self.to_home(now_ms, device, to, submit);
+            }
+            Event::Ack { seq, cumulative } => {
+                let ack = ToHome::DeviceAck {
+                    reply,
+                    seq,
+                    cumulative,
+                };
+                self.to_home(now_ms, device, Target::Device(device), ack);
+            }
+            Event::Read { to, message_ids } => {
+                let read = ToHome::StoreReceipt {
+                    kind: fb::ReceiptKind::Read,
+                    message_ids,
+                    at_ms: now_ms,
+                    confirm: None,
+                };
+                self.to_home(now_ms, device, target(&to), read);
+            }
+            Event::Typing { to, state } => {
+                let to = target(&to);
+                self.router.handle_send(
+                    now_ms,
+                    reply.conn,
+                    to,
+                    Note::Conn(ToConn::Typing { state }),
+                );
+            }
+            Event::Subscribe { users, unsubscribe } => {
+                let users: Vec<UserId> = users.into_iter().map(UserId).collect();
+                if unsubscribe {
+                    self.router.handle_unsubscribe(now_ms, reply.conn, &users);
+                } else {
+                    self.router.handle_subscribe(now_ms, reply.conn, &users);
+                }
+            }
+            Event::Group { .. } => self.refuse_local(reply.conn, ErrorCode::UnknownGroup, 0, false),
+            Event::Authenticated { .. } | Event::Closed { .. } => {}
+        }
+    }
+
+    pub(super) fn refuse_local(
+        &mut self,
+        conn: ConnId,
+        code: ErrorCode,
+        client_msg_id: u64,
+        fatal: bool,
+    ) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.refuse_from_shard(code, client_msg_id, fatal);
+        }
+        self.flush_replies(conn);
+    }
+
+    /// Encodes the session's replies into the connection's output.
+    pub(super) fn flush_replies(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let mut any = c.session.is_closed();
+        while let Some(reply) = c.session.poll_reply() {
+            any = true;
+            if let Reply::Error { code, .. } = reply {
+                *self.stats.errors.entry(code.0).or_default() += 1;
+            }
+            if let Ok(frame) =
+                encode_reply(&mut self.encoder, &reply, self.now_ms, &self.config.limits)
+            {
+                self.stats.frames_out += 1;
+                append(&mut c.out, &frame);
+            }
+        }
+        if any {
+            self.mark_ready(conn);
+        }
+    }
+
+    pub(super) fn mark_ready(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.ready {
+                c.ready = true;
+                self.ready.push(conn);
+            }
+        }
+    }
+
+    pub(super) fn count_error(&mut self, code: ErrorCode) {
+        *self.stats.errors.entry(code.0).or_default() += 1;
+    }
+
+    // ---- router effects ---------------------------------------------------------
+
+    pub(super) fn run_effects(&mut self, now_ms: u64) {
+        while let Some(effect) = self.router.poll_effect() {
+            match effect {
+                Effect::Home { from, to, msg } => self.at_home(now_ms, from, to, msg),
+                Effect::Deliver {
+                    conn,
+                    from,
+                    to,
+                    msg,
+                } => self.for_conn(conn, from, to, msg),
+                Effect::Close { conn, .. } => {
+                    self.refuse_local(conn, ErrorCode::ShuttingDown, 0, true);
+                    self.after_session(now_ms, conn);
+                }
+                Effect::Presence { conns, update } => {
+                    for conn in conns {
+                        self.presence_to(conn, update);
+                    }
+                }
+                Effect::SubscriptionRefused { conn, .. } => {
+                    self.refuse_local(conn, ErrorCode::TooManyItems, 0, false)
+                }
+                // Typing to someone offline is dropped; groups and other
+                // nodes are not built yet.
+                Effect::Undelivered { .. }
+                | Effect::Record(_)
+                | Effect::GroupReply { .. }
+                | Effect::Remote { .. } => {}
+            }
+        }
+    }
+
+    pub(super) fn presence_to(&mut self, conn: ConnId, update: PresenceUpdate) {
+        let state = if update.online {
+            fb::PresenceState::Online
+        } else {
+            fb::PresenceState::Offline
+        };
+        let frame = self
+            .encoder
+            .presence(update.user.0, state, update.last_seen_ms);
+        self.write_frame(conn, frame);
+    }
+
+    /// A note for a connection of this shard.
+    pub(super) fn for_conn(&mut self, conn: ConnId, from: DeviceKey, to: Target, note: Note) {
+        let Note::Conn(note) = note else {
+            return self.anomaly("a note for a home was routed to a connection");
+        };
+        let frame = match note {
+            ToConn::Acked {
+                client_msg_id,
+                message_id,
+                at_ms,
+                duplicate,
+            } => {
+                let status = if duplicate {
+                    fb::AckStatus::Duplicate
+                } else {
+                    fb::AckStatus::Stored
+                };
+                self.encoder
+                    .server_ack(client_msg_id, message_id, at_ms, status)
+            }
+            ToConn::Message {
+                seq,
+                message_id,
+                at_ms,
+                payload,
+            } => {
+                self.stats.messages_delivered += 1;
+                let h = DeliverHeader {
+                    from: address(Target::Device(from)),
+                    to: address(to),
+                    seq,
+                    message_id,
+                    server_time_ms: at_ms,
+                };
+                self.encoder.deliver(&h, payload)
+            }
+            ToConn::Receipt {
+                seq,
+                kind,
+                message_ids,
+                at_ms,
+            } => {
+                self.stats.messages_delivered += 1;
+                let about = match kind {
+                    fb::ReceiptKind::Read => user_address(from.user.0),
+                    _ => address(Target::Device(from)),
+                };
+                self.encoder
+                    .receipt(kind, address(to), about, &message_ids, at_ms, seq)
+            }
+            ToConn::Typing { state } => {
+                self.encoder
+                    .typing(address(to), address(Target::Device(from)), state)
+            }
+            ToConn::Welcome { backlog_count } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.session.welcome(backlog_count);
+                }
+                self.flush_replies(conn);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    if let Some(held) = c.held.take() {
+                        c.out.extend_from_slice(&held);
+                    }
+                }
+                return;
+            }
+            ToConn::Refused {
+                code,
+                client_msg_id,
+                fatal,
+            } => return self.refuse_local(conn, code, client_msg_id, fatal),
+        };
+        self.write_frame(conn, frame);
+    }
+
+    pub(super) fn write_frame(
+        &mut self,
+        conn: ConnId,
+        frame: Result<OutFrame, wire_format::WireError>,
+    ) {
+        let Ok(frame) = frame else {
+            return self.count_error(ErrorCode::Internal);
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return; // it left meanwhile: the entry stays queued
+        };
+        if c.session.is_closed() {
+            return;
+        }
+        self.stats.frames_out += 1;
+        append(c.held.as_mut().unwrap_or(&mut c.out), &frame);
+        if c.out.len() + c.held.as_ref().map_or(0, Vec::len) > self.config.out_bytes_max {
+            c.session.refuse_from_shard(ErrorCode::SlowReader, 0, true);
+            self.flush_replies(conn);
+        }
+        self.mark_ready(conn);
+    }
+}

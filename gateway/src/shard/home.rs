@@ -1,0 +1,277 @@
+//! This shard as a device's home: storing messages, resuming a device's
+//! queue and pumping it through the delivery window.
+
+use super::*;
+
+impl<S: Storage> ShardCore<S> {
+    // ---- this shard as home ---------------------------------------------------------
+
+    pub(super) fn at_home(&mut self, now_ms: u64, from: DeviceKey, to: Target, note: Note) {
+        let Note::Home(note) = note else {
+            return self.anomaly("a note for a connection was routed to a home");
+        };
+        match note {
+            ToHome::Submit {
+                reply,
+                client_msg_id,
+                ttl_s,
+                payload,
+            } => self.store_message(now_ms, reply, from, to, client_msg_id, ttl_s, &payload),
+            ToHome::StoreReceipt {
+                kind,
+                message_ids,
+                at_ms,
+                confirm,
+            } => {
+                let stored = self.store_receipt(now_ms, from, to, kind, &message_ids, at_ms);
+                if let Some(ack) = confirm {
+                    self.confirm_when_durable(now_ms, ack, stored);
+                }
+            }
+            ToHome::ReceiptStored { seq } => self.receipt_stored(now_ms, from, seq),
+            ToHome::Resume { reply, after_seq } => self.resume(now_ms, reply, from, after_seq),
+            ToHome::DeviceAck {
+                reply,
+                seq,
+                cumulative,
+            } => self.device_ack(now_ms, reply, from, seq, cumulative),
+            ToHome::Gone { reply } => {
+                // A connection the device already replaced leaves its cursor.
+                if self.cursors.get(&from).is_some_and(|c| c.conn == reply) {
+                    self.cursors.remove(&from);
+                }
+            }
+        }
+    }
+
+    /// The devices a message to `to` is queued for (never the sender's own).
+    pub(super) fn recipients(&self, from: DeviceKey, to: Target) -> Vec<DeviceRef> {
+        match to {
+            Target::User(user) => self
+                .devices
+                .get(&user)
+                .into_iter()
+                .flatten()
+                .map(|d| DeviceKey { user, device: *d })
+                .filter(|d| *d != from)
+                .map(device_ref)
+                .collect(),
+            Target::Device(d) if self.is_registered(d) && d != from => vec![device_ref(d)],
+            _ => Vec::new(),
+        }
+    }
+
+    pub(super) fn is_registered(&self, d: DeviceKey) -> bool {
+        self.devices
+            .get(&d.user)
+            .is_some_and(|ds| ds.contains(&d.device))
+    }
+
+    pub(super) fn next_message_id(&self) -> u64 {
+        (self.engine.log().head() << 8) | u64::from(self.shard.0 & 0xff)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn store_message(
+        &mut self,
+        now_ms: u64,
+        reply: ConnRef,
+        from: DeviceKey,
+        to: Target,
+        client_msg_id: u64,
+        ttl_s: u32,
+        payload: &[u8],
+    ) {
+        let recipients = self.recipients(from, to);
+        let message_id = self.next_message_id();
+        let m = NewMessage {
+            message_id,
+            sender: device_ref(from),
+            client_msg_id,
+            recipients: &recipients,
+            ttl_ms: u64::from(ttl_s) * 1000,
+            payload,
+            receipt: false,
+        };
+        let refuse = |code| ToConn::Refused {
+            code,
+            client_msg_id,
+            fatal: false,
+        };
+        let note = match self.engine.append_message(now_ms, &m) {
+            Ok(Accepted::Stored { position, seqs }) => {
+                self.stats.messages_stored += 1;
+                let meta = Meta {
+                    from,
+                    to,
+                    message_id,
+                    at_ms: now_ms,
+                    receipt: None,
+                    pending: u32::try_from(seqs.len()).unwrap_or(u32::MAX),
+                };
+                self.stored(position, meta, &seqs);
+                self.waiting.push_back((
+                    position,
+                    Waiting::Ack {
+                        reply,
+                        from,
+                        note: ToConn::Acked {
+                            client_msg_id,
+                            message_id,
+                            at_ms: now_ms,
+                            duplicate: false,
+                        },
+                    },
+                ));
+                return;
+            }
+            Ok(Accepted::Duplicate {
+                message_id,
+                position,
+            }) => {
+                self.stats.duplicates += 1;
+                let note = ToConn::Acked {
+                    client_msg_id,
+                    message_id,
+                    at_ms: now_ms,
+                    duplicate: true,
+                };
+                if position >= self.engine.durable() {
+                    let waiting = Waiting::Ack { reply, from, note };
+                    return self.waiting.push_back((position, waiting));
+                }
+                note
+            }
+            Err(QueueError::QueueFull { .. }) => refuse(ErrorCode::RecipientQueueFull),
+            Err(_) => refuse(ErrorCode::InvalidAddress),
+        };
+        self.to_conn(now_ms, reply, from, Target::Device(from), note);
+    }
+
+    /// Bookkeeping for a stored record: its meta, and a pump of each
+    /// recipient once it is durable.
+    pub(super) fn stored(&mut self, position: u64, meta: Meta, seqs: &[(DeviceRef, u64)]) {
+        self.meta.insert(position, meta);
+        for (device, _) in seqs {
+            let device = device_key(*device);
+            if self.cursors.contains_key(&device) {
+                self.waiting.push_back((position, Waiting::Pump(device)));
+            }
+        }
+    }
+
+    pub(super) fn resume(
+        &mut self,
+        now_ms: u64,
+        reply: ConnRef,
+        device: DeviceKey,
+        after_seq: u64,
+    ) {
+        if !self.is_registered(device) {
+            self.engine.register_device(now_ms, device_ref(device));
+            self.devices
+                .entry(device.user)
+                .or_default()
+                .push(device.device);
+        }
+        // The resume point is an ack the last connection may not have
+        // delivered: take it as one (✓✓ to the senders). A point past the
+        // queue's end acknowledges nothing.
+        if after_seq > 0 {
+            let _ = self.request_ack(now_ms, device, after_seq, true);
+        }
+        let backlog = self.engine.backlog(device_ref(device), after_seq).count();
+        let backlog_count = u32::try_from(backlog).unwrap_or(u32::MAX);
+        let cursor = Cursor {
+            conn: reply,
+            sent: after_seq,
+        };
+        self.cursors.insert(device, cursor);
+        let welcome = ToConn::Welcome { backlog_count };
+        self.to_conn(now_ms, reply, device, Target::Device(device), welcome);
+        self.pump(now_ms, device);
+    }
+
+    /// Sends `device` its next durable entries while its window has room.
+    pub(super) fn pump(&mut self, now_ms: u64, device: DeviceKey) {
+        let dref = device_ref(device);
+        while let Some(cursor) = self.cursors.get(&device).copied() {
+            if self.engine.queued_through(dref, cursor.sent) >= self.config.window {
+                return;
+            }
+            let Some((seq, position)) = self.engine.backlog(dref, cursor.sent).next() else {
+                return;
+            };
+            if let Some((from, to, note)) = self.entry_note(device, seq, position) {
+                self.to_conn(now_ms, cursor.conn, from, to, note);
+            }
+            if let Some(c) = self.cursors.get_mut(&device) {
+                c.sent = seq;
+            }
+        }
+    }
+
+    /// The note that delivers entry `seq` (record at `position`) to `device`.
+    pub(super) fn entry_note(
+        &self,
+        device: DeviceKey,
+        seq: u64,
+        position: u64,
+    ) -> Option<(DeviceKey, Target, ToConn)> {
+        let (meta, payload) = match (
+            self.meta.get(&position),
+            self.engine.recent_payload(position),
+        ) {
+            (Some(meta), Some(payload)) => (*meta, Bytes::copy_from_slice(payload)),
+            _ => self.read_back(device, position)?,
+        };
+        let note = match meta.receipt {
+            None => ToConn::Message {
+                seq,
+                message_id: meta.message_id,
+                at_ms: meta.at_ms,
+                payload,
+            },
+            Some(kind) => ToConn::Receipt {
+                seq,
+                kind,
+                message_ids: receipt_ids(&payload),
+                at_ms: meta.at_ms,
+            },
+        };
+        let to = match meta.receipt {
+            Some(_) => Target::Device(device),
+            None => meta.to,
+        };
+        Some((meta.from, to, note))
+    }
+
+    /// Reads a record the memory no longer holds (older than this process,
+    /// or out of the recent-payload cache).
+    pub(super) fn read_back(&self, device: DeviceKey, position: u64) -> Option<(Meta, Bytes)> {
+        let stored = read_message(&self.engine, &self.reader, position).ok()?;
+        let receipt = stored
+            .receipt
+            .then(|| stored.payload.first().map(|k| fb::ReceiptKind(*k)))
+            .flatten();
+        let meta = Meta {
+            from: device_key(stored.sender),
+            to: Target::User(device.user),
+            message_id: stored.message_id,
+            at_ms: stored.accepted_ms,
+            receipt,
+            pending: 0,
+        };
+        Some((meta, Bytes::from(stored.payload)))
+    }
+}
+
+/// The message ids in a stored receipt's payload (kind byte, then ids).
+pub(super) fn receipt_ids(payload: &[u8]) -> Vec<u64> {
+    payload
+        .get(1..)
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}

@@ -1,0 +1,496 @@
+//! [`ShardCore`]: everything one shard decides, sans-IO. It owns the
+//! shard's connections (their [`Session`]s, frame decoders and pending
+//! output), its router partition ([`RouterCore`]) and its queue engine
+//! partition ([`Engine`]).
+//!
+//! The shell feeds it plaintext bytes, batches from other shards, finished
+//! flushes and the time; it polls back batches for other shards, the next
+//! group-commit flush and the connections with output to write.
+//!
+//! One message, end to end (see `docs/architecture.md`):
+//! the sender's shard decodes a `Send` and routes a [`ToHome::Submit`] to the
+//! recipient's home shard, which dedups it, assigns per-device seqs and
+//! appends it to the log. Once the batch is durable the home answers ✓
+//! ([`ToConn::Acked`]) and *pumps* each recipient device: a connected device
+//! has a cursor (the last seq sent to it) and gets queued entries in seq
+//! order while fewer than `window` are unacknowledged. Backlog and live
+//! messages take that one path, so a reconnecting device gets everything
+//! once and in order, and a device that does not ack stops being fed
+//! (backpressure: nothing is dropped, memory stays bounded). An ack deletes
+//! the entries and sends a `Delivered` receipt (✓✓) to the sender's home,
+//! where it is queued durably for the sender's devices like a message.
+
+mod edge;
+mod expiry;
+mod home;
+mod note;
+mod receipts;
+mod reply;
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use queue_engine::{
+    Accepted, DeviceRef, Engine, Flush, NewMessage, QueueError, Storage, read_message,
+};
+use rustc_hash::FxHashMap;
+use shard_router::{
+    ConnId, ConnRef, DeviceId, DeviceKey, Effect, GroupId, PresenceUpdate, RouterCore, ShardId,
+    ShardMsg, Target, UserId,
+};
+use wire_format::fb::{self, ErrorCode};
+use wire_format::{
+    Address, AddressKind, DeliverHeader, Encoder, FrameDecoder, Limits, OutFrame, device_address,
+    group_address, user_address,
+};
+
+use crate::session::{Event, Reply, Session, SessionConfig};
+use crate::token::Verifier;
+
+pub use note::*;
+use reply::append;
+pub use reply::encode_reply;
+
+/// Limits and settings of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// Per-connection protocol settings.
+    pub session: SessionConfig,
+    /// Frame limits.
+    pub limits: Limits,
+    /// Unacknowledged entries a device is sent before it must ack.
+    pub window: usize,
+    /// Pending output bytes past which a connection is a slow reader.
+    pub out_bytes_max: usize,
+    /// Connections this shard holds at most.
+    pub conns_max: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            session: SessionConfig::default(),
+            limits: Limits::default(),
+            window: 512,
+            out_bytes_max: 4 << 20,
+            conns_max: 100_000,
+        }
+    }
+}
+
+/// Counters the shell exports as metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted.
+    pub conns_opened: u64,
+    /// Connections closed.
+    pub conns_closed: u64,
+    /// Connections that authenticated.
+    pub authenticated: u64,
+    /// Frames decoded.
+    pub frames_in: u64,
+    /// Frames encoded.
+    pub frames_out: u64,
+    /// Messages stored (this shard as home).
+    pub messages_stored: u64,
+    /// Messages and receipts handed to devices.
+    pub messages_delivered: u64,
+    /// Retries answered with the original.
+    pub duplicates: u64,
+    /// Errors sent, by code.
+    pub errors: FxHashMap<u16, u64>,
+    /// Internal errors: broken invariants that were counted and logged
+    /// instead of crashing the process.
+    pub anomalies: u64,
+}
+
+/// How many entries the core's bookkeeping holds: once every device has
+/// acked everything and disconnected, all of it is zero.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Internals {
+    /// Records whose sender, target and id are kept in memory.
+    pub meta: usize,
+    /// Connected devices being fed.
+    pub cursors: usize,
+    /// Things waiting for the log to be durable.
+    pub waiting: usize,
+    /// Devices with acks whose receipts are not all durable.
+    pub acks: usize,
+    /// Devices with a receipt floor.
+    pub receipted: usize,
+    /// Message and receipt records still referenced by a queue.
+    pub live_messages: usize,
+}
+
+/// What the home shard knows of a stored record without reading it.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    from: DeviceKey,
+    to: Target,
+    message_id: u64,
+    at_ms: u64,
+    receipt: Option<fb::ReceiptKind>,
+    /// Recipient devices that have not acked.
+    pending: u32,
+}
+
+/// A connected device being fed from its queue.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    conn: ConnRef,
+    /// The last seq sent.
+    sent: u64,
+}
+
+/// Something to do once the log is durable up to a position.
+#[derive(Debug)]
+enum Waiting {
+    Ack {
+        reply: ConnRef,
+        from: DeviceKey,
+        note: ToConn,
+    },
+    Pump(DeviceKey),
+    /// A receipt for this ack is durable: tell the acking device's home.
+    Confirm(AckRef),
+}
+
+/// A device's ack waiting for its receipts to be durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AckRef {
+    device: DeviceKey,
+    seq: u64,
+}
+
+/// An ack whose tombstone waits for its receipts: ✓✓ is durable before
+/// the message is forgotten, so a crash in between repeats ✓✓ rather than
+/// losing it.
+#[derive(Debug, Clone, Copy)]
+struct PendingAck {
+    seq: u64,
+    cumulative: bool,
+    /// Receipts not yet durable at their senders' homes.
+    receipts: u32,
+}
+
+/// A connection of this shard.
+#[derive(Debug)]
+struct Conn {
+    session: Session,
+    decoder: FrameDecoder,
+    device: Option<DeviceKey>,
+    out: Vec<u8>,
+    /// Frames that arrived before `Welcome` was written: the client sees
+    /// `Welcome` first, whichever shard answers first.
+    held: Option<Vec<u8>>,
+    ready: bool,
+}
+
+/// One shard's decisions.
+#[derive(Debug)]
+pub struct ShardCore<S> {
+    shard: ShardId,
+    config: ShardConfig,
+    router: RouterCore<Note>,
+    engine: Engine,
+    reader: S,
+    encoder: Encoder,
+    conns: FxHashMap<ConnId, Conn>,
+    next_conn: u64,
+    ready: Vec<ConnId>,
+    devices: FxHashMap<UserId, Vec<DeviceId>>,
+    cursors: FxHashMap<DeviceKey, Cursor>,
+    meta: FxHashMap<u64, Meta>,
+    waiting: VecDeque<(u64, Waiting)>,
+    /// Per device, in order, acks whose receipts are not all durable yet.
+    acks: FxHashMap<DeviceKey, VecDeque<PendingAck>>,
+    /// Per device, the highest seq whose receipts were requested.
+    receipted: FxHashMap<DeviceKey, u64>,
+    draining: bool,
+    /// The log failed (fail-stop: the shell exits); why.
+    failed: Option<String>,
+    /// The latest time passed in.
+    now_ms: u64,
+    stats: Stats,
+}
+
+fn device_ref(d: DeviceKey) -> DeviceRef {
+    DeviceRef {
+        user: d.user.0,
+        device: d.device.0,
+    }
+}
+
+fn device_key(d: DeviceRef) -> DeviceKey {
+    DeviceKey::new(d.user, d.device)
+}
+
+/// The router's target for a wire address (the session checked its kind).
+pub fn target(a: &Address) -> Target {
+    match a.kind() {
+        AddressKind::Device => Target::Device(DeviceKey::new(a.id(), a.device())),
+        AddressKind::Group => Target::Group(GroupId(a.id())),
+        _ => Target::User(UserId(a.id())),
+    }
+}
+
+/// The wire address of a router target.
+pub fn address(t: Target) -> Address {
+    match t {
+        Target::User(u) => user_address(u.0),
+        Target::Device(d) => device_address(d.user.0, d.device.0),
+        Target::Group(g) => group_address(g.0),
+    }
+}
+
+impl<S: Storage> ShardCore<S> {
+    /// Shard `router.shard()` with its engine (already opened and
+    /// recovered) and `reader`, a read handle on the same log.
+    pub fn new(router: RouterCore<Note>, engine: Engine, reader: S, config: ShardConfig) -> Self {
+        let mut devices: FxHashMap<UserId, Vec<DeviceId>> = FxHashMap::default();
+        for d in engine.devices() {
+            devices
+                .entry(UserId(d.user))
+                .or_default()
+                .push(DeviceId(d.device));
+        }
+        Self {
+            shard: router.shard(),
+            config,
+            router,
+            engine,
+            reader,
+            encoder: Encoder::new(config.limits),
+            conns: FxHashMap::default(),
+            next_conn: 1,
+            ready: Vec::new(),
+            devices,
+            cursors: FxHashMap::default(),
+            meta: FxHashMap::default(),
+            waiting: VecDeque::new(),
+            acks: FxHashMap::default(),
+            receipted: FxHashMap::default(),
+            draining: false,
+            failed: None,
+            now_ms: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Routes `note` to the home of `to`.
+    fn to_home(&mut self, now_ms: u64, from: DeviceKey, to: Target, note: ToHome) {
+        self.router.route_home(now_ms, from, to, Note::Home(note));
+    }
+
+    /// Routes `note` to connection `conn` (of any shard).
+    fn to_conn(&mut self, now_ms: u64, conn: ConnRef, from: DeviceKey, to: Target, note: ToConn) {
+        self.router
+            .route_to_conn(now_ms, conn, from, to, Note::Conn(note));
+    }
+
+    /// Something that must never happen did: counted and logged, never
+    /// silent (a panic would take every shard of the process down).
+    fn anomaly(&mut self, what: &'static str) {
+        self.stats.anomalies += 1;
+        tracing::error!(shard = self.shard.0, "internal error: {what}");
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The queue engine (for metrics).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Connections held.
+    pub fn conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Sizes of the internal bookkeeping (tests check it drains to zero).
+    pub fn internals(&self) -> Internals {
+        Internals {
+            meta: self.meta.len(),
+            cursors: self.cursors.len(),
+            waiting: self.waiting.len(),
+            acks: self.acks.len(),
+            receipted: self.receipted.len(),
+            live_messages: self.engine.live_messages(),
+        }
+    }
+
+    // ---- connections --------------------------------------------------------
+
+    /// A TCP connection was accepted: its id, or `None` when the shard is
+    /// at its connection limit (or draining) and the shell should close it.
+    pub fn open_conn(&mut self, now_ms: u64) -> Option<ConnId> {
+        if self.conns.len() >= self.config.conns_max || self.draining {
+            self.count_error(ErrorCode::TooManyConnections);
+            return None;
+        }
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let conn = Conn {
+            session: Session::new(now_ms, self.config.session),
+            decoder: FrameDecoder::new(self.config.limits),
+            device: None,
+            out: Vec::new(),
+            held: Some(Vec::new()),
+            ready: false,
+        };
+        self.conns.insert(id, conn);
+        self.stats.conns_opened += 1;
+        Some(id)
+    }
+
+    /// The TLS handshake of `conn` completed.
+    pub fn handshake_done(&mut self, now_ms: u64, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.handle_handshake_done(now_ms);
+        }
+    }
+
+    /// Plaintext arrived on `conn`.
+    pub fn handle_bytes(&mut self, now_ms: u64, conn: ConnId, bytes: &[u8], verifier: &Verifier) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.decoder.extend_from_slice(bytes);
+        loop {
+            match c.decoder.decode() {
+                Ok(Some(frame)) => {
+                    self.stats.frames_in += 1;
+                    c.session.handle_frame(now_ms, &frame, verifier);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    c.session.handle_decode_error(&error);
+                    break;
+                }
+            }
+            if c.session.is_closed() {
+                break;
+            }
+        }
+        c.decoder.release_if_empty();
+        self.after_session(now_ms, conn);
+    }
+
+    /// The peer closed `conn`, or its socket failed.
+    pub fn peer_closed(&mut self, now_ms: u64, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.handle_peer_closed();
+        }
+        self.after_session(now_ms, conn);
+    }
+
+    /// The shell closed the socket of `conn`: forget it.
+    pub fn remove_conn(&mut self, now_ms: u64, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.handle_peer_closed();
+        }
+        self.after_session(now_ms, conn);
+        if self.conns.remove(&conn).is_some() {
+            self.stats.conns_closed += 1;
+        }
+    }
+
+    /// Connections with output (or a close) since the last call.
+    pub fn take_ready(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// The plaintext to write to `conn` and whether to close it after.
+    /// `None` if the connection is gone.
+    pub fn take_output(&mut self, conn: ConnId) -> Option<(Vec<u8>, bool)> {
+        let c = self.conns.get_mut(&conn)?;
+        c.ready = false;
+        Some((std::mem::take(&mut c.out), c.session.is_closed()))
+    }
+
+    /// Time passed: session deadlines and TTL expiry.
+    pub fn tick(&mut self, now_ms: u64) {
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.poll_timeout().is_some_and(|t| t <= now_ms))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in due {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session.handle_timeout(now_ms);
+            }
+            self.after_session(now_ms, conn);
+        }
+        self.expire(now_ms);
+    }
+
+    /// Drain: `GoAway` to every connection, refuse new ones.
+    pub fn start_drain(&mut self, now_ms: u64, reconnect_after_ms: u32) {
+        self.draining = true;
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in ids {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session.start_drain(now_ms, reconnect_after_ms);
+            }
+            self.after_session(now_ms, conn);
+        }
+    }
+
+    // ---- other shards and the log -------------------------------------------
+
+    /// A batch from another shard (or this one, through the mesh).
+    pub fn handle_batch(&mut self, now_ms: u64, batch: Vec<ShardMsg<Note>>) {
+        self.router.handle_batch(now_ms, batch);
+        self.run_effects(now_ms);
+    }
+
+    /// The next batch for another shard.
+    pub fn poll_batch(&mut self) -> Option<(ShardId, Vec<ShardMsg<Note>>)> {
+        self.router.poll_batch()
+    }
+
+    /// The next group-commit batch to write and fdatasync.
+    pub fn poll_flush(&mut self) -> Option<&Flush> {
+        self.engine.poll_flush()
+    }
+
+    /// Writing or syncing the batch from [`ShardCore::poll_flush`] failed.
+    /// That is fail-stop: the shell must exit non-zero (the supervisor
+    /// restarts it and recovery replays the log). Nothing waiting on the
+    /// batch was answered, so nothing unsynced was ✓'d; until the exit the
+    /// shard refuses sends with `StorageUnavailable` and is not ready.
+    pub fn handle_flush_failed(&mut self, error: &std::io::Error) {
+        self.failed = Some(format!("shard {}: log write failed: {error}", self.shard.0));
+    }
+
+    /// Why the log failed, if it did (the shard is then not ready).
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// The batch from [`ShardCore::poll_flush`] is durable: answer what
+    /// waited for it.
+    pub fn handle_flushed(&mut self, now_ms: u64) {
+        self.engine.handle_flushed();
+        let durable = self.engine.durable();
+        while self.waiting.front().is_some_and(|(p, _)| *p < durable) {
+            let (_, waiting) = self.waiting.pop_front().expect("checked");
+            match waiting {
+                Waiting::Ack { reply, from, note } => {
+                    self.to_conn(now_ms, reply, from, Target::Device(from), note)
+                }
+                Waiting::Pump(device) => self.pump(now_ms, device),
+                Waiting::Confirm(ack) => {
+                    let note = ToHome::ReceiptStored { seq: ack.seq };
+                    let to = Target::Device(ack.device);
+                    self.to_home(now_ms, ack.device, to, note);
+                }
+            }
+        }
+        self.run_effects(now_ms);
+    }
+}

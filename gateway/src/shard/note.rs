@@ -1,0 +1,131 @@
+//! The notes shards send each other, one enum per direction: [`ToHome`]
+//! for a device's or user's home shard, [`ToConn`] for the shard holding a
+//! connection. [`Note`] is the router's message type and carries either.
+
+use bytes::Bytes;
+use shard_router::ConnRef;
+use wire_format::fb::{self, ErrorCode};
+
+use super::AckRef;
+
+/// What shards tell each other (the router's message type).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Note {
+    /// For the home of the note's target.
+    Home(ToHome),
+    /// For a connection.
+    Conn(ToConn),
+}
+
+/// For a home shard (of the recipient, of a receipt's sender, or of the
+/// connected device itself).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToHome {
+    /// Store and deliver this message.
+    Submit {
+        /// The sending connection, for ✓ or a refusal.
+        reply: ConnRef,
+        /// The sender's id for it.
+        client_msg_id: u64,
+        /// Requested TTL in seconds (0 = default).
+        ttl_s: u32,
+        /// The opaque payload.
+        payload: Bytes,
+    },
+    /// Store a receipt for the devices of the note's target.
+    StoreReceipt {
+        /// Delivered, read or expired.
+        kind: fb::ReceiptKind,
+        /// The messages it is about.
+        message_ids: Vec<u64>,
+        /// When it happened.
+        at_ms: u64,
+        /// For a `Delivered` receipt: the ack to confirm (with
+        /// [`ToHome::ReceiptStored`]) once the receipt is durable.
+        confirm: Option<AckRef>,
+    },
+    /// The receipts for the device's ack `seq` are durable at one
+    /// sender's home.
+    ReceiptStored {
+        /// The ack.
+        seq: u64,
+    },
+    /// The device connected on `reply`; stream its queue after `after_seq`.
+    Resume {
+        /// The connection.
+        reply: ConnRef,
+        /// The device's last acknowledged seq.
+        after_seq: u64,
+    },
+    /// The device acknowledged `seq`.
+    DeviceAck {
+        /// The connection it came from.
+        reply: ConnRef,
+        /// The seq.
+        seq: u64,
+        /// Everything up to `seq`.
+        cumulative: bool,
+    },
+    /// The device's connection `reply` closed.
+    Gone {
+        /// The connection.
+        reply: ConnRef,
+    },
+}
+
+/// For the shard holding a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToConn {
+    /// ✓.
+    Acked {
+        /// The sender's id.
+        client_msg_id: u64,
+        /// The server's id.
+        message_id: u64,
+        /// When it was accepted.
+        at_ms: u64,
+        /// A retry of a stored message.
+        duplicate: bool,
+    },
+    /// A refusal.
+    Refused {
+        /// Why.
+        code: ErrorCode,
+        /// The `Send` it is about, or 0.
+        client_msg_id: u64,
+        /// Close the connection after it.
+        fatal: bool,
+    },
+    /// A queued message.
+    Message {
+        /// Its seq in the device's queue.
+        seq: u64,
+        /// The server's id.
+        message_id: u64,
+        /// When it was accepted.
+        at_ms: u64,
+        /// The opaque payload.
+        payload: Bytes,
+    },
+    /// A queued receipt.
+    Receipt {
+        /// Its seq in the device's queue.
+        seq: u64,
+        /// Delivered, read or expired.
+        kind: fb::ReceiptKind,
+        /// The messages it is about.
+        message_ids: Vec<u64>,
+        /// When it happened.
+        at_ms: u64,
+    },
+    /// The answer to [`ToHome::Resume`].
+    Welcome {
+        /// Entries queued after the resume point.
+        backlog_count: u32,
+    },
+    /// Relayed to online devices only.
+    Typing {
+        /// The state.
+        state: fb::TypingState,
+    },
+}
