@@ -28,6 +28,12 @@ pub enum ClientEvent {
         backlog_count: u32,
         /// Ping after this much silence.
         heartbeat_interval_ms: u32,
+        /// Largest payload [`ClientCore::send`] may carry.
+        payload_bytes_max: u32,
+        /// Where the server resumed our queue: our resume point, or 0 if
+        /// the server's queue ended before it (it then sends everything
+        /// still queued; the core adopts it as the last acknowledged seq).
+        resume_seq: u64,
     },
     /// ✓: the send with `client_msg_id` is durable.
     Acked {
@@ -258,11 +264,14 @@ impl ClientCore {
         let event = match frame.body() {
             Body::Welcome(w) => {
                 self.authenticated = true;
+                self.last_acked_seq = self.last_acked_seq.min(w.resume_seq());
                 ClientEvent::Welcome {
                     user: w.user(),
                     device: w.device(),
                     backlog_count: w.backlog_count(),
                     heartbeat_interval_ms: w.heartbeat_interval_ms(),
+                    payload_bytes_max: w.payload_bytes_max(),
+                    resume_seq: w.resume_seq(),
                 }
             }
             Body::ServerAck(a) => {

@@ -36,8 +36,9 @@ pub struct SessionConfig {
     pub auth_timeout_ms: u64,
     /// Silence after which the connection is closed; a `Ping` probes at half.
     pub idle_timeout_ms: u64,
-    /// Announced in `Welcome`: the client pings after this much silence.
-    pub heartbeat_interval_ms: u32,
+    /// Largest `Send` payload (announced in `Welcome`): every accepted
+    /// message must fit in a `Deliver` frame (see `Limits::payload_bytes_max`).
+    pub payload_bytes_max: u32,
     /// From `GoAway` to the close.
     pub drain_timeout_ms: u64,
     /// `Send`s per second, sustained.
@@ -52,13 +53,22 @@ pub struct SessionConfig {
     pub items_max: usize,
 }
 
+impl SessionConfig {
+    /// The ping interval `Welcome` announces: 40% of the idle timeout, so a
+    /// client that follows it is never closed as idle (the server probes at
+    /// half the timeout and closes at all of it). 120 s for the default 300 s.
+    pub fn heartbeat_interval_ms(&self) -> u32 {
+        u32::try_from(self.idle_timeout_ms * 2 / 5).unwrap_or(u32::MAX)
+    }
+}
+
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             handshake_timeout_ms: 10_000,
             auth_timeout_ms: 10_000,
             idle_timeout_ms: 300_000,
-            heartbeat_interval_ms: 120_000,
+            payload_bytes_max: wire_format::Limits::default().payload_bytes_max(),
             drain_timeout_ms: 30_000,
             sends_per_s: 100,
             send_bytes_per_s: 1 << 20,
@@ -175,6 +185,10 @@ pub enum Reply {
         backlog_count: u32,
         /// Announced ping interval.
         heartbeat_interval_ms: u32,
+        /// Largest `Send` payload accepted.
+        payload_bytes_max: u32,
+        /// The seq the server resumes after (the clamped resume point).
+        resume_seq: u64,
     },
     /// Answer to a client `Ping`.
     Pong {
@@ -195,8 +209,11 @@ pub enum Reply {
         /// Whether the connection closes after it.
         fatal: bool,
     },
-    /// Reconnect elsewhere.
+    /// Reconnect elsewhere (`Draining`), or not from here at all
+    /// (`ConnectedElsewhere`: the device connected again).
     GoAway {
+        /// Why.
+        reason: fb::GoAwayReason,
         /// Wait at least this long before reconnecting.
         reconnect_after_ms: u32,
     },
@@ -326,16 +343,32 @@ impl Session {
         }
     }
 
-    /// Answers the `Authenticated` event once the shard knows the backlog.
-    pub fn welcome(&mut self, backlog_count: u32) {
-        if let State::Authenticated(claims) = self.state {
+    /// Answers the `Authenticated` event once the shard knows the backlog
+    /// and where it resumes.
+    pub fn welcome(&mut self, backlog_count: u32, resume_seq: u64) {
+        if let State::Authenticated(claims) | State::Draining(claims) = self.state {
             self.replies.push_back(Reply::Welcome {
                 user: claims.user,
                 device: claims.device,
                 backlog_count,
-                heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                heartbeat_interval_ms: self.config.heartbeat_interval_ms(),
+                payload_bytes_max: self.config.payload_bytes_max,
+                resume_seq,
             });
         }
+    }
+
+    /// The same device connected again on another connection: this one
+    /// gets `GoAway{ConnectedElsewhere}` (no `Error`: nothing is wrong, and
+    /// the client must not reconnect from here) and closes.
+    pub fn replaced(&mut self) {
+        if matches!(self.state, State::Authenticated(_) | State::Draining(_)) {
+            self.replies.push_back(Reply::GoAway {
+                reason: fb::GoAwayReason::ConnectedElsewhere,
+                reconnect_after_ms: 0,
+            });
+        }
+        self.close(None);
     }
 
     /// Drain: `GoAway`, refuse new sends, close at the drain deadline (or
@@ -345,7 +378,10 @@ impl Session {
             State::Authenticated(claims) => {
                 self.state = State::Draining(claims);
                 self.deadline_ms = now_ms + self.config.drain_timeout_ms;
-                self.replies.push_back(Reply::GoAway { reconnect_after_ms });
+                self.replies.push_back(Reply::GoAway {
+                    reason: fb::GoAwayReason::Draining,
+                    reconnect_after_ms,
+                });
             }
             State::Handshaking | State::AwaitingHello => self.close(Some(ErrorCode::ShuttingDown)),
             State::Draining(_) | State::Closed => {}
@@ -354,12 +390,12 @@ impl Session {
 
     /// The shard refuses something this connection did (a `Send` that was
     /// not stored, an ack of someone else's message): an `Error` frame, and
-    /// a close if `fatal`.
-    pub fn refuse_from_shard(&mut self, code: ErrorCode, client_msg_id: u64, fatal: bool) {
+    /// a close if the code is fatal ([`wire_format::is_fatal`]).
+    pub fn refuse_from_shard(&mut self, code: ErrorCode, client_msg_id: u64) {
         if self.state == State::Closed {
             return;
         }
-        if fatal {
+        if wire_format::is_fatal(code) {
             self.fail(code, client_msg_id);
         } else {
             self.refuse(code, client_msg_id);
@@ -495,12 +531,15 @@ impl Session {
     fn on_send(&mut self, now_ms: u64, frame: &Frame, send: fb::Send<'_>) {
         let client_msg_id = send.client_msg_id();
         if matches!(self.state, State::Draining(_)) {
-            return self.refuse(ErrorCode::ShuttingDown, client_msg_id);
+            return self.refuse(ErrorCode::Draining, client_msg_id);
         }
         let Some(to) = send.to().copied().filter(valid_target) else {
             return self.refuse(ErrorCode::InvalidAddress, client_msg_id);
         };
         let payload = frame.payload_bytes();
+        if payload.len() > self.config.payload_bytes_max as usize {
+            return self.refuse(ErrorCode::PayloadTooLarge, client_msg_id);
+        }
         let allowed =
             self.sends.take(1, now_ms) && self.send_bytes.take(payload.len() as u64, now_ms);
         if !allowed {
@@ -540,6 +579,7 @@ impl Session {
 
     /// A non-fatal refusal: the connection stays.
     fn refuse(&mut self, code: ErrorCode, client_msg_id: u64) {
+        debug_assert!(!wire_format::is_fatal(code), "{code:?} is fatal");
         self.replies.push_back(Reply::Error {
             code,
             client_msg_id,
@@ -549,6 +589,8 @@ impl Session {
 
     /// A fatal refusal: `Error` frame, then close.
     fn fail(&mut self, code: ErrorCode, client_msg_id: u64) {
+        let ok = wire_format::is_fatal(code) || code == ErrorCode::RateLimited;
+        debug_assert!(ok, "{code:?} is not fatal");
         self.replies.push_back(Reply::Error {
             code,
             client_msg_id,

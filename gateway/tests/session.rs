@@ -104,12 +104,14 @@ fn hello_authenticates_and_the_sender_is_always_the_token_s_device() {
         }]
     );
     assert_eq!(s.state(), State::Authenticated(claims));
-    s.welcome(7);
+    s.welcome(7, 41);
     let welcome = Reply::Welcome {
         user: 42,
         device: 3,
         backlog_count: 7,
         heartbeat_interval_ms: 120_000,
+        payload_bytes_max: Limits::default().payload_bytes_max(),
+        resume_seq: 41,
     };
     assert_eq!(replies(&mut s), [welcome]);
 
@@ -381,17 +383,21 @@ fn draining_refuses_new_sends_keeps_acks_and_closes_at_the_deadline() {
     assert_eq!(
         replies(&mut s),
         [Reply::GoAway {
+            reason: fb::GoAwayReason::Draining,
             reconnect_after_ms: 5_000
         }]
     );
     s.handle_frame(T0 + 20, &w.send(user_address(1), 3, b"late"), &w.verifier);
     let ack = World::frame(w.enc.delivery_ack(2, false).unwrap());
     s.handle_frame(T0 + 20, &ack, &w.verifier);
+    // Not stored, not fatal, and a code of its own: the table says 502
+    // (ShuttingDown) is fatal, and a client must resend this one later.
     let refused = Reply::Error {
-        code: ErrorCode::ShuttingDown,
+        code: ErrorCode::Draining,
         client_msg_id: 3,
         fatal: false,
     };
+    assert!(!wire_format::is_fatal(ErrorCode::Draining));
     assert_eq!(replies(&mut s), [refused]);
     assert_eq!(
         events(&mut s),
@@ -407,4 +413,77 @@ fn draining_refuses_new_sends_keeps_acks_and_closes_at_the_deadline() {
             code: Some(ErrorCode::ShuttingDown)
         }]
     );
+}
+
+#[test]
+fn a_client_that_pings_as_welcome_says_is_never_closed_as_idle() {
+    for idle_timeout_ms in [1_000, 10_000, 60_000, 300_000] {
+        let mut w = World::new();
+        let config = SessionConfig {
+            idle_timeout_ms,
+            ..SessionConfig::default()
+        };
+        let mut s = w.authenticated(config);
+        s.welcome(0, 0);
+        let [
+            Reply::Welcome {
+                heartbeat_interval_ms,
+                ..
+            },
+        ] = replies(&mut s)[..]
+        else {
+            panic!("a Welcome");
+        };
+        assert!(u64::from(heartbeat_interval_ms) < idle_timeout_ms / 2);
+        // The client pings after each interval of its own silence; the
+        // server runs every deadline it asks for in between.
+        let mut now = T0;
+        for i in 0..50 {
+            now += u64::from(heartbeat_interval_ms);
+            while let Some(t) = s.poll_timeout().filter(|t| *t <= now) {
+                s.handle_timeout(t);
+            }
+            let ping = World::frame(w.enc.ping(i).unwrap());
+            s.handle_frame(now, &ping, &w.verifier);
+            assert!(
+                !s.is_closed(),
+                "closed as idle after {i} pings ({idle_timeout_ms} ms)"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_payload_whose_deliver_would_not_fit_is_refused_at_send() {
+    let mut w = World::new();
+    let config = SessionConfig::default();
+    let mut s = w.authenticated(config);
+    let max = config.payload_bytes_max as usize;
+    assert_eq!(
+        config.payload_bytes_max,
+        Limits::default().payload_bytes_max()
+    );
+    for (len, accepted) in [(max, true), (max + 1, false)] {
+        let payload: &'static [u8] = vec![7; len].leak();
+        s.handle_frame(
+            T0 + 1,
+            &w.send(user_address(9), len as u64, payload),
+            &w.verifier,
+        );
+        if accepted {
+            assert!(
+                matches!(&events(&mut s)[..], [Event::Send { payload, .. }] if payload.len() == max)
+            );
+            assert_eq!(replies(&mut s), []);
+        } else {
+            assert_eq!(events(&mut s), []);
+            let refused = Reply::Error {
+                code: ErrorCode::PayloadTooLarge,
+                client_msg_id: len as u64,
+                fatal: false,
+            };
+            assert_eq!(replies(&mut s), [refused]);
+        }
+    }
+    assert!(!s.is_closed());
 }

@@ -121,7 +121,7 @@ impl World {
     fn on_event(&mut self, i: usize, event: Event) {
         let (user, device) = (self.conns[i].user, self.conns[i].device);
         match event {
-            Event::Authenticated { .. } => self.conns[i].session.welcome(0),
+            Event::Authenticated { .. } => self.conns[i].session.welcome(0, 0),
             Event::Send {
                 to,
                 client_msg_id,

@@ -651,6 +651,20 @@ impl Engine {
             .map(|e| (e.seq, e.position))
     }
 
+    /// The last seq given to `device` (0 if none): where its queue ends.
+    pub fn queue_end(&self, device: DeviceRef) -> u64 {
+        self.queues
+            .get(&device)
+            .map_or(0, |q| q.next_seq.saturating_sub(1))
+    }
+
+    /// Entries of `device` queued after `seq`, durable or not yet.
+    pub fn queued_after(&self, device: DeviceRef, seq: u64) -> usize {
+        self.queues.get(&device).map_or(0, |q| {
+            q.entries.len() - q.entries.partition_point(|e| e.seq <= seq)
+        })
+    }
+
     /// Entries of `device` still queued with a seq up to `seq`: what a
     /// device has been sent and not yet acknowledged, when `seq` is the
     /// last one sent.

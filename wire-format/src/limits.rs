@@ -27,6 +27,9 @@ impl Limits {
     /// Smallest header the verifier could accept: a root offset, a vtable
     /// and a table.
     pub const HEADER_BYTES_MIN: u32 = 12;
+    /// Room a `Deliver` frame needs besides its payload (prefix + header,
+    /// every field at its largest), with a margin; a test checks it.
+    pub const DELIVER_OVERHEAD_BYTES: u32 = 128;
     /// Nesting of our schema: Frame -> body table -> vector or struct.
     const DEPTH_MAX: usize = 8;
 
@@ -37,6 +40,13 @@ impl Limits {
             frame_bytes_max,
             header_bytes_max: Self::DEFAULT_HEADER_BYTES_MAX.min(header_room),
         }
+    }
+
+    /// Largest `Send` payload whose `Deliver` still fits in a frame: what
+    /// the server accepts and announces in `Welcome.payload_bytes_max`.
+    pub fn payload_bytes_max(&self) -> u32 {
+        self.frame_bytes_max
+            .saturating_sub(Self::DELIVER_OVERHEAD_BYTES)
     }
 
     /// Verifier options for headers within these limits. Every table costs
@@ -75,6 +85,28 @@ mod tests {
         assert_eq!(opts.max_tables, 4 * 1024);
         assert!(opts.max_apparent_size < crate_defaults.max_apparent_size / 1000);
         assert!(opts.max_depth < crate_defaults.max_depth);
+    }
+
+    #[test]
+    fn a_deliver_of_the_largest_payload_fits_the_frame_limit() {
+        let limits = Limits::default();
+        let mut e = crate::Encoder::new(limits);
+        let big = crate::device_address(u64::MAX, u32::MAX);
+        let h = crate::DeliverHeader {
+            from: big,
+            to: crate::group_address(u64::MAX),
+            seq: u64::MAX,
+            message_id: u64::MAX,
+            server_time_ms: u64::MAX,
+        };
+        let payload = bytes::Bytes::from(vec![0; limits.payload_bytes_max() as usize]);
+        let frame = e.deliver(&h, payload).expect("fits");
+        assert!(frame.len() <= limits.frame_bytes_max as usize);
+        let overhead = frame.header().len() as u32;
+        assert!(overhead <= Limits::DELIVER_OVERHEAD_BYTES, "{overhead}");
+        // A Send of the same payload is smaller, so it is always accepted.
+        let send = e.send(big, u64::MAX, u32::MAX, frame.payload().clone());
+        assert!(send.expect("fits").len() < frame.len());
     }
 
     #[test]

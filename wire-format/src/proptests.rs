@@ -63,10 +63,18 @@ fn body() -> impl Strategy<Value = BodyT> {
                 any::<u64>(),
                 any::<u32>(),
                 any::<u64>(),
-                any::<[u32; 3]>()
+                any::<[u32; 4]>(),
+                any::<u64>(),
             )
                 .prop_map(
-                    |(protocol_version, user, device, server_time_ms, [hb, fmax, backlog])| {
+                    |(
+                        protocol_version,
+                        user,
+                        device,
+                        server_time_ms,
+                        [hb, fmax, backlog, pmax],
+                        resume_seq,
+                    )| {
                         WelcomeT {
                             protocol_version,
                             user,
@@ -75,6 +83,8 @@ fn body() -> impl Strategy<Value = BodyT> {
                             heartbeat_interval_ms: hb,
                             frame_bytes_max: fmax,
                             backlog_count: backlog,
+                            payload_bytes_max: pmax,
+                            resume_seq,
                         }
                     }
                 ),

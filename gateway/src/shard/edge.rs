@@ -78,7 +78,7 @@ impl<S: Storage> ShardCore<S> {
                 let to = target(&to);
                 if matches!(to, Target::Group(_)) {
                     let code = ErrorCode::UnknownGroup; // groups come with group messaging
-                    return self.refuse_local(reply.conn, code, client_msg_id, false);
+                    return self.refuse_local(reply.conn, code, client_msg_id);
                 }
                 let submit = ToHome::Submit {
                     reply,
@@ -122,20 +122,14 @@ impl<S: Storage> ShardCore<S> {
                     self.router.handle_subscribe(now_ms, reply.conn, &users);
                 }
             }
-            Event::Group { .. } => self.refuse_local(reply.conn, ErrorCode::UnknownGroup, 0, false),
+            Event::Group { .. } => self.refuse_local(reply.conn, ErrorCode::UnknownGroup, 0),
             Event::Authenticated { .. } | Event::Closed { .. } => {}
         }
     }
 
-    pub(super) fn refuse_local(
-        &mut self,
-        conn: ConnId,
-        code: ErrorCode,
-        client_msg_id: u64,
-        fatal: bool,
-    ) {
+    pub(super) fn refuse_local(&mut self, conn: ConnId, code: ErrorCode, client_msg_id: u64) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.session.refuse_from_shard(code, client_msg_id, fatal);
+            c.session.refuse_from_shard(code, client_msg_id);
         }
         self.flush_replies(conn);
     }
@@ -189,7 +183,10 @@ impl<S: Storage> ShardCore<S> {
                     msg,
                 } => self.for_conn(conn, from, to, msg),
                 Effect::Close { conn, .. } => {
-                    self.refuse_local(conn, ErrorCode::ShuttingDown, 0, true);
+                    // Replaced by a newer connection of the same device.
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.session.replaced();
+                    }
                     self.after_session(now_ms, conn);
                 }
                 Effect::Presence { conns, update } => {
@@ -198,7 +195,7 @@ impl<S: Storage> ShardCore<S> {
                     }
                 }
                 Effect::SubscriptionRefused { conn, .. } => {
-                    self.refuse_local(conn, ErrorCode::TooManyItems, 0, false)
+                    self.refuse_local(conn, ErrorCode::TooManyItems, 0)
                 }
                 // Typing to someone offline is dropped; groups and other
                 // nodes are not built yet.
@@ -276,9 +273,12 @@ impl<S: Storage> ShardCore<S> {
                 self.encoder
                     .typing(address(to), address(Target::Device(from)), state)
             }
-            ToConn::Welcome { backlog_count } => {
+            ToConn::Welcome {
+                backlog_count,
+                resume_seq,
+            } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.session.welcome(backlog_count);
+                    c.session.welcome(backlog_count, resume_seq);
                 }
                 self.flush_replies(conn);
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -291,8 +291,7 @@ impl<S: Storage> ShardCore<S> {
             ToConn::Refused {
                 code,
                 client_msg_id,
-                fatal,
-            } => return self.refuse_local(conn, code, client_msg_id, fatal),
+            } => return self.refuse_local(conn, code, client_msg_id),
         };
         self.write_frame(conn, frame);
     }
@@ -314,7 +313,7 @@ impl<S: Storage> ShardCore<S> {
         self.stats.frames_out += 1;
         append(c.held.as_mut().unwrap_or(&mut c.out), &frame);
         if c.out.len() + c.held.as_ref().map_or(0, Vec::len) > self.config.out_bytes_max {
-            c.session.refuse_from_shard(ErrorCode::SlowReader, 0, true);
+            c.session.refuse_from_shard(ErrorCode::SlowReader, 0);
             self.flush_replies(conn);
         }
         self.mark_ready(conn);

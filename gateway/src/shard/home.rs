@@ -96,7 +96,6 @@ impl<S: Storage> ShardCore<S> {
         let refuse = |code| ToConn::Refused {
             code,
             client_msg_id,
-            fatal: false,
         };
         let note = match self.engine.append_message(now_ms, &m) {
             Ok(Accepted::Stored { position, seqs }) => {
@@ -174,20 +173,36 @@ impl<S: Storage> ShardCore<S> {
                 .or_default()
                 .push(device.device);
         }
+        let dref = device_ref(device);
+        // A resume point past the queue's end is no ack (the client's state
+        // is not this server's): resume from the start of what is queued,
+        // and say so in Welcome, rather than hold back what is below it.
+        let resume_seq = match after_seq <= self.engine.queue_end(dref) {
+            true => after_seq,
+            false => 0,
+        };
         // The resume point is an ack the last connection may not have
-        // delivered: take it as one (✓✓ to the senders). A point past the
-        // queue's end acknowledges nothing.
-        if after_seq > 0 {
-            let _ = self.request_ack(now_ms, device, after_seq, true);
+        // delivered: take it as one (✓✓ to the senders).
+        if resume_seq > 0 && self.request_ack(now_ms, device, resume_seq, true).is_err() {
+            self.anomaly("a resume point inside the queue was refused as an ack");
         }
-        let backlog = self.engine.backlog(device_ref(device), after_seq).count();
+        let backlog = self.engine.queued_after(dref, resume_seq);
         let backlog_count = u32::try_from(backlog).unwrap_or(u32::MAX);
         let cursor = Cursor {
             conn: reply,
-            sent: after_seq,
+            sent: resume_seq,
         };
         self.cursors.insert(device, cursor);
-        let welcome = ToConn::Welcome { backlog_count };
+        // Entries appended before this cursor existed and not yet durable
+        // had no pump waiting for them: one for the end of the log.
+        let head = self.engine.log().head();
+        if self.engine.durable() < head {
+            self.waiting.push_back((head - 1, Waiting::Pump(device)));
+        }
+        let welcome = ToConn::Welcome {
+            backlog_count,
+            resume_seq,
+        };
         self.to_conn(now_ms, reply, device, Target::Device(device), welcome);
         self.pump(now_ms, device);
     }

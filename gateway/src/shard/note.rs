@@ -91,10 +91,8 @@ pub enum ToConn {
     Refused {
         /// Why.
         code: ErrorCode,
-        /// The `Send` it is about, or 0.
+        /// The `Send` it is about, or 0. Fatal or not by its code.
         client_msg_id: u64,
-        /// Close the connection after it.
-        fatal: bool,
     },
     /// A queued message.
     Message {
@@ -122,6 +120,9 @@ pub enum ToConn {
     Welcome {
         /// Entries queued after the resume point.
         backlog_count: u32,
+        /// Where the queue resumes: the device's resume point, or 0 if
+        /// that was past the queue's end.
+        resume_seq: u64,
     },
     /// Relayed to online devices only.
     Typing {

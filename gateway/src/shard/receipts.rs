@@ -87,7 +87,6 @@ impl<S: Storage> ShardCore<S> {
                 let note = ToConn::Refused {
                     code: ErrorCode::NotYourMessage,
                     client_msg_id: 0,
-                    fatal: true,
                 };
                 self.to_conn(now_ms, reply, device, Target::Device(device), note);
             }
@@ -151,7 +150,10 @@ impl<S: Storage> ShardCore<S> {
             };
             acks.pop_front();
             if acks.is_empty() {
+                // Every requested ack is settled: what the floor guarded
+                // against re-requesting is tombstoned below.
                 self.acks.remove(&device);
+                self.receipted.remove(&device);
             }
             // Already acknowledged or expired meanwhile: nothing to do.
             let _ = self.engine.ack(device_ref(device), a.seq, a.cumulative);

@@ -20,6 +20,8 @@ pub fn encode_reply(
             device,
             backlog_count,
             heartbeat_interval_ms,
+            payload_bytes_max,
+            resume_seq,
         } => {
             let mut w = fb::WelcomeT::default();
             w.user = user;
@@ -29,6 +31,8 @@ pub fn encode_reply(
             w.server_time_ms = now_ms;
             w.protocol_version = wire_format::PROTOCOL_VERSION;
             w.frame_bytes_max = limits.frame_bytes_max;
+            w.payload_bytes_max = payload_bytes_max;
+            w.resume_seq = resume_seq;
             let mut header = fb::FrameT::default();
             header.body = fb::BodyT::Welcome(Box::new(w));
             e.encode_owned(&header, Bytes::new())
@@ -45,10 +49,13 @@ pub fn encode_reply(
             fatal,
             code.variant_name().unwrap_or(""),
         ),
-        Reply::GoAway { reconnect_after_ms } => {
+        Reply::GoAway {
+            reason,
+            reconnect_after_ms,
+        } => {
             let mut g = fb::GoAwayT::default();
             g.reconnect_after_ms = reconnect_after_ms;
-            g.reason = fb::GoAwayReason::Draining;
+            g.reason = reason;
             let mut header = fb::FrameT::default();
             header.body = fb::BodyT::GoAway(Box::new(g));
             e.encode_owned(&header, Bytes::new())

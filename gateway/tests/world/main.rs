@@ -39,7 +39,6 @@ fn seeds(default_seeds: u64) -> Vec<u64> {
 }
 
 #[test]
-#[ignore = "fails until the failure-path fixes of issue #12 land"]
 fn random_worlds_keep_every_promise() {
     let (mut acked, mut crashes, mut fail_stops) = (0, 0, 0);
     for seed in seeds(12) {

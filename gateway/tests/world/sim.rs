@@ -98,6 +98,9 @@ pub struct Device {
     last_seq: u64,
     /// Seqs received on this connection (for the window check).
     unacked: BTreeSet<u64>,
+    /// The highest seq this device ever acknowledged: the server may have
+    /// applied that ack even if a stale resume point sends it again.
+    acked_ever: u64,
     /// What each seq carried: a message id, or a receipt (`u64::MAX`).
     pub seqs: BTreeMap<u64, u64>,
     /// Message ids received.
@@ -377,8 +380,12 @@ impl World {
             return;
         };
         if d.last_seq > client.last_acked_seq() {
+            if trace() {
+                eprintln!("  {dev:?} acks {}", d.last_seq);
+            }
             client.ack(d.last_seq);
             d.unacked.clear();
+            d.acked_ever = d.acked_ever.max(d.last_seq);
         }
         self.pump_client(dev);
     }
@@ -586,6 +593,15 @@ impl World {
             eprintln!("  {dev:?} <- {event:?}");
         }
         match event {
+            ClientEvent::Welcome { resume_seq, .. } => {
+                let floor = self.devices[&dev].floor;
+                if *resume_seq > floor {
+                    self.fail(format!("{dev:?} resumed after {resume_seq} > {floor}"));
+                }
+                let d = self.devices.get_mut(&dev).expect("known");
+                d.floor = *resume_seq;
+                d.last_seq = *resume_seq;
+            }
             ClientEvent::Acked {
                 client_msg_id,
                 message_id,
@@ -676,7 +692,9 @@ impl World {
             }
         }
         d.seqs.insert(seq, what);
-        d.unacked.insert(seq);
+        if seq > d.acked_ever {
+            d.unacked.insert(seq);
+        }
         if d.unacked.len() > window {
             panic!(
                 "seed {seed}: {dev:?} holds {} unacked > window {window}",
@@ -710,7 +728,11 @@ impl World {
     pub fn quiesce_and_check(&mut self) {
         self.settle();
         let all: Vec<Dev> = self.devices.keys().copied().collect();
-        for round in 0..200 {
+        for round in 0.. {
+            if round == 200 {
+                self.fail("no quiescence after 200 rounds");
+            }
+            let crashes = self.crashes;
             for dev in &all {
                 if !self.online(*dev) {
                     self.disconnect(*dev);
@@ -722,14 +744,20 @@ impl World {
                 self.ack(*dev);
             }
             self.settle();
-            let pending = self.devices.values().any(|d| {
-                d.client.as_ref().is_some_and(|c| !c.pending().is_empty())
+            let pending = self.devices.iter().any(|(dev, d)| {
+                !self.online(*dev)
+                    || d.client.as_ref().is_some_and(|c| !c.pending().is_empty())
                     || d.last_seq > d.client.as_ref().map_or(0, ClientCore::last_acked_seq)
             });
-            if !pending && round > 0 {
+            if !pending && round > 0 && crashes == self.crashes {
                 break;
             }
             self.advance(1);
+        }
+        if trace() {
+            for (i, core) in self.cores.iter().enumerate() {
+                eprintln!("shard {i}: {:?} {:?}", core.internals(), core.stats());
+            }
         }
         self.check_arrivals();
         for dev in &all {
@@ -849,7 +877,7 @@ impl World {
                 self.connect_resuming(dev, stale)
             }
             1 => {
-                let past_end = acked + 1 + self.rng.below(50);
+                let past_end = acked + 1_000_000 + self.rng.below(50);
                 self.connect_resuming(dev, past_end)
             }
             _ => self.connect(dev),
@@ -876,6 +904,7 @@ impl Device {
             floor: 0,
             last_seq: 0,
             unacked: BTreeSet::new(),
+            acked_ever: 0,
             seqs: BTreeMap::new(),
             got: BTreeSet::new(),
             receipts: BTreeSet::new(),

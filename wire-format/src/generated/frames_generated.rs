@@ -638,10 +638,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for GoAwayReason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 502;
+pub const ENUM_MAX_ERROR_CODE: u16 = 503;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 29] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 31] = [
   ErrorCode::Unspecified,
   ErrorCode::FrameTooLarge,
   ErrorCode::Truncated,
@@ -668,9 +668,11 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 29] = [
   ErrorCode::SlowReader,
   ErrorCode::GroupFull,
   ErrorCode::TtlTooLong,
+  ErrorCode::PayloadTooLarge,
   ErrorCode::Internal,
   ErrorCode::StorageUnavailable,
   ErrorCode::ShuttingDown,
+  ErrorCode::Draining,
 ];
 
 /// Stable error codes. Ranges: 1xx malformed frames, 2xx protocol misuse and
@@ -707,12 +709,14 @@ impl ErrorCode {
   pub const SlowReader: Self = Self(307);
   pub const GroupFull: Self = Self(308);
   pub const TtlTooLong: Self = Self(309);
+  pub const PayloadTooLarge: Self = Self(310);
   pub const Internal: Self = Self(500);
   pub const StorageUnavailable: Self = Self(501);
   pub const ShuttingDown: Self = Self(502);
+  pub const Draining: Self = Self(503);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 502;
+  pub const ENUM_MAX: u16 = 503;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unspecified,
     Self::FrameTooLarge,
@@ -740,9 +744,11 @@ impl ErrorCode {
     Self::SlowReader,
     Self::GroupFull,
     Self::TtlTooLong,
+    Self::PayloadTooLarge,
     Self::Internal,
     Self::StorageUnavailable,
     Self::ShuttingDown,
+    Self::Draining,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -773,9 +779,11 @@ impl ErrorCode {
       Self::SlowReader => Some("SlowReader"),
       Self::GroupFull => Some("GroupFull"),
       Self::TtlTooLong => Some("TtlTooLong"),
+      Self::PayloadTooLarge => Some("PayloadTooLarge"),
       Self::Internal => Some("Internal"),
       Self::StorageUnavailable => Some("StorageUnavailable"),
       Self::ShuttingDown => Some("ShuttingDown"),
+      Self::Draining => Some("Draining"),
       _ => None,
     }
   }
@@ -1857,6 +1865,8 @@ impl<'a> Welcome<'a> {
   pub const VT_HEARTBEAT_INTERVAL_MS: ::flatbuffers::VOffsetT = 12;
   pub const VT_FRAME_BYTES_MAX: ::flatbuffers::VOffsetT = 14;
   pub const VT_BACKLOG_COUNT: ::flatbuffers::VOffsetT = 16;
+  pub const VT_PAYLOAD_BYTES_MAX: ::flatbuffers::VOffsetT = 18;
+  pub const VT_RESUME_SEQ: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1868,8 +1878,10 @@ impl<'a> Welcome<'a> {
     args: &'args WelcomeArgs
   ) -> ::flatbuffers::WIPOffset<Welcome<'bldr>> {
     let mut builder = WelcomeBuilder::new(_fbb);
+    builder.add_resume_seq(args.resume_seq);
     builder.add_server_time_ms(args.server_time_ms);
     builder.add_user(args.user);
+    builder.add_payload_bytes_max(args.payload_bytes_max);
     builder.add_backlog_count(args.backlog_count);
     builder.add_frame_bytes_max(args.frame_bytes_max);
     builder.add_heartbeat_interval_ms(args.heartbeat_interval_ms);
@@ -1886,6 +1898,8 @@ impl<'a> Welcome<'a> {
     let heartbeat_interval_ms = self.heartbeat_interval_ms();
     let frame_bytes_max = self.frame_bytes_max();
     let backlog_count = self.backlog_count();
+    let payload_bytes_max = self.payload_bytes_max();
+    let resume_seq = self.resume_seq();
     WelcomeT {
       protocol_version,
       user,
@@ -1894,6 +1908,8 @@ impl<'a> Welcome<'a> {
       heartbeat_interval_ms,
       frame_bytes_max,
       backlog_count,
+      payload_bytes_max,
+      resume_seq,
     }
   }
 
@@ -1951,6 +1967,25 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Welcome::VT_BACKLOG_COUNT, Some(0)).unwrap()}
   }
+  /// Largest `Send` payload the server accepts: every accepted message
+  /// fits in a `Deliver` under `frame_bytes_max`. Larger: `PayloadTooLarge`.
+  #[inline]
+  pub fn payload_bytes_max(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Welcome::VT_PAYLOAD_BYTES_MAX, Some(0)).unwrap()}
+  }
+  /// The seq the server resumes after: `Hello.last_acked_seq`, or 0 when
+  /// that is past the end of this device's queue (everything still queued
+  /// is then sent). A client adopts it as its last acknowledged seq.
+  #[inline]
+  pub fn resume_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Welcome::VT_RESUME_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Welcome<'_> {
@@ -1966,6 +2001,8 @@ impl ::flatbuffers::Verifiable for Welcome<'_> {
      .visit_field::<u32>("heartbeat_interval_ms", Self::VT_HEARTBEAT_INTERVAL_MS, false)?
      .visit_field::<u32>("frame_bytes_max", Self::VT_FRAME_BYTES_MAX, false)?
      .visit_field::<u32>("backlog_count", Self::VT_BACKLOG_COUNT, false)?
+     .visit_field::<u32>("payload_bytes_max", Self::VT_PAYLOAD_BYTES_MAX, false)?
+     .visit_field::<u64>("resume_seq", Self::VT_RESUME_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -1978,6 +2015,8 @@ pub struct WelcomeArgs {
     pub heartbeat_interval_ms: u32,
     pub frame_bytes_max: u32,
     pub backlog_count: u32,
+    pub payload_bytes_max: u32,
+    pub resume_seq: u64,
 }
 impl<'a> Default for WelcomeArgs {
   #[inline]
@@ -1990,6 +2029,8 @@ impl<'a> Default for WelcomeArgs {
       heartbeat_interval_ms: 0,
       frame_bytes_max: 0,
       backlog_count: 0,
+      payload_bytes_max: 0,
+      resume_seq: 0,
     }
   }
 }
@@ -2028,6 +2069,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WelcomeBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Welcome::VT_BACKLOG_COUNT, backlog_count, 0);
   }
   #[inline]
+  pub fn add_payload_bytes_max(&mut self, payload_bytes_max: u32) {
+    self.fbb_.push_slot::<u32>(Welcome::VT_PAYLOAD_BYTES_MAX, payload_bytes_max, 0);
+  }
+  #[inline]
+  pub fn add_resume_seq(&mut self, resume_seq: u64) {
+    self.fbb_.push_slot::<u64>(Welcome::VT_RESUME_SEQ, resume_seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WelcomeBuilder {
@@ -2052,6 +2101,8 @@ impl ::core::fmt::Debug for Welcome<'_> {
       ds.field("heartbeat_interval_ms", &self.heartbeat_interval_ms());
       ds.field("frame_bytes_max", &self.frame_bytes_max());
       ds.field("backlog_count", &self.backlog_count());
+      ds.field("payload_bytes_max", &self.payload_bytes_max());
+      ds.field("resume_seq", &self.resume_seq());
       ds.finish()
   }
 }
@@ -2065,6 +2116,8 @@ pub struct WelcomeT {
   pub heartbeat_interval_ms: u32,
   pub frame_bytes_max: u32,
   pub backlog_count: u32,
+  pub payload_bytes_max: u32,
+  pub resume_seq: u64,
 }
 impl Default for WelcomeT {
   fn default() -> Self {
@@ -2076,6 +2129,8 @@ impl Default for WelcomeT {
       heartbeat_interval_ms: 0,
       frame_bytes_max: 0,
       backlog_count: 0,
+      payload_bytes_max: 0,
+      resume_seq: 0,
     }
   }
 }
@@ -2091,6 +2146,8 @@ impl WelcomeT {
     let heartbeat_interval_ms = self.heartbeat_interval_ms;
     let frame_bytes_max = self.frame_bytes_max;
     let backlog_count = self.backlog_count;
+    let payload_bytes_max = self.payload_bytes_max;
+    let resume_seq = self.resume_seq;
     Welcome::create(_fbb, &WelcomeArgs{
       protocol_version,
       user,
@@ -2099,6 +2156,8 @@ impl WelcomeT {
       heartbeat_interval_ms,
       frame_bytes_max,
       backlog_count,
+      payload_bytes_max,
+      resume_seq,
     })
   }
 }
