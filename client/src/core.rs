@@ -309,7 +309,11 @@ impl ClientCore {
             Body::Error(e) if e.fatal() => return self.close(Some(e.code())),
             Body::Error(e) => {
                 let client_msg_id = e.client_msg_id();
-                self.pending.remove(&client_msg_id); // not stored: the app decides
+                // Not stored. Refused while draining: resent on the next
+                // connection; otherwise the app decides.
+                if e.code() != ErrorCode::Draining {
+                    self.pending.remove(&client_msg_id);
+                }
                 ClientEvent::Refused {
                     code: e.code(),
                     client_msg_id,

@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint (`tiny_http`, on its own thread, loopback by
 //! default): `GET /metrics` (Prometheus text), `GET /health` (the process
-//! runs), `GET /ready` (every shard listens and no drain started),
+//! runs), `GET /ready` (every shard listens, no drain started and no
+//! shard's log failed),
 //! `POST /drain` (GoAway to every connection, stop accepting, exit once
 //! they are gone or at the drain deadline).
 
@@ -57,13 +58,14 @@ fn answer(
         (Method::Get, "/ready") => {
             let listening = control.listening.load(Ordering::SeqCst);
             let draining = control.drain.load(Ordering::SeqCst);
-            if listening == shards && !draining {
+            let failed = control.failed.load(Ordering::SeqCst);
+            if listening == shards && !draining && failed == 0 {
                 text(200, "ready\n".into())
             } else {
                 text(
                     503,
                     format!(
-                        "not ready: {listening}/{shards} shards listening, draining: {draining}\n"
+                        "not ready: {listening}/{shards} shards listening, draining: {draining}, failed: {failed}\n"
                     ),
                 )
             }

@@ -199,6 +199,12 @@ impl Overrides {
     }
 }
 
+/// Smallest frame limit: a `Receipt` of 256 ids and a `GroupCreate` fit.
+pub const FRAME_BYTES_MIN: u32 = 4 << 10;
+/// Largest frame limit: a message record (payload, plus 20 bytes per
+/// recipient device) must stay far below the log's 1 MiB record limit.
+pub const FRAME_BYTES_MAX: u32 = 256 << 10;
+
 impl Settings {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -220,8 +226,8 @@ impl Settings {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key go together");
         }
-        if !(1024..=16 << 20).contains(&self.frame_bytes_max) {
-            return bad("frame_bytes_max must be within 1 KiB..16 MiB");
+        if !(FRAME_BYTES_MIN..=FRAME_BYTES_MAX).contains(&self.frame_bytes_max) {
+            return bad("frame_bytes_max must be within 4 KiB..256 KiB");
         }
         if self.window == 0 || self.conns_per_shard == 0 || self.sends_per_s == 0 {
             return bad("window, conns_per_shard and sends_per_s must be positive");
@@ -237,7 +243,9 @@ impl Settings {
 
     /// The per-shard settings.
     pub fn shard_config(&self) -> ShardConfig {
+        let limits = wire_format::Limits::with_frame_bytes_max(self.frame_bytes_max);
         let session = SessionConfig {
+            payload_bytes_max: limits.payload_bytes_max(),
             handshake_timeout_ms: self.handshake_timeout_ms,
             auth_timeout_ms: self.auth_timeout_ms,
             idle_timeout_ms: self.idle_timeout_ms,
@@ -249,7 +257,7 @@ impl Settings {
         };
         ShardConfig {
             session,
-            limits: wire_format::Limits::with_frame_bytes_max(self.frame_bytes_max),
+            limits,
             window: self.window,
             out_bytes_max: self.out_bytes_max,
             conns_max: self.conns_per_shard,
@@ -263,5 +271,39 @@ impl Settings {
             ttl_default_ms: self.ttl_default_s.saturating_mul(1000),
             ..queue_engine::EngineConfig::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_frame(frame_bytes_max: u32) -> Settings {
+        Settings {
+            frame_bytes_max,
+            out_bytes_max: 64 << 20,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn frame_limits_that_a_record_cannot_hold_are_refused() {
+        assert!(with_frame(64 << 10).validate().is_ok());
+        assert!(with_frame(FRAME_BYTES_MAX).validate().is_ok());
+        for too_big in [FRAME_BYTES_MAX + 1, 1 << 20, 2 << 20, 16 << 20] {
+            let error = with_frame(too_big).validate().unwrap_err();
+            assert!(error.to_string().contains("frame_bytes_max"), "{error}");
+        }
+        assert!(with_frame(FRAME_BYTES_MIN - 1).validate().is_err());
+    }
+
+    #[test]
+    fn the_session_accepts_what_a_deliver_can_carry() {
+        let shard = with_frame(128 << 10).shard_config();
+        assert_eq!(
+            shard.session.payload_bytes_max,
+            shard.limits.payload_bytes_max()
+        );
+        assert_eq!(shard.limits.frame_bytes_max, 128 << 10);
     }
 }

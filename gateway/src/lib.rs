@@ -7,6 +7,7 @@
 //! sans-IO crates (`wire-format`, `shard-router`, `queue-engine`).
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod mesh;
 pub mod metrics;

@@ -45,6 +45,9 @@ pub struct Metrics {
     messages_stored: Counters,
     messages_delivered: Counters,
     duplicates: Counters,
+    receipts_deferred: Counters,
+    anomalies: Counters,
+    log_failures: Counters,
     errors: Family<ErrorLabel, Counter>,
     queued_messages: Gauges,
     log_bytes: Gauges,
@@ -80,6 +83,9 @@ impl Metrics {
             messages_stored: Counters::default(),
             messages_delivered: Counters::default(),
             duplicates: Counters::default(),
+            receipts_deferred: Counters::default(),
+            anomalies: Counters::default(),
+            log_failures: Counters::default(),
             errors: Family::default(),
             queued_messages: Gauges::default(),
             log_bytes: Gauges::default(),
@@ -120,6 +126,21 @@ impl Metrics {
             "duplicates",
             "Retries answered with the original",
             m.duplicates.clone(),
+        );
+        r.register(
+            "receipts_deferred",
+            "Receipts kept for a retry because a recipient's queue was full",
+            m.receipts_deferred.clone(),
+        );
+        r.register(
+            "internal_errors",
+            "Broken invariants, counted and logged instead of crashing",
+            m.anomalies.clone(),
+        );
+        r.register(
+            "log_failures",
+            "I/O errors on the log (fail-stop: the process exits)",
+            m.log_failures.clone(),
         );
         r.register("errors", "Error frames sent, by code", m.errors.clone());
         r.register(
@@ -170,6 +191,11 @@ impl Metrics {
         self.fdatasync_seconds.get_or_create(&l).observe(seconds);
     }
 
+    /// An I/O error on `shard`'s log: the process is about to exit.
+    pub fn log_failed(&self, shard: u16) {
+        self.log_failures.get_or_create(&ShardLabel { shard }).inc();
+    }
+
     /// Publishes a shard's counters: the change since `last`.
     pub fn publish(&self, shard: u16, now: &Stats, last: &Stats, gauges: [u64; 3]) {
         let l = ShardLabel { shard };
@@ -190,6 +216,12 @@ impl Metrics {
             last.messages_delivered,
         );
         add(&self.duplicates, now.duplicates, last.duplicates);
+        add(
+            &self.receipts_deferred,
+            now.receipts_deferred,
+            last.receipts_deferred,
+        );
+        add(&self.anomalies, now.anomalies, last.anomalies);
         for (code, n) in &now.errors {
             let old = last.errors.get(code).copied().unwrap_or(0);
             let label = ErrorLabel { shard, code: *code };

@@ -13,9 +13,17 @@
 //!   glommio's blocking pool, so the executor keeps serving while the disk
 //!   syncs, and the next batch fills meanwhile;
 //! - the mesh: a sender of batches to other shards, a receiver per peer;
-//! - the ticker: session deadlines, TTL expiry, metrics, drain.
+//! - the timer: sleeps until the core's next deadline
+//!   ([`ShardCore::poll_timeout`]), woken early when an input brings one
+//!   closer;
+//! - the ticker: metrics and the drain flag, every 100 ms.
+//!
+//! An I/O error on the log is fail-stop: the shard's core is told, the
+//! shard is marked not ready, the error is logged with the shard and the
+//! process exits with status 70 (the supervisor restarts it; recovery
+//! replays the log, and nothing unsynced was ✓'d).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -35,6 +43,7 @@ use rustls::ServerConnection;
 use shard_router::{ConnId, Placement, RouterConfig, RouterCore, ShardMsg};
 use tracing::{debug, error, info, warn};
 
+use crate::clock::{Clock, Now};
 use crate::mesh::{MeshLink, mesh};
 use crate::metrics::Metrics;
 use crate::notify::Notify;
@@ -49,8 +58,10 @@ const WRITE_CHUNK: usize = 48 * 1024;
 /// completions. glommio's default (100 ms) is a latency floor once
 /// thousands of connection tasks are runnable; 1 ms keeps ✓ latency low.
 const PREEMPT: Duration = Duration::from_millis(1);
-/// How often deadlines, expiry and metrics are looked at.
+/// How often metrics are published and the drain flag is looked at.
 const TICK: Duration = Duration::from_millis(100);
+/// Exit status after an I/O error on the log (EX_SOFTWARE).
+pub const EXIT_LOG_FAILED: i32 = 70;
 
 /// What every shard needs to start.
 #[derive(Clone)]
@@ -85,6 +96,8 @@ pub struct Control {
     pub drain: Arc<AtomicBool>,
     /// Shards that finished draining.
     pub drained: AtomicUsize,
+    /// Shards whose log failed (the process is exiting).
+    pub failed: AtomicUsize,
 }
 
 /// Wall-clock milliseconds since the Unix epoch (the time the cores get).
@@ -128,12 +141,24 @@ struct Shard {
     spec: ServerSpec,
     scratch: RefCell<Vec<u8>>,
     plain: RefCell<Vec<u8>>,
+    clock: Clock,
+    timer: Notify,
+    /// The monotonic ms the timer task sleeps until.
+    timer_at: Cell<u64>,
 }
 
 impl Shard {
     /// After any input: wake the connections with output, the mesh sender
     /// and the flusher.
     fn kick(&self) {
+        let core = self.core.borrow();
+        if let Some(why) = core.failed() {
+            self.fail_stop(why);
+        }
+        if core.poll_timeout() < self.timer_at.get() {
+            self.timer.notify();
+        }
+        drop(core);
         let ready = self.core.borrow_mut().take_ready();
         let wakers = self.wakers.borrow();
         for conn in ready {
@@ -143,6 +168,19 @@ impl Shard {
         }
         self.outbox.notify();
         self.flush.notify();
+    }
+
+    fn now(&self) -> Now {
+        self.clock.now()
+    }
+
+    /// The log failed: not ready, counted, logged, exit. Never returns.
+    fn fail_stop(&self, why: &str) -> ! {
+        let control = &self.spec.control;
+        control.failed.fetch_add(1, Ordering::SeqCst);
+        self.spec.metrics.log_failed(self.id);
+        error!(shard = self.id, "stopping the process: {why}");
+        std::process::exit(EXIT_LOG_FAILED);
     }
 }
 
@@ -182,6 +220,9 @@ async fn run_shard(
         spec: spec.clone(),
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
         plain: RefCell::new(vec![0; SCRATCH_BYTES]),
+        clock: Clock::new(),
+        timer: Notify::default(),
+        timer_at: Cell::new(u64::MAX),
     });
     let link = Rc::new({
         let inbound = link.inbound();
@@ -189,7 +230,7 @@ async fn run_shard(
             let shard = shard.clone();
             glommio::spawn_local(async move {
                 while let Some(batch) = crate::mesh::recv_batch(&rx).await {
-                    shard.core.borrow_mut().handle_batch(now_ms(), batch);
+                    shard.core.borrow_mut().handle_batch(shard.now(), batch);
                     shard.kick();
                 }
             })
@@ -202,6 +243,7 @@ async fn run_shard(
     let listener = TcpListener::bind(spec.listen)?;
     spec.control.listening.fetch_add(1, Ordering::SeqCst);
     glommio::spawn_local(ticker(shard.clone())).detach();
+    glommio::spawn_local(timer(shard.clone())).detach();
     accept_loop(shard, listener).await;
     Ok(())
 }
@@ -237,14 +279,13 @@ async fn flusher(shard: Rc<Shard>) {
                 .await;
             *shard.storage.borrow_mut() = Some(storage);
             if let Err(e) = result {
-                // Nothing waiting on this batch is answered; retry.
-                error!(shard = shard.id, "log write failed, retrying: {e}");
-                glommio::timer::sleep(Duration::from_millis(100)).await;
-                continue;
+                // Fail-stop: nothing waiting on this batch was answered.
+                shard.core.borrow_mut().handle_flush_failed(&e);
+                shard.kick();
             }
             let seconds = started.elapsed().as_secs_f64();
             shard.spec.metrics.flushed(shard.id, len, seconds);
-            shard.core.borrow_mut().handle_flushed(now_ms());
+            shard.core.borrow_mut().handle_flushed(shard.now());
             shard.kick();
         }
     }
@@ -255,8 +296,7 @@ async fn ticker(shard: Rc<Shard>) {
     let mut drain_deadline: Option<Instant> = None;
     loop {
         glommio::timer::sleep(TICK).await;
-        let now = now_ms();
-        shard.core.borrow_mut().tick(now);
+        let now = shard.now();
         let control = &shard.spec.control;
         if control.drain.load(Ordering::SeqCst) && drain_deadline.is_none() {
             let deadline = shard.spec.shard.session.drain_timeout_ms;
@@ -285,6 +325,26 @@ async fn ticker(shard: Rc<Shard>) {
     }
 }
 
+/// Runs the core's deadlines: sleeps until [`ShardCore::poll_timeout`],
+/// or until an input brings the next deadline closer.
+async fn timer(shard: Rc<Shard>) {
+    loop {
+        let at = shard.core.borrow().poll_timeout();
+        shard.timer_at.set(at);
+        let now = shard.now().mono_ms;
+        if at > now {
+            let wait = Duration::from_millis(at - now);
+            let sleep = async {
+                glommio::timer::sleep(wait).await;
+            };
+            sleep.or(shard.timer.wait()).await;
+            continue;
+        }
+        shard.core.borrow_mut().handle_timeout(shard.now());
+        shard.kick();
+    }
+}
+
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         let stream = match listener.accept().await {
@@ -295,7 +355,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
-        let opened = shard.core.borrow_mut().open_conn(now_ms());
+        let opened = shard.core.borrow_mut().open_conn(shard.now());
         let Some(conn) = opened else {
             debug!(
                 shard = shard.id,
@@ -326,7 +386,7 @@ async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream, conn: ConnId) {
         Err(e) => warn!("TLS setup failed: {e}"),
     }
     shard.wakers.borrow_mut().remove(&conn);
-    shard.core.borrow_mut().remove_conn(now_ms(), conn);
+    shard.core.borrow_mut().remove_conn(shard.now(), conn);
     shard.kick();
     let _ = stream.close().await;
 }
@@ -366,7 +426,7 @@ async fn drive(
             .await
         {
             Wake::Output => continue,
-            Wake::Read(Ok(0)) => shard.core.borrow_mut().peer_closed(now_ms(), conn),
+            Wake::Read(Ok(0)) => shard.core.borrow_mut().peer_closed(shard.now(), conn),
             Wake::Read(Ok(n)) => {
                 if let Err(e) = take_input(shard, tls, conn, n, &mut handshaking) {
                     shard.spec.metrics.tls_error(shard.id);
@@ -397,7 +457,7 @@ fn take_input(
         if *handshaking && !tls.is_handshaking() {
             *handshaking = false;
             shard.spec.metrics.handshake(shard.id);
-            shard.core.borrow_mut().handshake_done(now_ms(), conn);
+            shard.core.borrow_mut().handshake_done(shard.now(), conn);
         }
         deliver_plaintext(shard, tls, conn)?;
     }
@@ -414,7 +474,7 @@ fn deliver_plaintext(
     loop {
         match tls.reader().read(&mut plain) {
             Ok(0) => {
-                shard.core.borrow_mut().peer_closed(now_ms(), conn);
+                shard.core.borrow_mut().peer_closed(shard.now(), conn);
                 return Ok(());
             }
             Ok(n) => {
@@ -422,7 +482,7 @@ fn deliver_plaintext(
                 shard
                     .core
                     .borrow_mut()
-                    .handle_bytes(now_ms(), conn, &plain[..n], verifier);
+                    .handle_bytes(shard.now(), conn, &plain[..n], verifier);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use wire_format::fb::{self, ErrorCode};
 use wire_format::{Address, AddressKind, Body, Frame, PROTOCOL_VERSION, WireError};
 
+use crate::clock::Now;
 use crate::token::{Claims, Verifier};
 
 /// Deadlines and limits of a session.
@@ -316,12 +317,14 @@ impl Session {
         self.close(None);
     }
 
-    /// A decoded, verified frame arrived at `now_ms`.
-    pub fn handle_frame(&mut self, now_ms: u64, frame: &Frame, verifier: &Verifier) {
+    /// A decoded, verified frame arrived at `now` (deadlines use its
+    /// monotonic time, the token's expiry its wall time).
+    pub fn handle_frame(&mut self, now: Now, frame: &Frame, verifier: &Verifier) {
+        let now_ms = now.mono_ms;
         self.last_rx_ms = now_ms;
         match self.state {
             State::Handshaking | State::Closed => {}
-            State::AwaitingHello => self.on_hello(now_ms, frame, verifier),
+            State::AwaitingHello => self.on_hello(now.wall_ms, frame, verifier),
             State::Authenticated(_) | State::Draining(_) => self.on_frame(now_ms, frame),
         }
     }
@@ -451,7 +454,7 @@ impl Session {
         }
     }
 
-    fn on_hello(&mut self, now_ms: u64, frame: &Frame, verifier: &Verifier) {
+    fn on_hello(&mut self, wall_ms: u64, frame: &Frame, verifier: &Verifier) {
         let Body::Hello(hello) = frame.body() else {
             return self.fail(ErrorCode::AuthRequired, 0);
         };
@@ -459,7 +462,7 @@ impl Session {
             return self.fail(ErrorCode::UnsupportedVersion, 0);
         }
         let token = hello.token().map(|t| t.bytes()).unwrap_or_default();
-        match verifier.verify(token, now_ms / 1000) {
+        match verifier.verify(token, wall_ms / 1000) {
             Ok(claims) => {
                 self.state = State::Authenticated(claims);
                 let last_acked_seq = hello.last_acked_seq();

@@ -3,6 +3,7 @@
 //! and a typed refusal for every bad input.
 
 use bytes::Bytes;
+use gateway::clock::Now;
 use gateway::session::{Event, GroupOp, Reply, Session, SessionConfig, State};
 use gateway::token::{Claims, SigningKey, Verifier};
 use wire_format::fb::{self, ErrorCode};
@@ -10,6 +11,14 @@ use wire_format::{
     Address, AddressKind, DeliverHeader, Encoder, Frame, Limits, OutFrame, WireError, decode_exact,
     device_address, group_address, user_address,
 };
+
+/// One moment on both clocks.
+fn at(t: u64) -> Now {
+    Now {
+        mono_ms: t,
+        wall_ms: t,
+    }
+}
 
 const T0: u64 = 1_767_225_600_000; // ms
 
@@ -61,7 +70,7 @@ impl World {
         let mut s = Session::new(T0, config);
         s.handle_handshake_done(T0);
         let hello = self.hello(1, self.token(T0 + 3_600_000));
-        s.handle_frame(T0, &hello, &self.verifier);
+        s.handle_frame(at(T0), &hello, &self.verifier);
         assert!(matches!(s.poll_event(), Some(Event::Authenticated { .. })));
         s
     }
@@ -89,7 +98,7 @@ fn hello_authenticates_and_the_sender_is_always_the_token_s_device() {
     let mut s = Session::new(T0, SessionConfig::default());
     s.handle_handshake_done(T0 + 5);
     let hello = w.hello(1, w.token(T0 + 3_600_000));
-    s.handle_frame(T0 + 6, &hello, &w.verifier);
+    s.handle_frame(at(T0 + 6), &hello, &w.verifier);
     let claims = Claims {
         key_id: 1,
         user: 42,
@@ -116,11 +125,11 @@ fn hello_authenticates_and_the_sender_is_always_the_token_s_device() {
     assert_eq!(replies(&mut s), [welcome]);
 
     let send = w.send(user_address(9), 5, b"ciphertext");
-    s.handle_frame(T0 + 7, &send, &w.verifier);
+    s.handle_frame(at(T0 + 7), &send, &w.verifier);
     let ack = World::frame(w.enc.delivery_ack(12, true).unwrap());
-    s.handle_frame(T0 + 8, &ack, &w.verifier);
+    s.handle_frame(at(T0 + 8), &ack, &w.verifier);
     let ping = World::frame(w.enc.ping(77).unwrap());
-    s.handle_frame(T0 + 9, &ping, &w.verifier);
+    s.handle_frame(at(T0 + 9), &ping, &w.verifier);
     let got = events(&mut s);
     let Event::Send {
         to,
@@ -198,7 +207,7 @@ fn bad_hellos_get_their_codes() {
     for (frame, code) in cases {
         let mut s = Session::new(T0, SessionConfig::default());
         s.handle_handshake_done(T0);
-        s.handle_frame(T0, &frame, &w.verifier);
+        s.handle_frame(at(T0), &frame, &w.verifier);
         assert_eq!(replies(&mut s), [fatal(code)], "{code:?}");
         assert_eq!(events(&mut s), [Event::Closed { code: Some(code) }]);
     }
@@ -218,7 +227,7 @@ fn out_of_state_frames_and_bad_bytes_close_with_their_codes() {
     let second_hello = w.hello(1, w.token(T0 + 60_000));
     for frame in [deliver, second_hello] {
         let mut s = w.authenticated(SessionConfig::default());
-        s.handle_frame(T0, &frame, &w.verifier);
+        s.handle_frame(at(T0), &frame, &w.verifier);
         assert_eq!(
             replies(&mut s),
             [fatal(ErrorCode::UnexpectedFrame)],
@@ -249,7 +258,7 @@ fn bad_addresses_and_long_lists_are_refused_without_closing() {
         ..SessionConfig::default()
     });
     let nowhere = Address::new(5, 0, AddressKind::None);
-    s.handle_frame(T0, &w.send(nowhere, 9, b"x"), &w.verifier);
+    s.handle_frame(at(T0), &w.send(nowhere, 9, b"x"), &w.verifier);
     let ids = [1, 2, 3];
     let receipt = World::frame(
         w.enc
@@ -263,7 +272,7 @@ fn bad_addresses_and_long_lists_are_refused_without_closing() {
             )
             .unwrap(),
     );
-    s.handle_frame(T0, &receipt, &w.verifier);
+    s.handle_frame(at(T0), &receipt, &w.verifier);
     assert_eq!(
         replies(&mut s),
         [
@@ -280,7 +289,7 @@ fn bad_addresses_and_long_lists_are_refused_without_closing() {
         ]
     );
     assert!(!s.is_closed());
-    s.handle_frame(T0, &w.send(group_address(8), 10, b"ok"), &w.verifier);
+    s.handle_frame(at(T0), &w.send(group_address(8), 10, b"ok"), &w.verifier);
     assert!(matches!(
         events(&mut s).as_slice(),
         [Event::Send {
@@ -301,7 +310,7 @@ fn group_frames_become_events() {
     let mut header = fb::FrameT::default();
     header.body = fb::BodyT::GroupAdd(Box::new(add));
     let frame = World::frame(w.enc.encode_owned(&header, Bytes::new()).unwrap());
-    s.handle_frame(T0, &frame, &w.verifier);
+    s.handle_frame(at(T0), &frame, &w.verifier);
     let expected = Event::Group {
         op: GroupOp::Add,
         request_id: 4,
@@ -323,7 +332,7 @@ fn a_silent_client_is_probed_then_closed_and_any_frame_resets_the_clock() {
     s.handle_timeout(T0 + 30_000);
     assert_eq!(replies(&mut s), [Reply::Ping { nonce: T0 + 30_000 }]);
     let pong = World::frame(w.enc.pong(T0 + 30_000).unwrap());
-    s.handle_frame(T0 + 31_000, &pong, &w.verifier);
+    s.handle_frame(at(T0 + 31_000), &pong, &w.verifier);
     assert_eq!(s.poll_timeout(), Some(T0 + 61_000), "the clock restarts");
     s.handle_timeout(T0 + 61_000);
     assert_eq!(replies(&mut s), [Reply::Ping { nonce: T0 + 61_000 }]);
@@ -343,25 +352,41 @@ fn sends_over_the_rate_are_refused_then_the_connection_is_closed() {
     };
     let mut s = w.authenticated(config);
     for id in 0..10 {
-        s.handle_frame(T0, &w.send(user_address(1), id, b"m"), &w.verifier);
+        s.handle_frame(at(T0), &w.send(user_address(1), id, b"m"), &w.verifier);
     }
     assert_eq!(events(&mut s).len(), 10, "the burst passes");
-    s.handle_frame(T0, &w.send(user_address(1), 10, b"m"), &w.verifier);
+    s.handle_frame(at(T0), &w.send(user_address(1), 10, b"m"), &w.verifier);
     let limited = Reply::Error {
         code: ErrorCode::RateLimited,
         client_msg_id: 10,
         fatal: false,
     };
     assert_eq!(replies(&mut s), [limited]);
-    s.handle_frame(T0 + 100, &w.send(user_address(1), 11, b"m"), &w.verifier);
+    s.handle_frame(
+        at(T0 + 100),
+        &w.send(user_address(1), 11, b"m"),
+        &w.verifier,
+    );
     assert_eq!(
         events(&mut s).len(),
         1,
         "a tenth of a second refills one send"
     );
-    s.handle_frame(T0 + 100, &w.send(user_address(1), 12, b"m"), &w.verifier);
-    s.handle_frame(T0 + 100, &w.send(user_address(1), 13, b"m"), &w.verifier);
-    s.handle_frame(T0 + 100, &w.send(user_address(1), 14, b"m"), &w.verifier);
+    s.handle_frame(
+        at(T0 + 100),
+        &w.send(user_address(1), 12, b"m"),
+        &w.verifier,
+    );
+    s.handle_frame(
+        at(T0 + 100),
+        &w.send(user_address(1), 13, b"m"),
+        &w.verifier,
+    );
+    s.handle_frame(
+        at(T0 + 100),
+        &w.send(user_address(1), 14, b"m"),
+        &w.verifier,
+    );
     let last = replies(&mut s).pop().unwrap();
     assert_eq!(
         last,
@@ -387,9 +412,13 @@ fn draining_refuses_new_sends_keeps_acks_and_closes_at_the_deadline() {
             reconnect_after_ms: 5_000
         }]
     );
-    s.handle_frame(T0 + 20, &w.send(user_address(1), 3, b"late"), &w.verifier);
+    s.handle_frame(
+        at(T0 + 20),
+        &w.send(user_address(1), 3, b"late"),
+        &w.verifier,
+    );
     let ack = World::frame(w.enc.delivery_ack(2, false).unwrap());
-    s.handle_frame(T0 + 20, &ack, &w.verifier);
+    s.handle_frame(at(T0 + 20), &ack, &w.verifier);
     // Not stored, not fatal, and a code of its own: the table says 502
     // (ShuttingDown) is fatal, and a client must resend this one later.
     let refused = Reply::Error {
@@ -444,7 +473,7 @@ fn a_client_that_pings_as_welcome_says_is_never_closed_as_idle() {
                 s.handle_timeout(t);
             }
             let ping = World::frame(w.enc.ping(i).unwrap());
-            s.handle_frame(now, &ping, &w.verifier);
+            s.handle_frame(at(now), &ping, &w.verifier);
             assert!(
                 !s.is_closed(),
                 "closed as idle after {i} pings ({idle_timeout_ms} ms)"
@@ -466,7 +495,7 @@ fn a_payload_whose_deliver_would_not_fit_is_refused_at_send() {
     for (len, accepted) in [(max, true), (max + 1, false)] {
         let payload: &'static [u8] = vec![7; len].leak();
         s.handle_frame(
-            T0 + 1,
+            at(T0 + 1),
             &w.send(user_address(9), len as u64, payload),
             &w.verifier,
         );

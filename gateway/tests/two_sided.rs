@@ -8,12 +8,21 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use client::{ClientCore, ClientEvent};
+use gateway::clock::Now;
 use gateway::session::{Event, Reply, Session, SessionConfig};
 use gateway::token::{SigningKey, Verifier};
 use wire_format::fb::{self, ErrorCode};
 use wire_format::{
     DeliverHeader, Encoder, FrameDecoder, Limits, OutFrame, device_address, user_address,
 };
+
+/// One moment on both clocks.
+fn at(t: u64) -> Now {
+    Now {
+        mono_ms: t,
+        wall_ms: t,
+    }
+}
 
 const NOW: u64 = 1_767_225_600_000;
 
@@ -90,7 +99,7 @@ impl World {
                     let conn = &mut self.conns[i];
                     conn.decoder.extend_from_slice(&frame.to_vec());
                     while let Some(frame) = conn.decoder.decode().unwrap() {
-                        conn.session.handle_frame(NOW, &frame, &self.verifier);
+                        conn.session.handle_frame(at(NOW), &frame, &self.verifier);
                     }
                     moved = true;
                 }

@@ -87,6 +87,13 @@ pub enum QueueError {
     /// A message with no recipient device.
     #[error("no recipient")]
     NoRecipient,
+    /// The record (payload plus 20 bytes per recipient) would exceed the
+    /// log's record limit.
+    #[error("a record of {bytes} bytes exceeds the record limit")]
+    TooLarge {
+        /// Bytes the record would take.
+        bytes: usize,
+    },
 }
 
 /// A message to store.
@@ -266,6 +273,10 @@ impl Engine {
         }
         if m.recipients.is_empty() {
             return Err(QueueError::NoRecipient);
+        }
+        let bytes = crate::record::message_len(m.recipients.len(), m.payload.len());
+        if bytes > crate::record::RECORD_BYTES_MAX || m.recipients.len() > usize::from(u16::MAX) {
+            return Err(QueueError::TooLarge { bytes });
         }
         for device in m.recipients {
             self.check_room(*device, m.payload.len() as u64)?;

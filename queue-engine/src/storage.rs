@@ -203,6 +203,8 @@ pub enum SimOp {
     Write,
     /// [`Storage::sync`].
     Sync,
+    /// [`Storage::read_at`] (a failing sector under a queued record).
+    Read,
 }
 
 /// An in-memory disk with seeded faults. Writes are volatile until `sync`;
@@ -216,7 +218,7 @@ pub enum SimOp {
 pub struct SimDisk {
     segments: BTreeMap<u64, SimSegment>,
     rng: SimRng,
-    failing: Vec<SimOp>,
+    failing: std::cell::RefCell<Vec<SimOp>>,
     /// Bytes written, syncs done (for the tests' accounting).
     pub stats: SimStats,
 }
@@ -230,8 +232,6 @@ pub struct SimStats {
     pub syncs: u64,
     /// Crashes that tore a segment's unsynced tail.
     pub torn: u64,
-    /// Operations failed on purpose ([`SimDisk::fail_next`]).
-    pub failed: u64,
 }
 
 impl SimDisk {
@@ -240,22 +240,22 @@ impl SimDisk {
         Self {
             segments: BTreeMap::new(),
             rng: SimRng::new(seed),
-            failing: Vec::new(),
+            failing: std::cell::RefCell::new(Vec::new()),
             stats: SimStats::default(),
         }
     }
 
     /// The next `op` fails with an I/O error (once per call).
     pub fn fail_next(&mut self, op: SimOp) {
-        self.failing.push(op);
+        self.failing.get_mut().push(op);
     }
 
     /// Whether an injected failure of `op` is due (and uses it up).
-    fn fails(&mut self, op: SimOp) -> io::Result<()> {
-        match self.failing.iter().position(|f| *f == op) {
+    fn fails(&self, op: SimOp) -> io::Result<()> {
+        let mut failing = self.failing.borrow_mut();
+        match failing.iter().position(|f| *f == op) {
             Some(at) => {
-                self.failing.remove(at);
-                self.stats.failed += 1;
+                failing.remove(at);
                 Err(io::Error::other(format!("simulated {op:?} failure")))
             }
             None => Ok(()),
@@ -315,6 +315,7 @@ impl Storage for SimDisk {
     }
 
     fn read_at(&self, start: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.fails(SimOp::Read)?;
         let segment = self.segments.get(&start).ok_or(io::ErrorKind::NotFound)?;
         let offset = usize::try_from(offset).expect("segments fit in memory");
         let bytes = segment.current.get(offset..offset + buf.len());

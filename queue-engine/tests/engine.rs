@@ -260,3 +260,70 @@ fn a_backlog_reads_back_its_payloads_even_after_reclaim_moves_them() {
         "moved by reclaim, still readable"
     );
 }
+
+#[test]
+fn receipts_are_their_own_record_kind_whatever_the_client_id() {
+    let config = EngineConfig {
+        payload_cache_bytes: 0, // every read comes from the disk
+        ..EngineConfig::default()
+    };
+    let (mut e, mut disk) = engine(config);
+    // A client id with bit 63 set is legal and stays a message.
+    let high = (1 << 63) + 12_345;
+    let m = NewMessage {
+        message_id: 7,
+        sender: ALICE,
+        client_msg_id: high,
+        recipients: &[BOB_PHONE],
+        ttl_ms: 0,
+        payload: b"ciphertext",
+        receipt: false,
+    };
+    e.append_message(0, &m).unwrap();
+    // Two receipts with the same (sender, client id) are both stored:
+    // receipts are never deduped.
+    for id in [8, 9] {
+        let r = NewMessage {
+            message_id: id,
+            client_msg_id: 0,
+            payload: b"\x00ids",
+            receipt: true,
+            ..m
+        };
+        assert!(matches!(
+            e.append_message(0, &r),
+            Ok(Accepted::Stored { .. })
+        ));
+    }
+    flush_all(&mut e, &mut disk).unwrap();
+    let e = reopen(&mut disk, config, 1);
+    let kinds: Vec<(bool, u64, Vec<u8>)> = e
+        .backlog(BOB_PHONE, 0)
+        .map(|(_, position)| read_message(&e, &disk, position).unwrap())
+        .map(|s| (s.receipt, s.client_msg_id, s.payload))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (false, high, b"ciphertext".to_vec()),
+            (true, 0, b"\x00ids".to_vec()),
+            (true, 0, b"\x00ids".to_vec()),
+        ]
+    );
+}
+
+#[test]
+fn a_record_over_the_limit_is_refused_not_a_crash() {
+    let (mut e, _) = engine(EngineConfig {
+        queue_bytes_max: u64::MAX,
+        ..EngineConfig::default()
+    });
+    let payload = vec![0; 1 << 20];
+    let refused = send(&mut e, 0, 1, &[BOB_PHONE], &payload);
+    assert!(
+        matches!(refused, Err(QueueError::TooLarge { .. })),
+        "{refused:?}"
+    );
+    let fits = vec![0; 256 << 10];
+    assert!(send(&mut e, 0, 2, &[BOB_PHONE, BOB_LAPTOP], &fits).is_ok());
+}

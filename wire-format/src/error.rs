@@ -95,6 +95,28 @@ impl WireError {
     }
 }
 
+/// Whether the sender of an `Error` with `code` closes the connection
+/// after it: one answer per code, the "fatal" column of the error table in
+/// `docs/protocol.md` (a test holds the two together). `RateLimited` is
+/// the one code sent both ways: non-fatal, and fatal once a connection has
+/// been refused too many times in a row.
+pub fn is_fatal(code: ErrorCode) -> bool {
+    !matches!(
+        code,
+        ErrorCode::InvalidAddress
+            | ErrorCode::NotGroupAdmin
+            | ErrorCode::UnknownGroup
+            | ErrorCode::RateLimited
+            | ErrorCode::RecipientQueueFull
+            | ErrorCode::TooManyItems
+            | ErrorCode::GroupFull
+            | ErrorCode::TtlTooLong
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::StorageUnavailable
+            | ErrorCode::Draining
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,26 +152,4 @@ mod tests {
             assert_eq!(error.code().0, code, "{error}");
         }
     }
-}
-
-/// Whether the sender of an `Error` with `code` closes the connection
-/// after it: one answer per code, the "fatal" column of the error table in
-/// `docs/protocol.md` (a test holds the two together). `RateLimited` is
-/// the one code sent both ways: non-fatal, and fatal once a connection has
-/// been refused too many times in a row.
-pub fn is_fatal(code: ErrorCode) -> bool {
-    !matches!(
-        code,
-        ErrorCode::InvalidAddress
-            | ErrorCode::NotGroupAdmin
-            | ErrorCode::UnknownGroup
-            | ErrorCode::RateLimited
-            | ErrorCode::RecipientQueueFull
-            | ErrorCode::TooManyItems
-            | ErrorCode::GroupFull
-            | ErrorCode::TtlTooLong
-            | ErrorCode::PayloadTooLarge
-            | ErrorCode::StorageUnavailable
-            | ErrorCode::Draining
-    )
 }

@@ -102,8 +102,11 @@ mod tests {
         let payload = bytes::Bytes::from(vec![0; limits.payload_bytes_max() as usize]);
         let frame = e.deliver(&h, payload).expect("fits");
         assert!(frame.len() <= limits.frame_bytes_max as usize);
-        let overhead = frame.header().len() as u32;
-        assert!(overhead <= Limits::DELIVER_OVERHEAD_BYTES, "{overhead}");
+        let overhead = frame.header().len();
+        assert!(
+            overhead <= Limits::DELIVER_OVERHEAD_BYTES as usize,
+            "{overhead}"
+        );
         // A Send of the same payload is smaller, so it is always accepted.
         let send = e.send(big, u64::MAX, u32::MAX, frame.payload().clone());
         assert!(send.expect("fits").len() < frame.len());

@@ -4,11 +4,120 @@
 use super::*;
 
 impl<S: Storage> ShardCore<S> {
+    // ---- connections --------------------------------------------------------
+
+    /// A TCP connection was accepted: its id, or `None` when the shard is
+    /// at its connection limit (or draining) and the shell should close it.
+    pub fn open_conn(&mut self, now: Now) -> Option<ConnId> {
+        self.set_now(now);
+        if self.conns.len() >= self.config.conns_max || self.draining {
+            self.count_error(ErrorCode::TooManyConnections);
+            return None;
+        }
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let conn = Conn {
+            session: Session::new(now.mono_ms, self.config.session),
+            decoder: FrameDecoder::new(self.config.limits),
+            device: None,
+            out: Vec::new(),
+            held: Some(Vec::new()),
+            ready: false,
+            timer_at: u64::MAX,
+        };
+        self.conns.insert(id, conn);
+        self.stats.conns_opened += 1;
+        self.schedule(id);
+        Some(id)
+    }
+
+    /// The TLS handshake of `conn` completed.
+    pub fn handshake_done(&mut self, now: Now, conn: ConnId) {
+        self.set_now(now);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.handle_handshake_done(now.mono_ms);
+        }
+        self.schedule(conn);
+    }
+
+    /// Plaintext arrived on `conn`.
+    pub fn handle_bytes(&mut self, now: Now, conn: ConnId, bytes: &[u8], verifier: &Verifier) {
+        self.set_now(now);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.decoder.extend_from_slice(bytes);
+        loop {
+            match c.decoder.decode() {
+                Ok(Some(frame)) => {
+                    self.stats.frames_in += 1;
+                    c.session.handle_frame(now, &frame, verifier);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    c.session.handle_decode_error(&error);
+                    break;
+                }
+            }
+            if c.session.is_closed() {
+                break;
+            }
+        }
+        c.decoder.release_if_empty();
+        self.after_session(now.wall_ms, conn);
+    }
+
+    /// The peer closed `conn`, or its socket failed.
+    pub fn peer_closed(&mut self, now: Now, conn: ConnId) {
+        self.set_now(now);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.handle_peer_closed();
+        }
+        self.after_session(now.wall_ms, conn);
+    }
+
+    /// The shell closed the socket of `conn`: forget it.
+    pub fn remove_conn(&mut self, now: Now, conn: ConnId) {
+        self.set_now(now);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.handle_peer_closed();
+        }
+        self.after_session(now.wall_ms, conn);
+        if self.conns.remove(&conn).is_some() {
+            self.stats.conns_closed += 1;
+        }
+    }
+
+    /// Connections with output (or a close) since the last call.
+    pub fn take_ready(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// The plaintext to write to `conn` and whether to close it after.
+    /// `None` if the connection is gone.
+    pub fn take_output(&mut self, conn: ConnId) -> Option<(Vec<u8>, bool)> {
+        let c = self.conns.get_mut(&conn)?;
+        c.ready = false;
+        Some((std::mem::take(&mut c.out), c.session.is_closed()))
+    }
+
+    /// Drain: `GoAway` to every connection, refuse new ones.
+    pub fn start_drain(&mut self, now: Now, reconnect_after_ms: u32) {
+        self.set_now(now);
+        self.draining = true;
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in ids {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session.start_drain(now.mono_ms, reconnect_after_ms);
+            }
+            self.after_session(now.wall_ms, conn);
+        }
+    }
+
     // ---- sessions -------------------------------------------------------------
 
     /// Acts on what the session of `conn` produced.
     pub(super) fn after_session(&mut self, now_ms: u64, conn: ConnId) {
-        self.now_ms = self.now_ms.max(now_ms);
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
@@ -19,6 +128,7 @@ impl<S: Storage> ShardCore<S> {
             self.on_event(now_ms, conn, event);
         }
         self.flush_replies(conn);
+        self.schedule(conn);
         self.run_effects(now_ms);
     }
 
@@ -46,13 +156,13 @@ impl<S: Storage> ShardCore<S> {
                     reply,
                     after_seq: last_acked_seq,
                 };
-                self.to_home(now_ms, device, Target::Device(device), resume);
+                self.send_home(now_ms, device, Target::Device(device), resume);
             }
             (Event::Closed { .. }, device) => {
                 self.router.handle_disconnect(now_ms, conn);
                 if let Some(device) = device {
                     let gone = ToHome::Gone { reply };
-                    self.to_home(now_ms, device, Target::Device(device), gone);
+                    self.send_home(now_ms, device, Target::Device(device), gone);
                 }
                 self.mark_ready(conn);
             }
@@ -86,7 +196,7 @@ impl<S: Storage> ShardCore<S> {
                     ttl_s,
                     payload,
                 };
-                self.to_home(now_ms, device, to, submit);
+                self.send_home(now_ms, device, to, submit);
             }
             Event::Ack { seq, cumulative } => {
                 let ack = ToHome::DeviceAck {
@@ -94,16 +204,16 @@ impl<S: Storage> ShardCore<S> {
                     seq,
                     cumulative,
                 };
-                self.to_home(now_ms, device, Target::Device(device), ack);
+                self.send_home(now_ms, device, Target::Device(device), ack);
             }
             Event::Read { to, message_ids } => {
-                let read = ToHome::StoreReceipt {
+                let read = ToHome::StoreReceipt(Receipt {
                     kind: fb::ReceiptKind::Read,
                     message_ids,
                     at_ms: now_ms,
                     confirm: None,
-                };
-                self.to_home(now_ms, device, target(&to), read);
+                });
+                self.send_home(now_ms, device, target(&to), read);
             }
             Event::Typing { to, state } => {
                 let to = target(&to);

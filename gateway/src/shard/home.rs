@@ -17,17 +17,7 @@ impl<S: Storage> ShardCore<S> {
                 ttl_s,
                 payload,
             } => self.store_message(now_ms, reply, from, to, client_msg_id, ttl_s, &payload),
-            ToHome::StoreReceipt {
-                kind,
-                message_ids,
-                at_ms,
-                confirm,
-            } => {
-                let stored = self.store_receipt(now_ms, from, to, kind, &message_ids, at_ms);
-                if let Some(ack) = confirm {
-                    self.confirm_when_durable(now_ms, ack, stored);
-                }
-            }
+            ToHome::StoreReceipt(r) => self.receipt_at_home(now_ms, from, to, r),
             ToHome::ReceiptStored { seq } => self.receipt_stored(now_ms, from, seq),
             ToHome::Resume { reply, after_seq } => self.resume(now_ms, reply, from, after_seq),
             ToHome::DeviceAck {
@@ -82,6 +72,14 @@ impl<S: Storage> ShardCore<S> {
         ttl_s: u32,
         payload: &[u8],
     ) {
+        if self.failed.is_some() {
+            // Fail-stop in progress: nothing more is stored (or ✓'d).
+            let note = ToConn::Refused {
+                code: ErrorCode::StorageUnavailable,
+                client_msg_id,
+            };
+            return self.send_conn(now_ms, reply, from, Target::Device(from), note);
+        }
         let recipients = self.recipients(from, to);
         let message_id = self.next_message_id();
         let m = NewMessage {
@@ -142,9 +140,16 @@ impl<S: Storage> ShardCore<S> {
                 note
             }
             Err(QueueError::QueueFull { .. }) => refuse(ErrorCode::RecipientQueueFull),
-            Err(_) => refuse(ErrorCode::InvalidAddress),
+            // No such user or device (or only the sender itself).
+            Err(QueueError::NoRecipient) => refuse(ErrorCode::InvalidAddress),
+            // Fans out to too many devices for one record.
+            Err(QueueError::TooLarge { .. }) => refuse(ErrorCode::PayloadTooLarge),
+            Err(QueueError::NotDelivered { .. }) => {
+                self.anomaly("storing a message was refused as an ack");
+                refuse(ErrorCode::Internal)
+            }
         };
-        self.to_conn(now_ms, reply, from, Target::Device(from), note);
+        self.send_conn(now_ms, reply, from, Target::Device(from), note);
     }
 
     /// Bookkeeping for a stored record: its meta, and a pump of each
@@ -203,7 +208,7 @@ impl<S: Storage> ShardCore<S> {
             backlog_count,
             resume_seq,
         };
-        self.to_conn(now_ms, reply, device, Target::Device(device), welcome);
+        self.send_conn(now_ms, reply, device, Target::Device(device), welcome);
         self.pump(now_ms, device);
     }
 
@@ -217,9 +222,12 @@ impl<S: Storage> ShardCore<S> {
             let Some((seq, position)) = self.engine.backlog(dref, cursor.sent).next() else {
                 return;
             };
-            if let Some((from, to, note)) = self.entry_note(device, seq, position) {
-                self.to_conn(now_ms, cursor.conn, from, to, note);
-            }
+            // A record that cannot be read failed the shard: stop here
+            // rather than skip it (the process exits and recovery replays).
+            let Some((from, to, note)) = self.entry_note(device, seq, position) else {
+                return;
+            };
+            self.send_conn(now_ms, cursor.conn, from, to, note);
             if let Some(c) = self.cursors.get_mut(&device) {
                 c.sent = seq;
             }
@@ -228,17 +236,21 @@ impl<S: Storage> ShardCore<S> {
 
     /// The note that delivers entry `seq` (record at `position`) to `device`.
     pub(super) fn entry_note(
-        &self,
+        &mut self,
         device: DeviceKey,
         seq: u64,
         position: u64,
     ) -> Option<(DeviceKey, Target, ToConn)> {
-        let (meta, payload) = match (
+        let cached = match (
             self.meta.get(&position),
             self.engine.recent_payload(position),
         ) {
-            (Some(meta), Some(payload)) => (*meta, Bytes::copy_from_slice(payload)),
-            _ => self.read_back(device, position)?,
+            (Some(meta), Some(payload)) => Some((*meta, Bytes::copy_from_slice(payload))),
+            _ => None,
+        };
+        let (meta, payload) = match cached {
+            Some(found) => found,
+            None => self.read_back(device, position)?,
         };
         let note = match meta.receipt {
             None => ToConn::Message {
@@ -263,8 +275,22 @@ impl<S: Storage> ShardCore<S> {
 
     /// Reads a record the memory no longer holds (older than this process,
     /// or out of the recent-payload cache).
-    pub(super) fn read_back(&self, device: DeviceKey, position: u64) -> Option<(Meta, Bytes)> {
-        let stored = read_message(&self.engine, &self.reader, position).ok()?;
+    /// A read that fails is an I/O error on the log, and as fail-stop as a
+    /// failed write: the shard is marked failed (the shell exits) and
+    /// nothing is skipped meanwhile.
+    pub(super) fn read_back(&mut self, device: DeviceKey, position: u64) -> Option<(Meta, Bytes)> {
+        let stored = match read_message(&self.engine, &self.reader, position) {
+            Ok(stored) => stored,
+            Err(error) => {
+                let why = format!(
+                    "shard {}: log read at {position} failed: {error}",
+                    self.shard.0
+                );
+                tracing::error!("{why}");
+                self.failed.get_or_insert(why);
+                return None;
+            }
+        };
         let receipt = stored
             .receipt
             .then(|| stored.payload.first().map(|k| fb::ReceiptKind(*k)))
@@ -278,6 +304,27 @@ impl<S: Storage> ShardCore<S> {
             pending: 0,
         };
         Some((meta, Bytes::from(stored.payload)))
+    }
+}
+
+impl<S: Storage> ShardCore<S> {
+    /// One of the recipient devices of the record at `position` is done
+    /// with it (acked or expired): what is known of it, and its meta is
+    /// forgotten with its last recipient.
+    pub(super) fn forget_one(&mut self, device: DeviceKey, position: u64) -> Option<Meta> {
+        let Some(meta) = self.meta.get_mut(&position) else {
+            return self.read_back(device, position).map(|(meta, _)| meta);
+        };
+        let Some(pending) = meta.pending.checked_sub(1) else {
+            self.anomaly("more acks than recipients for a record");
+            return None;
+        };
+        meta.pending = pending;
+        let m = *meta;
+        if pending == 0 {
+            self.meta.remove(&position);
+        }
+        Some(m)
     }
 }
 

@@ -21,13 +21,14 @@
 //! where it is queued durably for the sender's devices like a message.
 
 mod edge;
-mod expiry;
 mod home;
 mod note;
 mod receipts;
 mod reply;
+mod time;
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 use bytes::Bytes;
 use queue_engine::{
@@ -44,6 +45,7 @@ use wire_format::{
     group_address, user_address,
 };
 
+use crate::clock::Now;
 use crate::session::{Event, Reply, Session, SessionConfig};
 use crate::token::Verifier;
 
@@ -97,11 +99,15 @@ pub struct Stats {
     pub messages_delivered: u64,
     /// Retries answered with the original.
     pub duplicates: u64,
+    /// Receipts kept for a retry because a recipient's queue was full.
+    pub receipts_deferred: u64,
     /// Errors sent, by code.
     pub errors: FxHashMap<u16, u64>,
     /// Internal errors: broken invariants that were counted and logged
     /// instead of crashing the process.
     pub anomalies: u64,
+    /// The last of them, for logs and tests.
+    pub last_anomaly: Option<&'static str>,
 }
 
 /// How many entries the core's bookkeeping holds: once every device has
@@ -118,6 +124,8 @@ pub struct Internals {
     pub acks: usize,
     /// Devices with a receipt floor.
     pub receipted: usize,
+    /// Receipts waiting for room in a full queue.
+    pub deferred: usize,
     /// Message and receipt records still referenced by a queue.
     pub live_messages: usize,
 }
@@ -184,6 +192,8 @@ struct Conn {
     /// `Welcome` first, whichever shard answers first.
     held: Option<Vec<u8>>,
     ready: bool,
+    /// The deadline of its live entry in the timer heap (`u64::MAX`: none).
+    timer_at: u64,
 }
 
 /// One shard's decisions.
@@ -206,11 +216,17 @@ pub struct ShardCore<S> {
     acks: FxHashMap<DeviceKey, VecDeque<PendingAck>>,
     /// Per device, the highest seq whose receipts were requested.
     receipted: FxHashMap<DeviceKey, u64>,
+    /// Receipts refused by a full queue, retried every tick: (from, to, receipt).
+    deferred: VecDeque<(DeviceKey, Target, Receipt)>,
     draining: bool,
     /// The log failed (fail-stop: the shell exits); why.
     failed: Option<String>,
-    /// The latest time passed in.
+    /// The latest wall-clock time passed in (for encoded timestamps).
     now_ms: u64,
+    /// Session deadlines: (monotonic ms, connection), earliest first.
+    timers: BinaryHeap<Reverse<(u64, ConnId)>>,
+    /// When TTL expiry and deferred receipts are next looked at (monotonic).
+    housekeeping_at: u64,
     stats: Stats,
 }
 
@@ -270,20 +286,28 @@ impl<S: Storage> ShardCore<S> {
             waiting: VecDeque::new(),
             acks: FxHashMap::default(),
             receipted: FxHashMap::default(),
+            deferred: VecDeque::new(),
             draining: false,
             failed: None,
             now_ms: 0,
+            timers: BinaryHeap::new(),
+            housekeeping_at: 0,
             stats: Stats::default(),
         }
     }
 
+    /// Every input passes the time first.
+    fn set_now(&mut self, now: Now) {
+        self.now_ms = self.now_ms.max(now.wall_ms);
+    }
+
     /// Routes `note` to the home of `to`.
-    fn to_home(&mut self, now_ms: u64, from: DeviceKey, to: Target, note: ToHome) {
+    fn send_home(&mut self, now_ms: u64, from: DeviceKey, to: Target, note: ToHome) {
         self.router.route_home(now_ms, from, to, Note::Home(note));
     }
 
     /// Routes `note` to connection `conn` (of any shard).
-    fn to_conn(&mut self, now_ms: u64, conn: ConnRef, from: DeviceKey, to: Target, note: ToConn) {
+    fn send_conn(&mut self, now_ms: u64, conn: ConnRef, from: DeviceKey, to: Target, note: ToConn) {
         self.router
             .route_to_conn(now_ms, conn, from, to, Note::Conn(note));
     }
@@ -292,6 +316,7 @@ impl<S: Storage> ShardCore<S> {
     /// silent (a panic would take every shard of the process down).
     fn anomaly(&mut self, what: &'static str) {
         self.stats.anomalies += 1;
+        self.stats.last_anomaly = Some(what);
         tracing::error!(shard = self.shard.0, "internal error: {what}");
     }
 
@@ -318,134 +343,18 @@ impl<S: Storage> ShardCore<S> {
             waiting: self.waiting.len(),
             acks: self.acks.len(),
             receipted: self.receipted.len(),
+            deferred: self.deferred.len(),
             live_messages: self.engine.live_messages(),
-        }
-    }
-
-    // ---- connections --------------------------------------------------------
-
-    /// A TCP connection was accepted: its id, or `None` when the shard is
-    /// at its connection limit (or draining) and the shell should close it.
-    pub fn open_conn(&mut self, now_ms: u64) -> Option<ConnId> {
-        if self.conns.len() >= self.config.conns_max || self.draining {
-            self.count_error(ErrorCode::TooManyConnections);
-            return None;
-        }
-        let id = ConnId(self.next_conn);
-        self.next_conn += 1;
-        let conn = Conn {
-            session: Session::new(now_ms, self.config.session),
-            decoder: FrameDecoder::new(self.config.limits),
-            device: None,
-            out: Vec::new(),
-            held: Some(Vec::new()),
-            ready: false,
-        };
-        self.conns.insert(id, conn);
-        self.stats.conns_opened += 1;
-        Some(id)
-    }
-
-    /// The TLS handshake of `conn` completed.
-    pub fn handshake_done(&mut self, now_ms: u64, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.session.handle_handshake_done(now_ms);
-        }
-    }
-
-    /// Plaintext arrived on `conn`.
-    pub fn handle_bytes(&mut self, now_ms: u64, conn: ConnId, bytes: &[u8], verifier: &Verifier) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        c.decoder.extend_from_slice(bytes);
-        loop {
-            match c.decoder.decode() {
-                Ok(Some(frame)) => {
-                    self.stats.frames_in += 1;
-                    c.session.handle_frame(now_ms, &frame, verifier);
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    c.session.handle_decode_error(&error);
-                    break;
-                }
-            }
-            if c.session.is_closed() {
-                break;
-            }
-        }
-        c.decoder.release_if_empty();
-        self.after_session(now_ms, conn);
-    }
-
-    /// The peer closed `conn`, or its socket failed.
-    pub fn peer_closed(&mut self, now_ms: u64, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.session.handle_peer_closed();
-        }
-        self.after_session(now_ms, conn);
-    }
-
-    /// The shell closed the socket of `conn`: forget it.
-    pub fn remove_conn(&mut self, now_ms: u64, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.session.handle_peer_closed();
-        }
-        self.after_session(now_ms, conn);
-        if self.conns.remove(&conn).is_some() {
-            self.stats.conns_closed += 1;
-        }
-    }
-
-    /// Connections with output (or a close) since the last call.
-    pub fn take_ready(&mut self) -> Vec<ConnId> {
-        std::mem::take(&mut self.ready)
-    }
-
-    /// The plaintext to write to `conn` and whether to close it after.
-    /// `None` if the connection is gone.
-    pub fn take_output(&mut self, conn: ConnId) -> Option<(Vec<u8>, bool)> {
-        let c = self.conns.get_mut(&conn)?;
-        c.ready = false;
-        Some((std::mem::take(&mut c.out), c.session.is_closed()))
-    }
-
-    /// Time passed: session deadlines and TTL expiry.
-    pub fn tick(&mut self, now_ms: u64) {
-        let due: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.session.poll_timeout().is_some_and(|t| t <= now_ms))
-            .map(|(id, _)| *id)
-            .collect();
-        for conn in due {
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.session.handle_timeout(now_ms);
-            }
-            self.after_session(now_ms, conn);
-        }
-        self.expire(now_ms);
-    }
-
-    /// Drain: `GoAway` to every connection, refuse new ones.
-    pub fn start_drain(&mut self, now_ms: u64, reconnect_after_ms: u32) {
-        self.draining = true;
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-        for conn in ids {
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.session.start_drain(now_ms, reconnect_after_ms);
-            }
-            self.after_session(now_ms, conn);
         }
     }
 
     // ---- other shards and the log -------------------------------------------
 
     /// A batch from another shard (or this one, through the mesh).
-    pub fn handle_batch(&mut self, now_ms: u64, batch: Vec<ShardMsg<Note>>) {
-        self.router.handle_batch(now_ms, batch);
-        self.run_effects(now_ms);
+    pub fn handle_batch(&mut self, now: Now, batch: Vec<ShardMsg<Note>>) {
+        self.set_now(now);
+        self.router.handle_batch(now.wall_ms, batch);
+        self.run_effects(now.wall_ms);
     }
 
     /// The next batch for another shard.
@@ -474,20 +383,22 @@ impl<S: Storage> ShardCore<S> {
 
     /// The batch from [`ShardCore::poll_flush`] is durable: answer what
     /// waited for it.
-    pub fn handle_flushed(&mut self, now_ms: u64) {
+    pub fn handle_flushed(&mut self, now: Now) {
+        self.set_now(now);
+        let now_ms = now.wall_ms;
         self.engine.handle_flushed();
         let durable = self.engine.durable();
         while self.waiting.front().is_some_and(|(p, _)| *p < durable) {
             let (_, waiting) = self.waiting.pop_front().expect("checked");
             match waiting {
                 Waiting::Ack { reply, from, note } => {
-                    self.to_conn(now_ms, reply, from, Target::Device(from), note)
+                    self.send_conn(now_ms, reply, from, Target::Device(from), note)
                 }
                 Waiting::Pump(device) => self.pump(now_ms, device),
                 Waiting::Confirm(ack) => {
                     let note = ToHome::ReceiptStored { seq: ack.seq };
                     let to = Target::Device(ack.device);
-                    self.to_home(now_ms, ack.device, to, note);
+                    self.send_home(now_ms, ack.device, to, note);
                 }
             }
         }

@@ -33,17 +33,7 @@ pub enum ToHome {
         payload: Bytes,
     },
     /// Store a receipt for the devices of the note's target.
-    StoreReceipt {
-        /// Delivered, read or expired.
-        kind: fb::ReceiptKind,
-        /// The messages it is about.
-        message_ids: Vec<u64>,
-        /// When it happened.
-        at_ms: u64,
-        /// For a `Delivered` receipt: the ack to confirm (with
-        /// [`ToHome::ReceiptStored`]) once the receipt is durable.
-        confirm: Option<AckRef>,
-    },
+    StoreReceipt(Receipt),
     /// The receipts for the device's ack `seq` are durable at one
     /// sender's home.
     ReceiptStored {
@@ -71,6 +61,20 @@ pub enum ToHome {
         /// The connection.
         reply: ConnRef,
     },
+}
+
+/// A receipt on its way to the home of the user it is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    /// Delivered, read or expired.
+    pub kind: fb::ReceiptKind,
+    /// The messages it is about.
+    pub message_ids: Vec<u64>,
+    /// When it happened.
+    pub at_ms: u64,
+    /// For a `Delivered` receipt: the ack to confirm (with
+    /// [`ToHome::ReceiptStored`]) once the receipt is durable.
+    pub confirm: Option<AckRef>,
 }
 
 /// For the shard holding a connection.

@@ -3,8 +3,48 @@
 
 use super::*;
 
+/// What became of a receipt at its home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Receipted {
+    /// Queued at this log position (durable once the log passes it).
+    Stored(u64),
+    /// Nobody to queue it for.
+    Nobody,
+    /// A recipient's queue is full: kept and retried, never dropped.
+    Full,
+}
+
 impl<S: Storage> ShardCore<S> {
-    pub(super) fn store_receipt(
+    /// A receipt for the devices of `to`: queued, or kept for a retry when
+    /// a queue is full. A `Delivered` receipt is confirmed to the acking
+    /// device's home only once it is durable, so its tombstone (and more
+    /// deliveries to that device) wait: a full queue pushes back.
+    pub(super) fn receipt_at_home(&mut self, now_ms: u64, from: DeviceKey, to: Target, r: Receipt) {
+        let stored = self.store_receipt(now_ms, from, to, r.kind, &r.message_ids, r.at_ms);
+        match (stored, r.confirm) {
+            (Receipted::Stored(position), Some(ack)) => {
+                self.waiting.push_back((position, Waiting::Confirm(ack)));
+            }
+            (Receipted::Nobody, Some(ack)) => {
+                let note = ToHome::ReceiptStored { seq: ack.seq };
+                self.send_home(now_ms, ack.device, Target::Device(ack.device), note);
+            }
+            (Receipted::Full, _) => {
+                self.stats.receipts_deferred += 1;
+                self.deferred.push_back((from, to, r));
+            }
+            (_, None) => {}
+        }
+    }
+
+    /// Retries the receipts kept because a queue was full.
+    pub(super) fn retry_deferred(&mut self, now_ms: u64) {
+        for (from, to, r) in std::mem::take(&mut self.deferred) {
+            self.receipt_at_home(now_ms, from, to, r);
+        }
+    }
+
+    fn store_receipt(
         &mut self,
         now_ms: u64,
         from: DeviceKey,
@@ -12,7 +52,7 @@ impl<S: Storage> ShardCore<S> {
         kind: fb::ReceiptKind,
         message_ids: &[u64],
         at_ms: u64,
-    ) -> Option<u64> {
+    ) -> Receipted {
         let recipients = match to {
             Target::Device(d) if self.is_registered(d) => vec![device_ref(d)],
             Target::Device(d) => self.recipients(from, Target::User(d.user)),
@@ -33,33 +73,29 @@ impl<S: Storage> ShardCore<S> {
             payload: &payload,
             receipt: true,
         };
-        if let Ok(Accepted::Stored { position, seqs }) = self.engine.append_message(now_ms, &m) {
-            let meta = Meta {
-                from,
-                to,
-                message_id,
-                at_ms,
-                receipt: Some(kind),
-                pending: u32::try_from(seqs.len()).unwrap_or(u32::MAX),
-            };
-            self.stored(position, meta, &seqs);
-            return Some(position);
-        }
-        None
-    }
-
-    /// Tells the acking device's home when the receipt at `stored` is
-    /// durable (at once if nothing was stored: nobody to tell).
-    pub(super) fn confirm_when_durable(&mut self, now_ms: u64, ack: AckRef, stored: Option<u64>) {
-        match stored {
-            Some(position) => self.waiting.push_back((position, Waiting::Confirm(ack))),
-            None => {
-                let note = ToHome::ReceiptStored { seq: ack.seq };
-                let to = Target::Device(ack.device);
-                self.to_home(now_ms, ack.device, to, note);
+        match self.engine.append_message(now_ms, &m) {
+            Ok(Accepted::Stored { position, seqs }) => {
+                let meta = Meta {
+                    from,
+                    to,
+                    message_id,
+                    at_ms,
+                    receipt: Some(kind),
+                    pending: u32::try_from(seqs.len()).unwrap_or(u32::MAX),
+                };
+                self.stored(position, meta, &seqs);
+                Receipted::Stored(position)
+            }
+            Err(QueueError::QueueFull { .. }) => Receipted::Full,
+            Err(QueueError::NoRecipient) => Receipted::Nobody,
+            Ok(Accepted::Duplicate { .. })
+            | Err(QueueError::NotDelivered { .. } | QueueError::TooLarge { .. }) => {
+                self.anomaly("a receipt was deduped, refused as an ack or too large");
+                Receipted::Nobody
             }
         }
     }
+
     pub(super) fn device_ack(
         &mut self,
         now_ms: u64,
@@ -81,15 +117,14 @@ impl<S: Storage> ShardCore<S> {
         } else {
             self.request_ack(now_ms, device, seq, cumulative)
         };
-        match acked {
-            Ok(()) => {}
-            Err(_) => {
-                let note = ToConn::Refused {
-                    code: ErrorCode::NotYourMessage,
-                    client_msg_id: 0,
-                };
-                self.to_conn(now_ms, reply, device, Target::Device(device), note);
-            }
+        if let Err(QueueError::NotDelivered { .. }) = acked {
+            let note = ToConn::Refused {
+                code: ErrorCode::NotYourMessage,
+                client_msg_id: 0,
+            };
+            self.send_conn(now_ms, reply, device, Target::Device(device), note);
+        } else if acked.is_err() {
+            self.anomaly("an ack failed for a reason other than its seq");
         }
     }
 
@@ -132,11 +167,13 @@ impl<S: Storage> ShardCore<S> {
 
     /// One of the receipts for `device`'s ack `seq` is durable.
     pub(super) fn receipt_stored(&mut self, now_ms: u64, device: DeviceKey, seq: u64) {
-        let Some(acks) = self.acks.get_mut(&device) else {
-            return;
-        };
-        if let Some(a) = acks.iter_mut().find(|a| a.seq == seq && a.receipts > 0) {
-            a.receipts -= 1;
+        let found = self.acks.get_mut(&device).and_then(|acks| {
+            acks.iter_mut()
+                .find(|a| a.seq == seq && a.receipts > 0)
+                .map(|a| a.receipts -= 1)
+        });
+        if found.is_none() {
+            return self.anomaly("a receipt was confirmed for an ack nobody waits on");
         }
         self.settle_acks(now_ms, device);
     }
@@ -155,8 +192,15 @@ impl<S: Storage> ShardCore<S> {
                 self.acks.remove(&device);
                 self.receipted.remove(&device);
             }
-            // Already acknowledged or expired meanwhile: nothing to do.
-            let _ = self.engine.ack(device_ref(device), a.seq, a.cumulative);
+            // Entries acknowledged or expired meanwhile are simply gone
+            // (an empty ack); an error means the seq was never given out.
+            if self
+                .engine
+                .ack(device_ref(device), a.seq, a.cumulative)
+                .is_err()
+            {
+                self.anomaly("a settled ack names a seq the queue never gave out");
+            }
             settled = true;
         }
         if settled {
@@ -175,19 +219,8 @@ impl<S: Storage> ShardCore<S> {
     ) -> u32 {
         let mut by_sender: Vec<(DeviceKey, Vec<u64>)> = Vec::new();
         for position in positions {
-            let meta = match self.meta.get_mut(position) {
-                Some(meta) => {
-                    meta.pending = meta.pending.saturating_sub(1);
-                    let m = *meta;
-                    if m.pending == 0 {
-                        self.meta.remove(position);
-                    }
-                    m
-                }
-                None => match self.read_back(device, *position) {
-                    Some((meta, _)) => meta,
-                    None => continue,
-                },
+            let Some(meta) = self.forget_one(device, *position) else {
+                continue; // counted and logged
             };
             if meta.receipt.is_some() {
                 continue; // receipts get no receipts
@@ -200,13 +233,13 @@ impl<S: Storage> ShardCore<S> {
         let mut sent = 0;
         for (sender, ids) in by_sender {
             for chunk in ids.chunks(256) {
-                let receipt = ToHome::StoreReceipt {
+                let receipt = ToHome::StoreReceipt(Receipt {
                     kind: fb::ReceiptKind::Delivered,
                     message_ids: chunk.to_vec(),
                     at_ms: now_ms,
                     confirm: Some(ack),
-                };
-                self.to_home(now_ms, device, Target::User(sender.user), receipt);
+                });
+                self.send_home(now_ms, device, Target::User(sender.user), receipt);
                 sent += 1;
             }
         }

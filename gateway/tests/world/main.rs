@@ -6,9 +6,14 @@
 //! `WORLD_SEEDS=100 WORLD_STEPS=100000 cargo test --release -p gateway --test world -- --ignored --nocapture`;
 //! a failure names its seed, and `WORLD_SEED=n` replays just that one.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod sim;
 
+use client::ClientEvent;
+use queue_engine::SimOp;
 use sim::{Shape, World};
+use wire_format::fb::ErrorCode;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -67,4 +72,254 @@ fn soak() {
         "world soak: {steps} steps, {acked} ✓'d in {:?}",
         started.elapsed()
     );
+}
+
+// ---- one scenario per failure-path bug of issue #12 -------------------------
+
+const A: sim::Dev = (1, 0);
+const B: sim::Dev = (2, 0);
+
+/// A world with everyone offline, then `online` connected and welcomed.
+fn world_with(shape: Shape, online: &[sim::Dev]) -> World {
+    let mut w = World::new(1, shape);
+    for dev in online {
+        w.connect(*dev);
+    }
+    w.settle();
+    w
+}
+
+fn user(dev: sim::Dev) -> wire_format::Address {
+    wire_format::user_address(dev.0)
+}
+
+/// #1: a payload whose `Deliver` would not fit is refused at `Send`; the
+/// largest accepted one is delivered (and so is everything after it).
+#[test]
+fn every_accepted_payload_is_deliverable() {
+    let mut w = world_with(Shape::default(), &[A, B]);
+    let max = wire_format::Limits::default().payload_bytes_max() as usize;
+    let pad = max - 20; // the world's payload header is 20 bytes
+    // The old limit: anything whose Send fit the frame was stored.
+    for extra in [1, 20, 40] {
+        w.send(A, user(B), pad + extra);
+    }
+    w.settle();
+    assert_eq!(w.refusals(A, ErrorCode::PayloadTooLarge), 3);
+    w.send(A, user(B), pad);
+    for _ in 0..5 {
+        w.send(A, user(B), 10);
+    }
+    w.quiesce_and_check();
+    assert_eq!(w.acked_sends(), 6);
+}
+
+/// #2: the connection a device replaces is told `ConnectedElsewhere`,
+/// not an error a client would answer by reconnecting.
+#[test]
+fn a_replaced_connection_gets_go_away_connected_elsewhere() {
+    let mut w = world_with(Shape::default(), &[A]);
+    w.connect(A);
+    w.settle();
+    assert!(w.online(A), "the new connection stays");
+    let ghost = w.ghosts.pop().expect("the old connection");
+    assert_eq!(ghost.dev, A);
+    let reasons: Vec<_> = ghost
+        .events
+        .iter()
+        .map(|e| match e {
+            ClientEvent::GoAway { reason, .. } => format!("GoAway {reason:?}"),
+            ClientEvent::Closed { code } => format!("Closed {code:?}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(reasons, ["GoAway ConnectedElsewhere", "Closed None"]);
+}
+
+/// #3: a `Send` during a drain is refused with a code that is not fatal,
+/// as the table says, and the client sends it again after the restart.
+#[test]
+fn a_send_during_a_drain_is_refused_and_resent_later() {
+    let mut w = world_with(Shape::default(), &[A, B]);
+    w.drain();
+    w.settle();
+    w.send(A, user(B), 10);
+    w.settle();
+    assert_eq!(w.refusals(A, ErrorCode::Draining), 1);
+    assert!(
+        w.online(A),
+        "not fatal: the drain closes it at its deadline"
+    );
+    assert!(!wire_format::is_fatal(ErrorCode::Draining));
+    w.drain_and_restart();
+    w.quiesce_and_check();
+    assert_eq!(w.acked_sends(), 1, "✓'d after the restart");
+}
+
+/// #5: a receipt queued at a device's home while the device reconnects
+/// (stored, not yet durable, before its `Resume` arrives) is delivered on
+/// that connection, not on the one after.
+#[test]
+fn a_receipt_queued_while_its_device_reconnects_arrives_on_that_connection() {
+    let mut w = world_with(Shape::default(), &[A, B]);
+    w.send(A, user(B), 10);
+    w.settle();
+    w.disconnect(A);
+    w.disconnect((1, 1));
+    w.settle();
+    w.ack(B); // ✓✓ goes to A's home and is appended there
+    w.deliver_batches();
+    w.connect(A); // its Resume arrives before the receipt is durable
+    w.deliver_batches();
+    w.settle();
+    let got = &w.devices[&A];
+    let receipts = got
+        .events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Receipt { .. }))
+        .count();
+    assert_eq!(receipts, 1, "the ✓✓ arrived on this connection");
+    w.quiesce_and_check();
+}
+
+/// #6: a resume point past the end of the queue holds nothing back.
+#[test]
+fn a_resume_point_past_the_end_of_the_queue_holds_nothing_back() {
+    let mut w = world_with(Shape::default(), &[A]);
+    for _ in 0..3 {
+        w.send(A, sim::device(B), 10);
+    }
+    w.settle();
+    w.connect_resuming(B, 1_000_000);
+    w.settle();
+    let welcome = w.devices[&B].events.iter().rev().find_map(|e| match e {
+        ClientEvent::Welcome {
+            resume_seq,
+            backlog_count,
+            ..
+        } => Some((*resume_seq, *backlog_count)),
+        _ => None,
+    });
+    assert_eq!(welcome, Some((0, 3)), "resumes from 0 and says so");
+    assert_eq!(w.devices[&B].got.len(), 3, "nothing held back");
+    w.quiesce_and_check();
+}
+
+/// #7: a client id with bit 63 set is an ordinary message after a restart
+/// and once it left the payload cache.
+#[test]
+fn a_client_id_with_bit_63_is_still_a_message_after_a_restart() {
+    let mut w = world_with(Shape::default(), &[]);
+    w.set_next_id(A, (1 << 63) + 12_345);
+    w.connect_resuming(A, 0);
+    w.settle();
+    w.send(A, user(B), 10);
+    w.settle();
+    assert_eq!(w.acked_sends(), 1);
+    w.crash();
+    w.quiesce_and_check(); // B gets the payload, not a "receipt"
+    assert_eq!(w.devices[&B].got.len(), 1);
+}
+
+/// #8: ✓✓ for a sender whose queue is full waits (and holds back the
+/// acking device's queue) instead of being dropped.
+#[test]
+fn double_ticks_wait_for_room_in_a_full_queue() {
+    let mut shape = Shape::default();
+    shape.engine.queue_messages_max = 3;
+    let c = (3, 0);
+    let mut w = world_with(shape, &[A, B, c]);
+    w.send(A, user(B), 10);
+    w.settle();
+    w.disconnect(A);
+    for _ in 0..3 {
+        w.send(c, user(A), 10); // fills both of user 1's queues
+    }
+    w.settle();
+    w.ack(B);
+    w.settle();
+    w.advance(2_000); // retries while the queue is still full
+    w.settle();
+    let deferred: u64 = w.cores.iter().map(|c| c.stats().receipts_deferred).sum();
+    assert!(deferred >= 2, "the ✓✓ was kept, not dropped: {deferred}");
+    let waiting: usize = w.cores.iter().map(|c| c.internals().deferred).sum();
+    assert_eq!(waiting, 1, "one receipt for user 1's devices, kept");
+    w.quiesce_and_check(); // A reads its queue, the ✓✓ follows
+}
+
+/// #9: an I/O error on the log is fail-stop: nothing more is ✓'d or
+/// stored, and after the restart every send ends ✓'d and delivered.
+#[test]
+fn an_io_error_on_the_log_stops_the_shard_and_loses_nothing() {
+    for op in [SimOp::Write, SimOp::Sync, SimOp::Create] {
+        let mut w = world_with(Shape::default(), &[A, B]);
+        w.hold_failed = true;
+        if op == SimOp::Create {
+            // Segments are created only when the log rolls: fill one.
+            while w
+                .cores
+                .iter()
+                .all(|c| c.engine().log().segments().len() < 2)
+            {
+                w.send(A, user(B), 1_000);
+                w.quiesce_and_check();
+            }
+            w.connect(A);
+            w.connect(B);
+            w.settle();
+        }
+        let before = w.acked_sends();
+        for shard in 0..2 {
+            w.fail_disk(shard, op);
+        }
+        for _ in 0..10 {
+            w.send(A, user(B), 3_000); // 30 KB: the log rolls a segment
+        }
+        w.settle();
+        let failed = w.cores.iter().position(|c| c.failed().is_some());
+        let Some(failed) = failed else {
+            panic!("{op:?}: no shard failed");
+        };
+        assert!(w.fail_stops > 0);
+        assert!(w.acked_sends() < before + 10, "{op:?}: not all ✓'d");
+        // Until the exit, the failed shard ✓'s nothing and stores nothing.
+        let acked = w.acked_sends();
+        let home = w.cores[failed].engine().log().head();
+        w.send(A, user(B), 10);
+        w.settle();
+        assert_eq!(w.acked_sends(), acked, "{op:?}: no ✓ after the error");
+        assert_eq!(
+            w.cores[failed].engine().log().head(),
+            home,
+            "{op:?}: nothing stored"
+        );
+        w.hold_failed = false;
+        w.crash(); // the supervisor's restart
+        w.quiesce_and_check();
+        assert!(
+            w.acked_sends() >= before + 10,
+            "{op:?}: every send ✓'d at last"
+        );
+    }
+}
+
+/// #12: a queued record that cannot be read back is not skipped: the
+/// shard fails (counted and logged), restarts, and delivers it.
+#[test]
+fn a_record_that_cannot_be_read_back_is_not_skipped() {
+    let mut w = world_with(Shape::default(), &[A]);
+    for _ in 0..5 {
+        w.send(A, sim::device(B), 600); // beyond the 2 KiB payload cache
+    }
+    w.settle();
+    assert_eq!(w.acked_sends(), 5);
+    w.crash(); // nothing of them is in memory any more
+    for shard in 0..2 {
+        w.fail_disk(shard, SimOp::Read);
+    }
+    w.connect(B);
+    w.settle();
+    assert!(w.fail_stops > 0, "the read error failed the shard");
+    w.quiesce_and_check();
+    assert_eq!(w.devices[&B].got.len(), 5, "every message arrived");
 }

@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use client::{ClientCore, ClientEvent};
+use gateway::clock::Now;
 use gateway::shard::{Note, ShardConfig, ShardCore};
 use gateway::token::{SigningKey, Verifier};
 use queue_engine::{Engine, EngineConfig, LogConfig, SimDisk, SimOp, SimRng, write_flush};
@@ -146,6 +147,10 @@ pub struct World {
     flushing: Vec<Option<u64>>,
     /// Flush latency in ms (0: at once).
     pub flush_ms: u64,
+    /// A scenario that makes the cores count internal errors on purpose.
+    pub anomalies_expected: bool,
+    /// A scenario that looks at a failed core before the restart.
+    pub hold_failed: bool,
     /// Devices by (user, device).
     pub devices: BTreeMap<Dev, Device>,
     /// Old connections the server still held.
@@ -158,11 +163,19 @@ pub struct World {
     pub crashes: u64,
     /// Fail-stops after an I/O error so far.
     pub fail_stops: u64,
+    /// Internal errors the cores counted, in processes already gone.
+    pub anomalies_before: u64,
+    last_anomaly_before: Option<&'static str>,
 }
 
 /// `WORLD_TRACE=1` prints every step and client event.
 fn trace() -> bool {
     std::env::var_os("WORLD_TRACE").is_some()
+}
+
+/// The address of one device.
+pub fn device(dev: Dev) -> Address {
+    device_address(dev.0, dev.1)
 }
 
 fn dev_of(a: &Address) -> Dev {
@@ -207,12 +220,16 @@ impl World {
             mesh: BTreeMap::new(),
             flushing: vec![None; shards],
             flush_ms: 0,
+            anomalies_expected: false,
+            hold_failed: false,
             devices: BTreeMap::new(),
             ghosts: Vec::new(),
             sent: BTreeMap::new(),
             ids: BTreeMap::new(),
             crashes: 0,
             fail_stops: 0,
+            anomalies_before: 0,
+            last_anomaly_before: None,
         };
         world.start();
         for user in 1..=shape.users {
@@ -257,6 +274,8 @@ impl World {
     /// lost or torn) and starts again; every client sees its connection end.
     pub fn crash(&mut self) {
         self.crashes += 1;
+        self.anomalies_before += self.anomalies_now();
+        self.last_anomaly_before = self.last_anomaly();
         for disk in &self.disks {
             disk.borrow_mut().crash();
         }
@@ -311,10 +330,14 @@ impl World {
         }
         let shards = self.cores.len() as u64;
         let shard = usize::try_from(self.rng.below(shards)).expect("few shards");
-        let Some(conn) = self.cores[shard].open_conn(self.now) else {
+        let now = self.at();
+
+        let Some(conn) = self.cores[shard].open_conn(now) else {
             return false; // at the limit or draining: the socket is closed
         };
-        self.cores[shard].handshake_done(self.now, conn);
+        let now = self.at();
+
+        self.cores[shard].handshake_done(now, conn);
         let d = self.devices.get_mut(&dev).expect("known");
         if let Some(old) = d.conn.take() {
             let old_client = d.client.take().expect("a connected device has a client");
@@ -343,7 +366,9 @@ impl World {
         if let Some(c) = d.client.as_mut() {
             c.handle_peer_closed();
         }
-        self.cores[shard].remove_conn(self.now, conn);
+        let now = self.at();
+
+        self.cores[shard].remove_conn(now, conn);
     }
 
     // ---- what devices do ----------------------------------------------------------
@@ -417,15 +442,28 @@ impl World {
             bytes.extend_from_slice(&frame.to_vec());
         }
         if !bytes.is_empty() {
-            let now = self.now;
+            let now = self.at();
             self.cores[shard].handle_bytes(now, conn, &bytes, &self.verifier);
         }
     }
 
     // ---- the server side ----------------------------------------------------------
 
+    /// What the shell does when a core says its log failed: exit, and the
+    /// supervisor restarts the process (unless a scenario holds it).
+    fn fail_stop(&mut self) {
+        self.fail_stops += 1;
+        if self.hold_failed {
+            return;
+        }
+        self.crash();
+    }
+
     /// Hands every connection's output to its client; returns whether any moved.
     fn pump_outputs(&mut self) -> bool {
+        if !self.hold_failed && self.cores.iter().any(|c| c.failed().is_some()) {
+            self.fail_stop();
+        }
         let mut moved = false;
         for shard in 0..self.cores.len() {
             for conn in self.cores[shard].take_ready() {
@@ -433,16 +471,18 @@ impl World {
                     continue;
                 };
                 moved = true;
-                self.to_client((shard, conn), &out, close);
+                self.hand_to_client((shard, conn), &out, close);
                 if close {
-                    self.cores[shard].remove_conn(self.now, conn);
+                    let now = self.at();
+
+                    self.cores[shard].remove_conn(now, conn);
                 }
             }
         }
         moved
     }
 
-    fn to_client(&mut self, conn: (usize, ConnId), out: &[u8], close: bool) {
+    fn hand_to_client(&mut self, conn: (usize, ConnId), out: &[u8], close: bool) {
         let owner = self
             .devices
             .iter()
@@ -473,6 +513,19 @@ impl World {
         while ghost.client.poll_transmit().is_some() {} // it is leaving
     }
 
+    /// Delivers every mesh batch (and hands out the output), flushing nothing.
+    pub fn deliver_batches(&mut self) {
+        while self.deliver_one_batch() {
+            self.pump_outputs();
+        }
+        self.pump_outputs();
+    }
+
+    /// The next client message id `dev` uses (from its next connection).
+    pub fn set_next_id(&mut self, dev: Dev, id: u64) {
+        self.devices.get_mut(&dev).expect("known").next_id = id;
+    }
+
     /// Delivers one mesh batch (a random pair's oldest); returns whether any.
     pub fn deliver_one_batch(&mut self) -> bool {
         self.collect_batches();
@@ -491,7 +544,9 @@ impl World {
             .get_mut(&pair)
             .and_then(VecDeque::pop_front)
             .expect("non-empty");
-        self.cores[pair.1].handle_batch(self.now, batch);
+        let now = self.at();
+
+        self.cores[pair.1].handle_batch(now, batch);
         true
     }
 
@@ -512,7 +567,9 @@ impl World {
         for shard in 0..self.cores.len() {
             if self.flushing[shard].is_some_and(|t| t <= self.now) {
                 self.flushing[shard] = None;
-                self.cores[shard].handle_flushed(self.now);
+                let now = self.at();
+
+                self.cores[shard].handle_flushed(now);
                 moved = true;
             }
             if self.flushing[shard].is_some() {
@@ -527,8 +584,7 @@ impl World {
                 // Fail-stop: the shell exits and the supervisor restarts it.
                 self.cores[shard].handle_flush_failed(&error);
                 assert!(self.cores[shard].failed().is_some());
-                self.fail_stops += 1;
-                self.crash();
+                self.fail_stop();
                 return true;
             }
             self.flushing[shard] = Some(self.now + self.flush_ms);
@@ -536,18 +592,30 @@ impl World {
         moved
     }
 
-    /// Virtual time passes: deadlines, expiry.
+    /// The current moment on both clocks (monotonic from the start).
+    pub fn at(&self) -> Now {
+        Now {
+            mono_ms: self.now - T0 + 1,
+            wall_ms: self.now,
+        }
+    }
+
+    /// Virtual time passes: every core runs the deadlines it asked for.
     pub fn advance(&mut self, ms: u64) {
         self.now += ms;
+        let now = self.at();
         for core in &mut self.cores {
-            core.tick(self.now);
+            if core.poll_timeout() <= now.mono_ms {
+                core.handle_timeout(now);
+            }
         }
     }
 
     /// Starts a drain on every shard.
     pub fn drain(&mut self) {
+        let now = self.at();
         for core in &mut self.cores {
-            core.start_drain(self.now, 1_000);
+            core.start_drain(now, 1_000);
         }
     }
 
@@ -648,6 +716,10 @@ impl World {
                 }
             }
             ClientEvent::Refused {
+                code: ErrorCode::Draining,
+                ..
+            } => {} // kept by the client and sent again on its next connection
+            ClientEvent::Refused {
                 code,
                 client_msg_id,
             } if *client_msg_id != 0 => {
@@ -679,28 +751,28 @@ impl World {
         let window = self.shape.shard.window;
         let seed = self.seed;
         let d = self.devices.get_mut(&dev).expect("known");
-        if seq <= d.last_seq {
-            panic!(
-                "seed {seed}: {dev:?} got seq {seq} after {} (resumed after {})",
-                d.last_seq, d.floor
-            );
-        }
+        assert!(
+            seq > d.last_seq,
+            "seed {seed}: {dev:?} got seq {seq} after {} (resumed after {})",
+            d.last_seq,
+            d.floor
+        );
         d.last_seq = seq;
         if let Some(&before) = d.seqs.get(&seq) {
-            if before != what {
-                panic!("seed {seed}: {dev:?} seq {seq} carried two entries");
-            }
+            assert_eq!(
+                before, what,
+                "seed {seed}: {dev:?} seq {seq} carried two entries"
+            );
         }
         d.seqs.insert(seq, what);
         if seq > d.acked_ever {
             d.unacked.insert(seq);
         }
-        if d.unacked.len() > window {
-            panic!(
-                "seed {seed}: {dev:?} holds {} unacked > window {window}",
-                d.unacked.len()
-            );
-        }
+        assert!(
+            d.unacked.len() <= window,
+            "seed {seed}: {dev:?} holds {} unacked > window {window}",
+            d.unacked.len()
+        );
     }
 
     /// The devices a ✓'d message must reach.
@@ -744,15 +816,17 @@ impl World {
                 self.ack(*dev);
             }
             self.settle();
-            let pending = self.devices.iter().any(|(dev, d)| {
-                !self.online(*dev)
-                    || d.client.as_ref().is_some_and(|c| !c.pending().is_empty())
-                    || d.last_seq > d.client.as_ref().map_or(0, ClientCore::last_acked_seq)
-            });
+            let deferred = self.cores.iter().any(|c| c.internals().deferred > 0);
+            let pending = deferred
+                || self.devices.iter().any(|(dev, d)| {
+                    !self.online(*dev)
+                        || d.client.as_ref().is_some_and(|c| !c.pending().is_empty())
+                        || d.last_seq > d.client.as_ref().map_or(0, ClientCore::last_acked_seq)
+                });
             if !pending && round > 0 && crashes == self.crashes {
                 break;
             }
-            self.advance(1);
+            self.advance(500); // housekeeping retries deferred receipts
         }
         if trace() {
             for (i, core) in self.cores.iter().enumerate() {
@@ -760,6 +834,13 @@ impl World {
             }
         }
         self.check_arrivals();
+        if self.anomalies() > 0 && !self.anomalies_expected {
+            let last = self.last_anomaly();
+            self.fail(format!(
+                "{} internal errors, last {last:?}",
+                self.anomalies()
+            ));
+        }
         for dev in &all {
             self.disconnect(*dev);
         }
@@ -788,6 +869,22 @@ impl World {
                 }
             }
         }
+    }
+
+    /// The last internal error a core counted.
+    pub fn last_anomaly(&self) -> Option<&'static str> {
+        let now = self.cores.iter().find_map(|c| c.stats().last_anomaly);
+        now.or(self.last_anomaly_before)
+    }
+
+    /// Internal errors counted by the running cores.
+    fn anomalies_now(&self) -> u64 {
+        self.cores.iter().map(|c| c.stats().anomalies).sum()
+    }
+
+    /// Internal errors counted so far, across restarts.
+    pub fn anomalies(&self) -> u64 {
+        self.anomalies_before + self.anomalies_now()
     }
 
     /// ✓'d messages so far.
@@ -856,7 +953,8 @@ impl World {
             }
             980..990 => {
                 let shard = usize::try_from(self.rng.below(self.cores.len() as u64)).expect("few");
-                let op = [SimOp::Create, SimOp::Write, SimOp::Sync][self.rng.below(3) as usize];
+                let op = [SimOp::Create, SimOp::Write, SimOp::Sync, SimOp::Read]
+                    [self.rng.below(4) as usize];
                 self.fail_disk(shard, op);
             }
             990..995 => self.crash(),

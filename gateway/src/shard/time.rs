@@ -1,0 +1,79 @@
+//! Time: session deadlines through a timer heap, and the once-a-second
+//! housekeeping (TTL expiry, retrying receipts a full queue refused).
+//!
+//! Each connection has at most one live entry in the heap, the earliest
+//! deadline its session asked for (`Conn::timer_at`); entries that a later
+//! reschedule superseded are skipped when they surface. Deadlines are on
+//! the monotonic clock; expiry compares wall-clock TTLs.
+
+use super::*;
+
+/// How often TTL expiry and deferred receipts are looked at.
+pub(super) const HOUSEKEEPING_MS: u64 = 1_000;
+
+impl<S: Storage> ShardCore<S> {
+    /// When [`ShardCore::handle_timeout`] must be called next (monotonic
+    /// ms): the earliest session deadline or the next housekeeping.
+    pub fn poll_timeout(&self) -> u64 {
+        let timer = self.timers.peek().map_or(u64::MAX, |Reverse((t, _))| *t);
+        timer.min(self.housekeeping_at)
+    }
+
+    /// Time passed: every due session deadline, and housekeeping if due.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.set_now(now);
+        while let Some(&Reverse((at, conn))) = self.timers.peek() {
+            if at > now.mono_ms {
+                break;
+            }
+            self.timers.pop();
+            let Some(c) = self.conns.get_mut(&conn).filter(|c| c.timer_at == at) else {
+                continue; // superseded, or the connection is gone
+            };
+            c.timer_at = u64::MAX;
+            if c.session.poll_timeout().is_some_and(|t| t <= now.mono_ms) {
+                c.session.handle_timeout(now.mono_ms);
+            }
+            self.after_session(now.wall_ms, conn);
+        }
+        if now.mono_ms >= self.housekeeping_at {
+            self.housekeeping_at = now.mono_ms + HOUSEKEEPING_MS;
+            self.expire(now.wall_ms);
+            self.retry_deferred(now.wall_ms);
+            self.run_effects(now.wall_ms);
+        }
+    }
+
+    /// Keeps `conn`'s earliest session deadline in the heap.
+    pub(super) fn schedule(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(at) = c.session.poll_timeout() else {
+            return;
+        };
+        if at < c.timer_at {
+            c.timer_at = at;
+            self.timers.push(Reverse((at, conn)));
+        }
+    }
+
+    /// TTL expiry: `Expired` receipts to the senders.
+    pub(super) fn expire(&mut self, now_ms: u64) {
+        for expired in self.engine.expire(now_ms) {
+            let device = device_key(expired.device);
+            let Some(meta) = self.forget_one(device, expired.position) else {
+                continue; // read_back failed the shard
+            };
+            if meta.receipt.is_none() {
+                let receipt = ToHome::StoreReceipt(Receipt {
+                    kind: fb::ReceiptKind::Expired,
+                    message_ids: vec![meta.message_id],
+                    at_ms: now_ms,
+                    confirm: None,
+                });
+                self.send_home(now_ms, device, Target::User(meta.from.user), receipt);
+            }
+        }
+    }
+}
