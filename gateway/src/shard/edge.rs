@@ -167,7 +167,8 @@ impl<S: Storage> ShardCore<S> {
                 self.mark_ready(conn);
             }
             (event, Some(device)) => self.on_device_event(now_ms, reply, device, event),
-            (_, None) => {}
+            // The session emits device events only once authenticated.
+            (_, None) => self.anomaly("a device event before authentication"),
         }
     }
 
@@ -250,17 +251,22 @@ impl<S: Storage> ShardCore<S> {
             return;
         };
         let mut any = c.session.is_closed();
+        let mut failed = false;
         while let Some(reply) = c.session.poll_reply() {
             any = true;
             if let Reply::Error { code, .. } = reply {
                 *self.stats.errors.entry(code.0).or_default() += 1;
             }
-            if let Ok(frame) =
-                encode_reply(&mut self.encoder, &reply, self.now_ms, &self.config.limits)
-            {
-                self.stats.frames_out += 1;
-                append(&mut c.out, &frame);
+            match encode_reply(&mut self.encoder, &reply, self.now_ms, &self.config.limits) {
+                Ok(frame) => {
+                    self.stats.frames_out += 1;
+                    append(&mut c.out, &frame);
+                }
+                Err(_) => failed = true,
             }
+        }
+        if failed {
+            self.anomaly("a session reply could not be encoded");
         }
         if any {
             self.mark_ready(conn);
@@ -307,12 +313,15 @@ impl<S: Storage> ShardCore<S> {
                 Effect::SubscriptionRefused { conn, .. } => {
                     self.refuse_local(conn, ErrorCode::TooManyItems, 0)
                 }
-                // Typing to someone offline is dropped; groups and other
-                // nodes are not built yet.
-                Effect::Undelivered { .. }
-                | Effect::Record(_)
-                | Effect::GroupReply { .. }
-                | Effect::Remote { .. } => {}
+                // Typing to someone offline is dropped by design (the
+                // queue path never produces this effect: it goes home).
+                Effect::Undelivered { .. } => {}
+                // This shard never asks the router for group changes, and
+                // every placement is single-node: neither can happen yet.
+                Effect::Record(_) | Effect::GroupReply { .. } => {
+                    self.anomaly("a group effect without group messaging")
+                }
+                Effect::Remote { .. } => self.anomaly("a remote effect on a single node"),
             }
         }
     }
@@ -412,7 +421,7 @@ impl<S: Storage> ShardCore<S> {
         frame: Result<OutFrame, wire_format::WireError>,
     ) {
         let Ok(frame) = frame else {
-            return self.count_error(ErrorCode::Internal);
+            return self.anomaly("a frame for a connection could not be encoded");
         };
         let Some(c) = self.conns.get_mut(&conn) else {
             return; // it left meanwhile: the entry stays queued

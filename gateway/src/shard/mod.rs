@@ -1,11 +1,17 @@
 //! [`ShardCore`]: everything one shard decides, sans-IO. It owns the
 //! shard's connections (their [`Session`]s, frame decoders and pending
 //! output), its router partition ([`RouterCore`]) and its queue engine
-//! partition ([`Engine`]).
+//! partition ([`Engine`]). This file holds the type, its state and its
+//! log-facing inputs; each role has a file of its own:
 //!
-//! The shell feeds it plaintext bytes, batches from other shards, finished
-//! flushes and the time; it polls back batches for other shards, the next
-//! group-commit flush and the connections with output to write.
+//! | file | role |
+//! |---|---|
+//! | `edge.rs` | the connection edge: sockets' inputs, session events to notes, notes to frames |
+//! | `home.rs` | this shard as a device's home: store, resume, the delivery pump, reading records back |
+//! | `receipts.rs` | acks and receipts: ✓✓ to the senders' homes, tombstones once those are durable, receipts a full queue refused |
+//! | `time.rs` | the timer heap of session deadlines, TTL expiry, housekeeping |
+//! | `reply.rs` | encoding a session's replies |
+//! | `note.rs` | the notes between shards: [`ToHome`] and [`ToConn`] |
 //!
 //! One message, end to end (see `docs/architecture.md`):
 //! the sender's shard decodes a `Send` and routes a [`ToHome::Submit`] to the
@@ -16,9 +22,28 @@
 //! order while fewer than `window` are unacknowledged. Backlog and live
 //! messages take that one path, so a reconnecting device gets everything
 //! once and in order, and a device that does not ack stops being fed
-//! (backpressure: nothing is dropped, memory stays bounded). An ack deletes
-//! the entries and sends a `Delivered` receipt (✓✓) to the sender's home,
-//! where it is queued durably for the sender's devices like a message.
+//! (backpressure: nothing is dropped, memory stays bounded). An ack sends a
+//! `Delivered` receipt (✓✓) to the sender's home, where it is queued
+//! durably for the sender's devices like a message; the acked entries are
+//! tombstoned once that receipt is durable.
+//!
+//! # Driving it
+//!
+//! Every input takes the time as a [`Now`] (monotonic ms for deadlines,
+//! wall ms for timestamps and TTLs). A shell, in this order:
+//!
+//! 1. feeds what happened: `open_conn`, `handshake_done`, `handle_bytes`,
+//!    `peer_closed`, `remove_conn` (sockets); `handle_batch` (another
+//!    shard); `handle_flushed` or `handle_flush_failed` (the log);
+//!    `handle_timeout` once [`ShardCore::poll_timeout`] has passed;
+//!    `start_drain`;
+//! 2. checks [`ShardCore::failed`]: once it is `Some`, the log is broken
+//!    and the process must exit (fail-stop);
+//! 3. polls every output until it is empty: `take_ready` then
+//!    `take_output` per connection (write it; close after it if asked),
+//!    `poll_batch` (send it to its shard), `poll_flush` (write + fdatasync
+//!    it; at most one is in flight);
+//! 4. sleeps until the next input or [`ShardCore::poll_timeout`].
 
 mod edge;
 mod home;
