@@ -175,6 +175,14 @@ impl ClientCore {
         self.push(|e| e.receipt(fb::ReceiptKind::Read, to, about, message_ids, 0, 0));
     }
 
+    /// Acknowledges only `seq` (stored on this device, out of order): the
+    /// server deletes that entry; the resume point does not move.
+    pub fn ack_only(&mut self, seq: u64) {
+        if seq > self.last_acked_seq {
+            self.push(|e| e.delivery_ack(seq, false));
+        }
+    }
+
     /// Plaintext bytes from the server.
     pub fn handle_bytes(&mut self, bytes: &[u8]) {
         self.decoder.extend_from_slice(bytes);

@@ -94,7 +94,9 @@ pub struct Device {
     pub conn: Option<(usize, ConnId)>,
     /// Next client message id.
     next_id: u64,
-    /// On the current connection: the resume point and the last seq seen.
+    /// On the current connection: whether `Welcome` came, the resume
+    /// point and the last seq seen.
+    welcomed: bool,
     floor: u64,
     last_seq: u64,
     /// Seqs received on this connection (for the window check).
@@ -102,6 +104,8 @@ pub struct Device {
     /// The highest seq this device ever acknowledged: the server may have
     /// applied that ack even if a stale resume point sends it again.
     acked_ever: u64,
+    /// Seqs above it acknowledged one by one (non-cumulative acks).
+    acked_singles: BTreeSet<u64>,
     /// What each seq carried: a message id, or a receipt (`u64::MAX`).
     pub seqs: BTreeMap<u64, u64>,
     /// Message ids received.
@@ -147,6 +151,8 @@ pub struct World {
     flushing: Vec<Option<u64>>,
     /// Flush latency in ms (0: at once).
     pub flush_ms: u64,
+    /// How far the wall clock was stepped from virtual time.
+    pub wall_step_ms: i64,
     /// A scenario that makes the cores count internal errors on purpose.
     pub anomalies_expected: bool,
     /// A scenario that looks at a failed core before the restart.
@@ -220,6 +226,7 @@ impl World {
             mesh: BTreeMap::new(),
             flushing: vec![None; shards],
             flush_ms: 0,
+            wall_step_ms: 0,
             anomalies_expected: false,
             hold_failed: false,
             devices: BTreeMap::new(),
@@ -350,6 +357,7 @@ impl World {
         }
         d.floor = client.last_acked_seq();
         d.last_seq = d.floor;
+        d.welcomed = false;
         d.unacked.clear();
         d.client = Some(client);
         d.conn = Some((shard, conn));
@@ -411,7 +419,25 @@ impl World {
             client.ack(d.last_seq);
             d.unacked.clear();
             d.acked_ever = d.acked_ever.max(d.last_seq);
+            let ever = d.acked_ever;
+            d.acked_singles.retain(|s| *s > ever);
         }
+        self.pump_client(dev);
+    }
+
+    /// `dev` acknowledges one entry it received on this connection, out of
+    /// order (a non-cumulative ack).
+    pub fn ack_one(&mut self, dev: Dev) {
+        let d = self.devices.get_mut(&dev).expect("known");
+        let (Some(client), Some(&seq)) = (d.client.as_mut(), d.unacked.iter().next_back()) else {
+            return;
+        };
+        if trace() {
+            eprintln!("  {dev:?} acks only {seq}");
+        }
+        client.ack_only(seq);
+        d.unacked.remove(&seq);
+        d.acked_singles.insert(seq);
         self.pump_client(dev);
     }
 
@@ -592,11 +618,12 @@ impl World {
         moved
     }
 
-    /// The current moment on both clocks (monotonic from the start).
+    /// The current moment on both clocks (monotonic from the start; the
+    /// wall clock may have been stepped, as NTP does).
     pub fn at(&self) -> Now {
         Now {
             mono_ms: self.now - T0 + 1,
-            wall_ms: self.now,
+            wall_ms: self.now.saturating_add_signed(self.wall_step_ms),
         }
     }
 
@@ -660,6 +687,18 @@ impl World {
         if trace() {
             eprintln!("  {dev:?} <- {event:?}");
         }
+        let first = match event {
+            ClientEvent::Welcome { .. } => true,
+            ClientEvent::GoAway { .. } | ClientEvent::Closed { .. } => false,
+            ClientEvent::Refused { .. } => false, // a session refusal needs no Welcome
+            _ => !self.devices[&dev].welcomed,
+        };
+        if first && self.devices[&dev].welcomed {
+            self.fail(format!("{dev:?}: a second Welcome"));
+        } else if first && !matches!(event, ClientEvent::Welcome { .. }) {
+            self.fail(format!("{dev:?}: {event:?} before Welcome"));
+        }
+        self.devices.get_mut(&dev).expect("known").welcomed |= first;
         match event {
             ClientEvent::Welcome { resume_seq, .. } => {
                 let floor = self.devices[&dev].floor;
@@ -765,7 +804,7 @@ impl World {
             );
         }
         d.seqs.insert(seq, what);
-        if seq > d.acked_ever {
+        if seq > d.acked_ever && !d.acked_singles.contains(&seq) {
             d.unacked.insert(seq);
         }
         assert!(
@@ -936,7 +975,8 @@ impl World {
                 let pad = usize::try_from(self.rng.below(200)).expect("small");
                 self.send(dev, to, pad);
             }
-            300..450 => self.ack(dev),
+            300..420 => self.ack(dev),
+            420..450 => self.ack_one(dev),
             450..480 if self.online(dev) => self.read(dev),
             480..510 => self.disconnect(dev),
             510..580 if self.devices[&dev].conn.is_none() => self.random_connect(dev),
@@ -957,7 +997,12 @@ impl World {
                     [self.rng.below(4) as usize];
                 self.fail_disk(shard, op);
             }
-            990..995 => self.crash(),
+            990..993 => self.crash(),
+            993..995 => {
+                // The wall clock steps (back or ahead); deadlines must not care.
+                let step = i64::try_from(self.rng.below(120_000)).expect("small") - 60_000;
+                self.wall_step_ms += step;
+            }
             995..997 => self.drain_and_restart(),
             _ => {}
         }
@@ -999,10 +1044,12 @@ impl Device {
             client: None,
             conn: None,
             next_id: 1,
+            welcomed: false,
             floor: 0,
             last_seq: 0,
             unacked: BTreeSet::new(),
             acked_ever: 0,
+            acked_singles: BTreeSet::new(),
             seqs: BTreeMap::new(),
             got: BTreeSet::new(),
             receipts: BTreeSet::new(),
