@@ -276,6 +276,62 @@ fn every_acknowledged_message_survives_sigkill_and_arrives_once() {
 }
 
 #[test]
+fn a_disk_that_fills_stops_the_process_and_every_acked_message_survives() {
+    let dir = temp_dir("e2e-full-disk");
+    // Segment files cannot grow past 256 KiB: about 250 of these sends fit.
+    let mut gw = Gateway::start_file_limited(&dir, &["--sends-per-s", "100000"], 256);
+    let (gw, acked, pending) = run(async move || {
+        drop(gw.login(2, 0, 0).await); // bob exists, offline
+        let (mut alice, _) = gw.login(1, 0, 0).await;
+        const N: u32 = 600;
+        for i in 0..N {
+            let payload = Bytes::from(format!("{i:04}").repeat(250)); // 1,000 bytes
+            alice.core().send(user_address(2), 0, payload);
+        }
+        alice.flush().await.unwrap();
+        let mut acked = std::collections::BTreeSet::new();
+        loop {
+            match next(&mut alice).await {
+                ClientEvent::Acked { client_msg_id, .. } => acked.insert(client_msg_id),
+                ClientEvent::Refused { code, .. } => {
+                    assert_eq!(code, ErrorCode::StorageUnavailable);
+                    continue;
+                }
+                ClientEvent::Closed { .. } => break, // the process stopped
+                other => panic!("unexpected {other:?}"),
+            };
+        }
+        let core = alice.into_core();
+        (gw, acked, core)
+    });
+    let mut gw = gw;
+    let status = gw.wait_exit();
+    assert_eq!(status.code(), Some(70), "fail-stop exit status: {status}");
+    assert!(
+        !acked.is_empty() && acked.len() < 600,
+        "{} ✓'d before the disk filled",
+        acked.len()
+    );
+    // With space again, every ✓'d message is there, and the retries of
+    // the rest complete: all 600 arrive once and in order.
+    gw.restart();
+    run(async move || {
+        let mut alice = gw.resume(pending.reconnect(&gw.token(1, 0, 3600))).await.0;
+        while !alice.core().pending().is_empty() {
+            next(&mut alice).await;
+        }
+        let (mut bob, backlog) = gw.login(2, 0, 0).await;
+        assert_eq!(backlog, 600, "each message stored once");
+        let got = receive(&mut bob, 600).await;
+        let payloads: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
+        let expected: Vec<Vec<u8>> = (0..600)
+            .map(|i| format!("{i:04}").repeat(250).into_bytes())
+            .collect();
+        assert_eq!(payloads, expected, "all, once, in order");
+    });
+}
+
+#[test]
 fn bad_input_gets_its_error_and_touches_nothing_else() {
     let dir = temp_dir("e2e-bad-input");
     let gw = Gateway::start(&dir, &[]);

@@ -47,9 +47,38 @@ impl Gateway {
         Self::start_on(dir, free_port(), extra)
     }
 
+    /// Starts a gateway whose files cannot grow past `kib` KiB (bash's
+    /// `ulimit -f`, with SIGXFSZ ignored so a write past it fails with
+    /// `EFBIG`): a disk that fills, for real.
+    pub fn start_file_limited(dir: &Path, extra: &[&str], kib: u64) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let mut command = Command::new("bash");
+        let script = format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\"");
+        command.args(["-c", &script, env!("CARGO_BIN_EXE_gateway")]);
+        Self::spawn(command, dir, free_port(), extra)
+    }
+
+    /// The process ended on its own: its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    /// Starts again (without limits) on the same port and data directory,
+    /// after the process ended.
+    pub fn restart(&mut self) {
+        let next = Self::start_on(&self.dir, self.addr.port(), self.extra.clone());
+        let old = std::mem::replace(self, next);
+        std::mem::forget(old); // its child is already reaped
+    }
+
     fn start_on(dir: &Path, port: u16, extra: Vec<String>) -> Self {
+        let command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        Self::spawn(command, dir, port, extra)
+    }
+
+    fn spawn(mut command: Command, dir: &Path, port: u16, extra: Vec<String>) -> Self {
         let listen = format!("127.0.0.1:{port}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        let mut child = command
             .args(["serve", "--shards", "2", "--listen", &listen])
             .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
