@@ -279,7 +279,7 @@ fn every_acknowledged_message_survives_sigkill_and_arrives_once() {
 fn a_disk_that_fills_stops_the_process_and_every_acked_message_survives() {
     let dir = temp_dir("e2e-full-disk");
     // Segment files cannot grow past 256 KiB: about 250 of these sends fit.
-    let mut gw = Gateway::start_file_limited(&dir, &["--sends-per-s", "100000"], 256);
+    let gw = Gateway::start_file_limited(&dir, &["--sends-per-s", "100000"], 256);
     let (gw, acked, pending) = run(async move || {
         drop(gw.login(2, 0, 0).await); // bob exists, offline
         let (mut alice, _) = gw.login(1, 0, 0).await;
