@@ -1,7 +1,17 @@
 //! The connection edge: sessions in, frames out. Turns a session's events
 //! into notes for the homes, and notes for a connection into frames.
 
-use super::*;
+use queue_engine::Storage;
+use shard_router::{ConnId, ConnRef, DeviceKey, Effect, PresenceUpdate, Target, UserId};
+use wire_format::fb::{self, ErrorCode};
+use wire_format::{DeliverHeader, FrameDecoder, OutFrame, user_address};
+
+use super::{
+    Conn, Note, Receipt, ShardCore, ToConn, ToHome, address, append, encode_reply, target,
+};
+use crate::clock::Now;
+use crate::session::{Event, Reply, Session};
+use crate::token::Verifier;
 
 impl<S: Storage> ShardCore<S> {
     // ---- connections --------------------------------------------------------

@@ -1,7 +1,12 @@
 //! This shard as a device's home: storing messages, resuming a device's
 //! queue and pumping it through the delivery window.
 
-use super::*;
+use bytes::Bytes;
+use queue_engine::{Accepted, DeviceRef, NewMessage, QueueError, Storage, read_message};
+use shard_router::{ConnRef, DeviceKey, Target};
+use wire_format::fb::{self, ErrorCode};
+
+use super::{Cursor, Meta, Note, ShardCore, ToConn, ToHome, Waiting, device_key, device_ref};
 
 impl<S: Storage> ShardCore<S> {
     // ---- this shard as home ---------------------------------------------------------

@@ -55,26 +55,21 @@ mod time;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use bytes::Bytes;
-use queue_engine::{
-    Accepted, DeviceRef, Engine, Flush, NewMessage, QueueError, Storage, read_message,
-};
+use queue_engine::{DeviceRef, Engine, Flush, Storage};
 use rustc_hash::FxHashMap;
 use shard_router::{
-    ConnId, ConnRef, DeviceId, DeviceKey, Effect, GroupId, PresenceUpdate, RouterCore, ShardId,
-    ShardMsg, Target, UserId,
+    ConnId, ConnRef, DeviceId, DeviceKey, GroupId, RouterCore, ShardId, ShardMsg, Target, UserId,
 };
-use wire_format::fb::{self, ErrorCode};
+use wire_format::fb;
 use wire_format::{
-    Address, AddressKind, DeliverHeader, Encoder, FrameDecoder, Limits, OutFrame, device_address,
-    group_address, user_address,
+    Address, AddressKind, Encoder, FrameDecoder, Limits, device_address, group_address,
+    user_address,
 };
 
 use crate::clock::Now;
-use crate::session::{Event, Reply, Session, SessionConfig};
-use crate::token::Verifier;
+use crate::session::{Session, SessionConfig};
 
-pub use note::*;
+pub use note::{Note, Receipt, ToConn, ToHome};
 use reply::append;
 pub use reply::encode_reply;
 

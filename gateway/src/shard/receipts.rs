@@ -1,7 +1,11 @@
 //! Acks and receipts: what a device's ack covers, ✓✓ to the senders'
 //! homes, and tombstones once those receipts are durable.
 
-use super::*;
+use queue_engine::{Accepted, NewMessage, QueueError, Storage};
+use shard_router::{ConnRef, DeviceKey, Target};
+use wire_format::fb::{self, ErrorCode};
+
+use super::{AckRef, Meta, PendingAck, Receipt, ShardCore, ToConn, ToHome, Waiting, device_ref};
 
 /// What became of a receipt at its home.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,10 @@
 //! Encoding what a session answers with into frames.
 
-use super::*;
+use bytes::Bytes;
+use wire_format::fb;
+use wire_format::{Encoder, Limits, OutFrame};
+
+use crate::session::Reply;
 
 pub(super) fn append(out: &mut Vec<u8>, frame: &OutFrame) {
     out.extend_from_slice(frame.header());

@@ -6,7 +6,14 @@
 //! reschedule superseded are skipped when they surface. Deadlines are on
 //! the monotonic clock; expiry compares wall-clock TTLs.
 
-use super::*;
+use std::cmp::Reverse;
+
+use queue_engine::Storage;
+use shard_router::{ConnId, Target};
+use wire_format::fb;
+
+use super::{Receipt, ShardCore, ToHome, device_key};
+use crate::clock::Now;
 
 /// How often TTL expiry and deferred receipts are looked at.
 pub(super) const HOUSEKEEPING_MS: u64 = 1_000;
