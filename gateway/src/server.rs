@@ -363,7 +363,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             );
             continue; // dropped: the client sees the close
         };
-        let _ = stream.set_nodelay(true);
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(shard = shard.id, "TCP_NODELAY refused: {e}"); // latency only
+        }
         glommio::spawn_local(serve_conn(shard.clone(), stream, conn)).detach();
     }
 }
@@ -388,6 +390,7 @@ async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream, conn: ConnId) {
     shard.wakers.borrow_mut().remove(&conn);
     shard.core.borrow_mut().remove_conn(shard.now(), conn);
     shard.kick();
+    // The peer may be gone already; the socket is released either way.
     let _ = stream.close().await;
 }
 

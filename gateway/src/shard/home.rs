@@ -109,7 +109,7 @@ impl<S: Storage> ShardCore<S> {
                     message_id,
                     at_ms: now_ms,
                     receipt: None,
-                    pending: u32::try_from(seqs.len()).unwrap_or(u32::MAX),
+                    pending: u32::try_from(seqs.len()).expect("at most 65,535 recipients"),
                 };
                 self.stored(position, meta, &seqs);
                 self.waiting.push_back((

@@ -216,7 +216,9 @@ struct Conn {
     timer_at: u64,
 }
 
-/// One shard's decisions.
+/// One shard's decisions. Inputs are `handle_*` (and the socket events of
+/// `edge.rs`), outputs `poll_*` and `take_*`; the order a shell drives them
+/// in, and what each file owns, is in the module docs above.
 #[derive(Debug)]
 pub struct ShardCore<S> {
     shard: ShardId,

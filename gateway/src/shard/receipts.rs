@@ -85,7 +85,7 @@ impl<S: Storage> ShardCore<S> {
                     message_id,
                     at_ms,
                     receipt: Some(kind),
-                    pending: u32::try_from(seqs.len()).unwrap_or(u32::MAX),
+                    pending: u32::try_from(seqs.len()).expect("at most 65,535 recipients"),
                 };
                 self.stored(position, meta, &seqs);
                 Receipted::Stored(position)
