@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use client::ClientEvent;
 use rustc_hash::{FxHashMap, FxHashSet};
-use wire_format::fb::ReceiptKind;
+use wire_format::fb::{ErrorCode, ReceiptKind};
 use wire_format::user_address;
 
 use crate::epoch_ns;
@@ -306,6 +306,9 @@ fn on_sender_event(
                 }
             }
         }
+        // Refused while draining: the client core sends it again on the
+        // next connection, and its ✓ comes then.
+        ClientEvent::Refused { code, .. } if code == ErrorCode::Draining => {}
         ClientEvent::Refused { client_msg_id, .. }
             if out.unacked.remove(&client_msg_id).is_some() =>
         {
