@@ -275,6 +275,11 @@ fn every_acknowledged_message_survives_sigkill_and_arrives_once() {
     });
 }
 
+/// 1,000 bytes that say which message they are.
+fn payload_of(i: u32) -> Bytes {
+    Bytes::from(format!("{i:04}").repeat(250))
+}
+
 #[test]
 fn a_disk_that_fills_stops_the_process_and_every_acked_message_survives() {
     let dir = temp_dir("e2e-full-disk");
@@ -283,37 +288,37 @@ fn a_disk_that_fills_stops_the_process_and_every_acked_message_survives() {
     let (gw, acked, pending) = run(async move || {
         drop(gw.login(2, 0, 0).await); // bob exists, offline
         let (mut alice, _) = gw.login(1, 0, 0).await;
-        const N: u32 = 600;
-        for i in 0..N {
-            let payload = Bytes::from(format!("{i:04}").repeat(250)); // 1,000 bytes
-            alice.core().send(user_address(2), 0, payload);
-        }
-        alice.flush().await.unwrap();
         let mut acked = std::collections::BTreeSet::new();
-        loop {
-            match next(&mut alice).await {
-                ClientEvent::Acked { client_msg_id, .. } => acked.insert(client_msg_id),
-                ClientEvent::Refused { code, .. } => {
-                    assert_eq!(code, ErrorCode::StorageUnavailable);
-                    continue;
+        // Rounds of 50, each waited for, until the process stops.
+        'rounds: for round in 0..12 {
+            for i in round * 50..round * 50 + 50 {
+                alice.core().send(user_address(2), 0, payload_of(i));
+            }
+            while acked.len() < 50 * (round as usize + 1) {
+                let event = alice.next_event_within(Duration::from_secs(10)).await;
+                match event {
+                    Ok(Some(ClientEvent::Acked { client_msg_id, .. })) => {
+                        acked.insert(client_msg_id);
+                    }
+                    Ok(Some(ClientEvent::Refused { code, .. })) => {
+                        assert_eq!(code, ErrorCode::StorageUnavailable);
+                    }
+                    Ok(Some(ClientEvent::Closed { .. })) | Err(_) => break 'rounds,
+                    Ok(other) => panic!("unexpected {other:?}"),
                 }
-                ClientEvent::Closed { .. } => break, // the process stopped
-                other => panic!("unexpected {other:?}"),
-            };
+            }
         }
-        let core = alice.into_core();
-        (gw, acked, core)
+        (gw, acked, alice.into_core())
     });
     let mut gw = gw;
     let status = gw.wait_exit();
     assert_eq!(status.code(), Some(70), "fail-stop exit status: {status}");
-    assert!(
-        !acked.is_empty() && acked.len() < 600,
-        "{} ✓'d before the disk filled",
-        acked.len()
-    );
+    let n = acked.len();
+    assert!((50..600).contains(&n), "{n} ✓'d before the disk filled");
+    let sent = u32::try_from(n + pending.pending().len()).unwrap();
+    assert!(sent as usize > n, "sends were cut off unanswered");
     // With space again, every ✓'d message is there, and the retries of
-    // the rest complete: all 600 arrive once and in order.
+    // the rest complete: all that were sent arrive once and in order.
     gw.restart();
     run(async move || {
         let mut alice = gw.resume(pending.reconnect(&gw.token(1, 0, 3600))).await.0;
@@ -321,12 +326,10 @@ fn a_disk_that_fills_stops_the_process_and_every_acked_message_survives() {
             next(&mut alice).await;
         }
         let (mut bob, backlog) = gw.login(2, 0, 0).await;
-        assert_eq!(backlog, 600, "each message stored once");
-        let got = receive(&mut bob, 600).await;
+        assert_eq!(backlog, sent, "each message stored once");
+        let got = receive(&mut bob, sent as usize).await;
         let payloads: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
-        let expected: Vec<Vec<u8>> = (0..600)
-            .map(|i| format!("{i:04}").repeat(250).into_bytes())
-            .collect();
+        let expected: Vec<Vec<u8>> = (0..sent).map(|i| payload_of(i).to_vec()).collect();
         assert_eq!(payloads, expected, "all, once, in order");
     });
 }

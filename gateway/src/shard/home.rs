@@ -23,7 +23,7 @@ impl<S: Storage> ShardCore<S> {
                 payload,
             } => self.store_message(now_ms, reply, from, to, client_msg_id, ttl_s, &payload),
             ToHome::StoreReceipt(r) => self.receipt_at_home(now_ms, from, to, r),
-            ToHome::ReceiptStored { seq } => self.receipt_stored(now_ms, from, seq),
+            ToHome::ReceiptStored { ack } => self.receipt_stored(now_ms, from, ack),
             ToHome::Resume { reply, after_seq } => self.resume(now_ms, reply, from, after_seq),
             ToHome::DeviceAck {
                 reply,

@@ -183,11 +183,13 @@ enum Waiting {
     Confirm(AckRef),
 }
 
-/// A device's ack waiting for its receipts to be durable.
+/// A device's ack waiting for its receipts to be durable. `id` tells
+/// apart two acks of the same seq (one out of order, one cumulative), so
+/// each waits for its own receipts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AckRef {
     device: DeviceKey,
-    seq: u64,
+    id: u64,
 }
 
 /// An ack whose tombstone waits for its receipts: ✓✓ is durable before
@@ -195,6 +197,8 @@ pub struct AckRef {
 /// losing it.
 #[derive(Debug, Clone, Copy)]
 struct PendingAck {
+    /// Its [`AckRef::id`].
+    id: u64,
     seq: u64,
     cumulative: bool,
     /// Receipts not yet durable at their senders' homes.
@@ -236,6 +240,8 @@ pub struct ShardCore<S> {
     waiting: VecDeque<(u64, Waiting)>,
     /// Per device, in order, acks whose receipts are not all durable yet.
     acks: FxHashMap<DeviceKey, VecDeque<PendingAck>>,
+    /// The id of the next ack ([`AckRef::id`]).
+    next_ack: u64,
     /// Per device, the highest seq whose receipts were requested.
     receipted: FxHashMap<DeviceKey, u64>,
     /// Receipts refused by a full queue, retried every tick: (from, to, receipt).
@@ -307,6 +313,7 @@ impl<S: Storage> ShardCore<S> {
             meta: FxHashMap::default(),
             waiting: VecDeque::new(),
             acks: FxHashMap::default(),
+            next_ack: 1,
             receipted: FxHashMap::default(),
             deferred: VecDeque::new(),
             draining: false,
@@ -418,7 +425,7 @@ impl<S: Storage> ShardCore<S> {
                 }
                 Waiting::Pump(device) => self.pump(now_ms, device),
                 Waiting::Confirm(ack) => {
-                    let note = ToHome::ReceiptStored { seq: ack.seq };
+                    let note = ToHome::ReceiptStored { ack: ack.id };
                     let to = Target::Device(ack.device);
                     self.send_home(now_ms, ack.device, to, note);
                 }

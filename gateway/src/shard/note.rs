@@ -37,8 +37,8 @@ pub enum ToHome {
     /// The receipts for the device's ack `seq` are durable at one
     /// sender's home.
     ReceiptStored {
-        /// The ack.
-        seq: u64,
+        /// The ack's id.
+        ack: u64,
     },
     /// The device connected on `reply`; stream its queue after `after_seq`.
     Resume {

@@ -30,7 +30,7 @@ impl<S: Storage> ShardCore<S> {
                 self.waiting.push_back((position, Waiting::Confirm(ack)));
             }
             (Receipted::Nobody, Some(ack)) => {
-                let note = ToHome::ReceiptStored { seq: ack.seq };
+                let note = ToHome::ReceiptStored { ack: ack.id };
                 self.send_home(now_ms, ack.device, Target::Device(ack.device), note);
             }
             (Receipted::Full, _) => {
@@ -157,9 +157,14 @@ impl<S: Storage> ShardCore<S> {
             let through = self.receipted.entry(device).or_default();
             *through = (*through).max(seq);
         }
-        let ack = AckRef { device, seq };
+        let ack = AckRef {
+            device,
+            id: self.next_ack,
+        };
+        self.next_ack += 1;
         let receipts = self.receipts_for(now_ms, device, &positions, ack);
         let pending = PendingAck {
+            id: ack.id,
             seq,
             cumulative,
             receipts,
@@ -169,11 +174,11 @@ impl<S: Storage> ShardCore<S> {
         Ok(())
     }
 
-    /// One of the receipts for `device`'s ack `seq` is durable.
-    pub(super) fn receipt_stored(&mut self, now_ms: u64, device: DeviceKey, seq: u64) {
+    /// One of the receipts for `device`'s ack `id` is durable.
+    pub(super) fn receipt_stored(&mut self, now_ms: u64, device: DeviceKey, id: u64) {
         let found = self.acks.get_mut(&device).and_then(|acks| {
             acks.iter_mut()
-                .find(|a| a.seq == seq && a.receipts > 0)
+                .find(|a| a.id == id && a.receipts > 0)
                 .map(|a| a.receipts -= 1)
         });
         if found.is_none() {

@@ -323,3 +323,41 @@ fn a_record_that_cannot_be_read_back_is_not_skipped() {
     w.quiesce_and_check();
     assert_eq!(w.devices[&B].got.len(), 5, "every message arrived");
 }
+
+/// Found by the soak (seed 3): two acks of the same seq (one out of
+/// order, one cumulative) were told apart only by their seq, so a receipt
+/// of the second settled the first, and its entry was tombstoned before
+/// its own ✓✓ was durable; a crash then lost that ✓✓.
+#[test]
+fn two_acks_of_one_seq_each_wait_for_their_own_receipts() {
+    let mut w = world_with(Shape::default(), &[]);
+    // The reader's home and one sender's home on one shard, the other
+    // sender's (whose disk will be slow) on the other.
+    let homes: Vec<(u64, usize)> = (1..=w.shape.users).map(|u| (u, w.home_of(u))).collect();
+    let on = |shard: usize| {
+        homes
+            .iter()
+            .filter(move |(_, h)| *h == shard)
+            .map(|(u, _)| *u)
+    };
+    let shard = usize::from(on(0).count() < 2); // the shard with two users
+    let (reader, near) = (on(shard).next().unwrap(), on(shard).nth(1).unwrap());
+    let far = on(1 - shard).next().expect("a user on each shard");
+    let far_home = 1 - shard;
+    let (r, s_near, s_far) = ((reader, 0), (near, 0), (far, 0));
+    for dev in [r, s_near, s_far] {
+        w.connect(dev);
+    }
+    w.settle();
+    w.send(s_near, sim::device(r), 10);
+    w.settle();
+    w.send(s_far, sim::device(r), 10); // the last entry r received
+    w.settle();
+    w.held_flush = Some(far_home); // its ✓✓ will not be durable
+    w.ack_one(r); // the far sender's message alone
+    w.ack(r); // everything: the near sender's message and that one again
+    w.settle();
+    w.crash(); // the far home's unsynced ✓✓ is gone
+    w.held_flush = None;
+    w.quiesce_and_check(); // ✓✓ from r reaches the far sender after all
+}

@@ -157,6 +157,8 @@ pub struct World {
     pub anomalies_expected: bool,
     /// A scenario that looks at a failed core before the restart.
     pub hold_failed: bool,
+    /// A shard whose flushes do not start (its disk is slow).
+    pub held_flush: Option<usize>,
     /// Devices by (user, device).
     pub devices: BTreeMap<Dev, Device>,
     /// Old connections the server still held.
@@ -229,6 +231,7 @@ impl World {
             wall_step_ms: 0,
             anomalies_expected: false,
             hold_failed: false,
+            held_flush: None,
             devices: BTreeMap::new(),
             ghosts: Vec::new(),
             sent: BTreeMap::new(),
@@ -547,6 +550,15 @@ impl World {
         self.pump_outputs();
     }
 
+    /// The shard that is `user`'s home.
+    pub fn home_of(&self, user: u64) -> usize {
+        let placement = Placement::single_node(self.shape.shards);
+        match placement.route(shard_router::Target::User(shard_router::UserId(user))) {
+            shard_router::Route::Shard(s) => usize::from(s.0),
+            shard_router::Route::Node(_) => unreachable!("one node"),
+        }
+    }
+
     /// The next client message id `dev` uses (from its next connection).
     pub fn set_next_id(&mut self, dev: Dev, id: u64) {
         self.devices.get_mut(&dev).expect("known").next_id = id;
@@ -598,7 +610,7 @@ impl World {
                 self.cores[shard].handle_flushed(now);
                 moved = true;
             }
-            if self.flushing[shard].is_some() {
+            if self.flushing[shard].is_some() || self.held_flush == Some(shard) {
                 continue;
             }
             let Some(flush) = self.cores[shard].poll_flush().cloned() else {
