@@ -95,9 +95,12 @@ impl Gateway {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the gateway printed its ready line within 60 s");
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+            // Not left running (and spinning) after the test fails.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the gateway printed no ready line within 60 s");
+        };
         let admin = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("admin="))
