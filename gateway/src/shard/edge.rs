@@ -10,7 +10,7 @@ use super::{
     Conn, Note, Receipt, ShardCore, ToConn, ToHome, address, append, encode_reply, target,
 };
 use crate::clock::Now;
-use crate::session::{Event, Reply, Session};
+use crate::session::{Event, Reply, Session, State};
 use crate::token::Verifier;
 
 impl<S: Storage> ShardCore<S> {
@@ -108,7 +108,14 @@ impl<S: Storage> ShardCore<S> {
     pub fn take_output(&mut self, conn: ConnId) -> Option<(Vec<u8>, bool)> {
         let c = self.conns.get_mut(&conn)?;
         c.ready = false;
-        Some((std::mem::take(&mut c.out), c.session.is_closed()))
+        let closed = c.session.is_closed();
+        if closed {
+            // Closing before its Welcome came: send what waited anyway.
+            if let Some(held) = c.held.take() {
+                c.out.extend_from_slice(&held);
+            }
+        }
+        Some((std::mem::take(&mut c.out), closed))
     }
 
     /// Drain: `GoAway` to every connection, refuse new ones.
@@ -270,7 +277,16 @@ impl<S: Storage> ShardCore<S> {
             match encode_reply(&mut self.encoder, &reply, self.now_ms, &self.config.limits) {
                 Ok(frame) => {
                     self.stats.frames_out += 1;
-                    append(&mut c.out, &frame);
+                    // Once authenticated, nothing overtakes the Welcome.
+                    let authenticated = matches!(
+                        c.session.state(),
+                        State::Authenticated(_) | State::Draining(_)
+                    );
+                    let to = match (&mut c.held, authenticated) {
+                        (Some(held), true) => held,
+                        _ => &mut c.out,
+                    };
+                    append(to, &frame);
                 }
                 Err(_) => failed = true,
             }
@@ -406,14 +422,15 @@ impl<S: Storage> ShardCore<S> {
                 backlog_count,
                 resume_seq,
             } => {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.session.welcome(backlog_count, resume_seq);
-                }
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                // Welcome goes out first, then what waited for it.
+                let held = c.held.take();
+                c.session.welcome(backlog_count, resume_seq);
                 self.flush_replies(conn);
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    if let Some(held) = c.held.take() {
-                        c.out.extend_from_slice(&held);
-                    }
+                if let (Some(c), Some(held)) = (self.conns.get_mut(&conn), held) {
+                    c.out.extend_from_slice(&held);
                 }
                 return;
             }

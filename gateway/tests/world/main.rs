@@ -361,3 +361,28 @@ fn two_acks_of_one_seq_each_wait_for_their_own_receipts() {
     w.held_flush = None;
     w.quiesce_and_check(); // ✓✓ from r reaches the far sender after all
 }
+
+/// `Welcome` is the first frame a client sees, even when the session
+/// refuses something the client sent right behind its `Hello` (the
+/// `Welcome` comes from the device's home, later).
+#[test]
+fn a_refusal_right_after_hello_waits_for_welcome() {
+    let mut w = world_with(Shape::default(), &[]);
+    w.next_shard = Some(1 - w.home_of(A.0)); // Welcome crosses the mesh
+    w.connect(A);
+    let max = wire_format::Limits::default().payload_bytes_max() as usize;
+    w.send(A, user(B), max); // refused by the session at once
+    w.settle(); // the world fails on any frame before Welcome
+    let kinds: Vec<&str> = w.devices[&A]
+        .events
+        .iter()
+        .rev()
+        .take(2)
+        .map(|e| match e {
+            ClientEvent::Welcome { .. } => "Welcome",
+            ClientEvent::Refused { .. } => "Refused",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["Refused", "Welcome"]);
+}

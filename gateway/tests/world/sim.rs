@@ -159,6 +159,8 @@ pub struct World {
     pub hold_failed: bool,
     /// A shard whose flushes do not start (its disk is slow).
     pub held_flush: Option<usize>,
+    /// The shard the next connection goes to (else a random one).
+    pub next_shard: Option<usize>,
     /// Devices by (user, device).
     pub devices: BTreeMap<Dev, Device>,
     /// Old connections the server still held.
@@ -232,6 +234,7 @@ impl World {
             anomalies_expected: false,
             hold_failed: false,
             held_flush: None,
+            next_shard: None,
             devices: BTreeMap::new(),
             ghosts: Vec::new(),
             sent: BTreeMap::new(),
@@ -339,7 +342,8 @@ impl World {
             eprintln!("  {dev:?} connects after {}", client.last_acked_seq());
         }
         let shards = self.cores.len() as u64;
-        let shard = usize::try_from(self.rng.below(shards)).expect("few shards");
+        let random = usize::try_from(self.rng.below(shards)).expect("few shards");
+        let shard = self.next_shard.take().unwrap_or(random);
         let now = self.at();
 
         let Some(conn) = self.cores[shard].open_conn(now) else {
@@ -701,8 +705,7 @@ impl World {
         }
         let first = match event {
             ClientEvent::Welcome { .. } => true,
-            ClientEvent::GoAway { .. } | ClientEvent::Closed { .. } => false,
-            ClientEvent::Refused { .. } => false, // a session refusal needs no Welcome
+            ClientEvent::Closed { .. } => false,
             _ => !self.devices[&dev].welcomed,
         };
         if first && self.devices[&dev].welcomed {
