@@ -281,7 +281,13 @@ async fn flusher(shard: Rc<Shard>) {
             if let Err(e) = result {
                 // Fail-stop: nothing waiting on this batch was answered.
                 shard.core.borrow_mut().handle_flush_failed(&e);
-                shard.kick();
+                let why = shard
+                    .core
+                    .borrow()
+                    .failed()
+                    .unwrap_or("log failed")
+                    .to_owned();
+                shard.fail_stop(&why);
             }
             let seconds = started.elapsed().as_secs_f64();
             shard.spec.metrics.flushed(shard.id, len, seconds);
