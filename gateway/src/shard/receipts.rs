@@ -24,6 +24,20 @@ impl<S: Storage> ShardCore<S> {
     /// device's home only once it is durable, so its tombstone (and more
     /// deliveries to that device) wait: a full queue pushes back.
     pub(super) fn receipt_at_home(&mut self, now_ms: u64, from: DeviceKey, to: Target, r: Receipt) {
+        if self.try_receipt(now_ms, from, to, r) {
+            self.stats.receipts_deferred += 1;
+        }
+    }
+
+    /// Retries the receipts kept because a queue was full.
+    pub(super) fn retry_deferred(&mut self, now_ms: u64) {
+        for (from, to, r) in std::mem::take(&mut self.deferred) {
+            self.try_receipt(now_ms, from, to, r);
+        }
+    }
+
+    /// Stores `r`, or keeps it in `deferred`; returns whether it was kept.
+    fn try_receipt(&mut self, now_ms: u64, from: DeviceKey, to: Target, r: Receipt) -> bool {
         let stored = self.store_receipt(now_ms, from, to, r.kind, &r.message_ids, r.at_ms);
         match (stored, r.confirm) {
             (Receipted::Stored(position), Some(ack)) => {
@@ -34,18 +48,12 @@ impl<S: Storage> ShardCore<S> {
                 self.send_home(now_ms, ack.device, Target::Device(ack.device), note);
             }
             (Receipted::Full, _) => {
-                self.stats.receipts_deferred += 1;
                 self.deferred.push_back((from, to, r));
+                return true;
             }
             (_, None) => {}
         }
-    }
-
-    /// Retries the receipts kept because a queue was full.
-    pub(super) fn retry_deferred(&mut self, now_ms: u64) {
-        for (from, to, r) in std::mem::take(&mut self.deferred) {
-            self.receipt_at_home(now_ms, from, to, r);
-        }
+        false
     }
 
     fn store_receipt(
