@@ -112,37 +112,26 @@ impl<S: Storage> ShardCore<S> {
                     pending: u32::try_from(seqs.len()).expect("at most 65,535 recipients"),
                 };
                 self.stored(position, meta, &seqs);
-                self.waiting.push_back((
-                    position,
-                    Waiting::Ack {
-                        reply,
-                        from,
-                        note: ToConn::Acked {
-                            client_msg_id,
-                            message_id,
-                            at_ms: now_ms,
-                            duplicate: false,
-                        },
-                    },
-                ));
-                return;
+                let acked = ToConn::Acked {
+                    client_msg_id,
+                    message_id,
+                    at_ms: now_ms,
+                    duplicate: false,
+                };
+                return self.ack_when_durable(now_ms, reply, from, position, acked);
             }
             Ok(Accepted::Duplicate {
                 message_id,
                 position,
             }) => {
                 self.stats.duplicates += 1;
-                let note = ToConn::Acked {
+                let acked = ToConn::Acked {
                     client_msg_id,
                     message_id,
                     at_ms: now_ms,
                     duplicate: true,
                 };
-                if position >= self.engine.durable() {
-                    let waiting = Waiting::Ack { reply, from, note };
-                    return self.waiting.push_back((position, waiting));
-                }
-                note
+                return self.ack_when_durable(now_ms, reply, from, position, acked);
             }
             Err(QueueError::QueueFull { .. }) => refuse(ErrorCode::RecipientQueueFull),
             // No such user or device (or only the sender itself).
@@ -155,6 +144,23 @@ impl<S: Storage> ShardCore<S> {
             }
         };
         self.send_conn(now_ms, reply, from, Target::Device(from), note);
+    }
+
+    /// ✓ for the record at `position`, at once if it is durable, else when
+    /// the log passes it.
+    fn ack_when_durable(
+        &mut self,
+        now_ms: u64,
+        reply: ConnRef,
+        from: DeviceKey,
+        position: u64,
+        note: ToConn,
+    ) {
+        if position < self.engine.durable() {
+            return self.send_conn(now_ms, reply, from, Target::Device(from), note);
+        }
+        let waiting = Waiting::Ack { reply, from, note };
+        self.waiting.push_back((position, waiting));
     }
 
     /// Bookkeeping for a stored record: its meta, and a pump of each
