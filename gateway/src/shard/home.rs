@@ -100,6 +100,12 @@ impl<S: Storage> ShardCore<S> {
             code,
             client_msg_id,
         };
+        let acked = |message_id, duplicate| ToConn::Acked {
+            client_msg_id,
+            message_id,
+            at_ms: now_ms,
+            duplicate,
+        };
         let note = match self.engine.append_message(now_ms, &m) {
             Ok(Accepted::Stored { position, seqs }) => {
                 self.stats.messages_stored += 1;
@@ -112,26 +118,16 @@ impl<S: Storage> ShardCore<S> {
                     pending: u32::try_from(seqs.len()).expect("at most 65,535 recipients"),
                 };
                 self.stored(position, meta, &seqs);
-                let acked = ToConn::Acked {
-                    client_msg_id,
-                    message_id,
-                    at_ms: now_ms,
-                    duplicate: false,
-                };
-                return self.ack_when_durable(now_ms, reply, from, position, acked);
+                let note = acked(message_id, false);
+                return self.ack_when_durable(now_ms, reply, from, position, note);
             }
             Ok(Accepted::Duplicate {
                 message_id,
                 position,
             }) => {
                 self.stats.duplicates += 1;
-                let acked = ToConn::Acked {
-                    client_msg_id,
-                    message_id,
-                    at_ms: now_ms,
-                    duplicate: true,
-                };
-                return self.ack_when_durable(now_ms, reply, from, position, acked);
+                let note = acked(message_id, true);
+                return self.ack_when_durable(now_ms, reply, from, position, note);
             }
             Err(QueueError::QueueFull { .. }) => refuse(ErrorCode::RecipientQueueFull),
             // No such user or device (or only the sender itself).
