@@ -4,7 +4,8 @@
 //!
 //! `cargo test` runs a short smoke. The soak:
 //! `WORLD_SEEDS=100 WORLD_STEPS=100000 cargo test --release -p gateway --test world -- --ignored --nocapture`;
-//! a failure names its seed, and `WORLD_SEED=n` replays just that one.
+//! a failure names its seed, and `WORLD_SEED=n` replays just that one
+//! (`WORLD_FIRST_SEED` starts the range elsewhere).
 
 #![allow(clippy::cast_possible_truncation)]
 
@@ -39,7 +40,10 @@ fn run(seed: u64, steps: u64, every: u64) -> World {
 fn seeds(default_seeds: u64) -> Vec<u64> {
     match std::env::var("WORLD_SEED") {
         Ok(seed) => vec![seed.parse().expect("WORLD_SEED is a number")],
-        Err(_) => (0..env("WORLD_SEEDS", default_seeds)).collect(),
+        Err(_) => {
+            let first = env("WORLD_FIRST_SEED", 0);
+            (first..first + env("WORLD_SEEDS", default_seeds)).collect()
+        }
     }
 }
 
