@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWriteExt, FutureExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -98,14 +98,6 @@ pub struct Control {
     pub drained: AtomicUsize,
     /// Shards whose log failed (the process is exiting).
     pub failed: AtomicUsize,
-}
-
-/// Wall-clock milliseconds since the Unix epoch (the time the cores get).
-pub fn now_ms() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970");
-    u64::try_from(since.as_millis()).expect("before year 500 million")
 }
 
 /// Starts every shard; returns their join handles.
@@ -198,7 +190,7 @@ async fn run_shard(
     let dir = spec.data_dir.join(format!("shard-{}", id.0));
     let mut storage = FsStorage::open(&dir)?;
     let started = Instant::now();
-    let (engine, _) = Engine::open(&mut storage, spec.engine, now_ms())
+    let (engine, _) = Engine::open(&mut storage, spec.engine, crate::clock::wall_ms())
         .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?;
     info!(
         shard = id.0,
