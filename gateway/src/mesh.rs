@@ -75,7 +75,13 @@ pub async fn recv_batch<T: Send + Sized>(rx: &ConnectedReceiver<Vec<T>>) -> Opti
 }
 
 /// Runs `fut`, polling it at least every `every` even if nothing wakes it.
-async fn poll_often<F: Future>(fut: F, every: Duration) -> F::Output {
+///
+/// Safe for a shared-channel receive only with the patched glommio
+/// (`third_party/glommio`): upstream queues the task's waker again on
+/// every poll of a pending receive, and an idle channel re-polled 32,767
+/// times (under 3 minutes at 10 ms, 2 polls a tick) overflowed the task's
+/// waker refcount and panicked the shard.
+pub async fn poll_often<F: Future>(fut: F, every: Duration) -> F::Output {
     let mut fut = pin!(fut);
     loop {
         let tick = async {

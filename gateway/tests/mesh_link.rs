@@ -73,3 +73,49 @@ fn messages_cross_executors_once_and_in_order() {
     assert_eq!(delivered, (0..MESSAGES).collect::<Vec<_>>());
     assert!(batches <= 51, "one ring slot per turn: {batches} batches");
 }
+
+/// An idle receive re-polled far more than 32,767 times (the glommio
+/// task's 16-bit waker refcount) still gets the message that comes at
+/// last: the patched reactor queues a task's waker once, not per poll.
+#[test]
+fn an_idle_receive_re_polled_many_times_does_not_overflow_its_waker() {
+    use glommio::channels::shared_channel;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let (tx, rx) = shared_channel::new_bounded::<u64>(1);
+    let got = Arc::new(AtomicBool::new(false));
+    let receiver = LocalExecutorBuilder::new(Cpu::Unbound)
+        .spawn({
+            let got = got.clone();
+            move || async move {
+                let rx = rx.connect().await;
+                let message = gateway::mesh::poll_often(rx.recv(), Duration::from_micros(1)).await;
+                got.store(message == Some(7), Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    let sender = LocalExecutorBuilder::new(Cpu::Unbound)
+        .spawn(move || async move {
+            let tx = tx.connect().await;
+            // Long enough for the receiver to be re-polled ~10^5 times.
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            tx.send(7).await.unwrap();
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while !got.load(Ordering::SeqCst) {
+                // Upstream glommio panics inside the receiver's reactor here
+                // and the receive never completes.
+                assert!(
+                    Instant::now() < give_up,
+                    "the idle receive never got its message"
+                );
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .unwrap();
+    sender.join().unwrap(); // fails first if the receiver's shard broke
+    receiver.join().unwrap();
+}
