@@ -8,7 +8,9 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
+
+use crate::gate::Gate;
 use std::time::{Duration, Instant};
 
 use client::ClientEvent;
@@ -109,12 +111,7 @@ impl Schedule {
 /// Runs this worker's pairs; every connection on the current executor.
 /// Senders start once every worker of this process has its connections
 /// open (`ready`), so no worker's sends compete with another's handshakes.
-pub async fn run(
-    target: Rc<Target>,
-    plan: ChatPlan,
-    rec: Rc<RefCell<Recorder>>,
-    ready: Arc<Barrier>,
-) {
+pub async fn run(target: Rc<Target>, plan: ChatPlan, rec: Rc<RefCell<Recorder>>, ready: Arc<Gate>) {
     let connect_by = Instant::now() + Duration::from_secs(120);
     let mut opening = Vec::new();
     for i in 0..plan.pairs {
@@ -133,7 +130,7 @@ pub async fn run(
             Err(e) => panic!("chat: could not connect: {}", e.0),
         }
     }
-    ready.wait();
+    ready.wait().await;
     let start = Instant::now();
     let plan = ChatPlan {
         measure_from_ns: epoch_ns(start + plan.warmup),

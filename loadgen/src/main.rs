@@ -9,6 +9,7 @@
 
 mod chat;
 mod conns;
+mod gate;
 mod live;
 mod offline;
 mod plot;
@@ -24,7 +25,7 @@ use std::pin::Pin;
 use std::process::{Command, ExitCode};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
@@ -476,7 +477,7 @@ fn run_chat(c: &Common, spec: TargetSpec, a: &ChatArgs) -> Report {
         warmup: a.warmup,
         measure_from_ns: 0,
     };
-    let ready = Arc::new(Barrier::new(c.threads));
+    let ready = Arc::new(gate::Gate::new(c.threads));
     let mut r = on_workers(c, spec, "chat", Latency::Delivered, move |t, rec, part| {
         let (first_pair, pairs) = part.share(plan.pairs);
         let plan = chat::ChatPlan {
@@ -503,7 +504,7 @@ fn run_offline(c: &Common, spec: TargetSpec, s: &Scenario) -> Report {
     else {
         unreachable!("offline")
     };
-    let barrier = Arc::new(Barrier::new(c.threads));
+    let barrier = Arc::new(gate::Gate::new(c.threads));
     let mut r = on_workers(c, spec, "offline", Latency::Backlog, move |t, rec, part| {
         let (first, n) = part.share(devices);
         let plan = offline::OfflinePlan {

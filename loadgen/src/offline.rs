@@ -6,7 +6,9 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
+
+use crate::gate::Gate;
 use std::time::{Duration, Instant};
 
 use client::ClientEvent;
@@ -49,15 +51,15 @@ pub async fn run(
     target: Rc<Target>,
     rec: Rc<RefCell<Recorder>>,
     plan: OfflinePlan,
-    barrier: Arc<Barrier>,
+    barrier: Arc<Gate>,
 ) {
     let streams: Vec<_> = (0..plan.devices)
         .map(|_| Rc::new(RefCell::new(Stream::default())))
         .collect();
     register(&target, &rec, &plan).await;
-    barrier.wait();
+    barrier.wait().await;
     fill(&target, &rec, &plan, &streams).await;
-    barrier.wait();
+    barrier.wait().await;
     let storm_s = storm(&target, &rec, &plan, &streams).await;
     let lost: u64 = streams.iter().map(|s| s.borrow().lost()).sum();
     let mut r = rec.borrow_mut();
