@@ -13,6 +13,21 @@ use crate::clock::Now;
 use crate::session::{Event, Reply, Session, State};
 use crate::token::Verifier;
 
+impl Conn {
+    /// Where the next frame goes: behind the `Welcome` while it is awaited
+    /// (once authenticated nothing may overtake it), else straight out.
+    fn sink(&mut self) -> &mut Vec<u8> {
+        let authenticated = matches!(
+            self.session.state(),
+            State::Authenticated(_) | State::Draining(_)
+        );
+        match (&mut self.held, authenticated) {
+            (Some(held), true) => held,
+            _ => &mut self.out,
+        }
+    }
+}
+
 impl<S: Storage> ShardCore<S> {
     // ---- connections --------------------------------------------------------
 
@@ -277,16 +292,7 @@ impl<S: Storage> ShardCore<S> {
             match encode_reply(&mut self.encoder, &reply, self.now_ms, &self.config.limits) {
                 Ok(frame) => {
                     self.stats.frames_out += 1;
-                    // Once authenticated, nothing overtakes the Welcome.
-                    let authenticated = matches!(
-                        c.session.state(),
-                        State::Authenticated(_) | State::Draining(_)
-                    );
-                    let to = match (&mut c.held, authenticated) {
-                        (Some(held), true) => held,
-                        _ => &mut c.out,
-                    };
-                    append(to, &frame);
+                    append(c.sink(), &frame);
                 }
                 Err(_) => failed = true,
             }
@@ -457,7 +463,7 @@ impl<S: Storage> ShardCore<S> {
             return;
         }
         self.stats.frames_out += 1;
-        append(c.held.as_mut().unwrap_or(&mut c.out), &frame);
+        append(c.sink(), &frame);
         if c.out.len() + c.held.as_ref().map_or(0, Vec::len) > self.config.out_bytes_max {
             c.session.refuse_from_shard(ErrorCode::SlowReader, 0);
             self.flush_replies(conn);
