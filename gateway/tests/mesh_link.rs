@@ -74,46 +74,52 @@ fn messages_cross_executors_once_and_in_order() {
     assert!(batches <= 51, "one ring slot per turn: {batches} batches");
 }
 
-/// An idle receive re-polled far more than 32,767 times (the glommio
-/// task's 16-bit waker refcount) still gets the message that comes at
-/// last: the patched reactor queues a task's waker once, not per poll.
+/// An idle receive polled far more than 32,767 times (the glommio task's
+/// 16-bit waker refcount), as `mesh::poll_often` does every 10 ms, still
+/// gets the message that comes at last: the patched reactor queues a
+/// task's waker once, not once per poll.
 #[test]
 fn an_idle_receive_re_polled_many_times_does_not_overflow_its_waker() {
     use glommio::channels::shared_channel;
+    use std::pin::pin;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicU8, Ordering};
     use std::time::{Duration, Instant};
+    const POLLS: usize = 40_000;
+    // 0: polling, 1: polled POLLS times, 2: got the message
+    let stage = Arc::new(AtomicU8::new(0));
     let (tx, rx) = shared_channel::new_bounded::<u64>(1);
-    let got = Arc::new(AtomicBool::new(false));
     let receiver = LocalExecutorBuilder::new(Cpu::Unbound)
         .spawn({
-            let got = got.clone();
+            let stage = stage.clone();
             move || async move {
                 let rx = rx.connect().await;
-                let message = gateway::mesh::poll_often(rx.recv(), Duration::from_micros(1)).await;
-                got.store(message == Some(7), Ordering::SeqCst);
+                let mut recv = pin!(rx.recv());
+                for _ in 0..POLLS {
+                    let polled = futures_lite::future::poll_once(recv.as_mut()).await;
+                    assert!(polled.is_none(), "nothing was sent yet");
+                }
+                stage.store(1, Ordering::SeqCst);
+                assert_eq!(recv.await, Some(7));
+                stage.store(2, Ordering::SeqCst);
             }
         })
         .unwrap();
     let sender = LocalExecutorBuilder::new(Cpu::Unbound)
         .spawn(move || async move {
             let tx = tx.connect().await;
-            // Long enough for the receiver to be re-polled ~10^5 times.
-            let until = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < until {
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
+            // Waits for events of the other executor, bounded (upstream
+            // glommio panics inside the receiver and it never gets there).
+            let wait_for = async |want: u8, what: &str| {
+                let give_up = Instant::now() + Duration::from_secs(30);
+                while stage.load(Ordering::SeqCst) < want {
+                    assert!(Instant::now() < give_up, "the receiver never {what}");
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            wait_for(1, "finished polling").await;
             tx.send(7).await.unwrap();
-            let give_up = Instant::now() + Duration::from_secs(10);
-            while !got.load(Ordering::SeqCst) {
-                // Upstream glommio panics inside the receiver's reactor here
-                // and the receive never completes.
-                assert!(
-                    Instant::now() < give_up,
-                    "the idle receive never got its message"
-                );
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
+            wait_for(2, "got the message").await;
         })
         .unwrap();
     sender.join().unwrap(); // fails first if the receiver's shard broke
