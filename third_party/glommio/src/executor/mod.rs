@@ -1324,7 +1324,12 @@ impl LocalExecutor {
         let mut ran = false;
         loop {
             self.reactor.sys.install_eventfd();
-            if self.need_preempt() {
+            // Patched (messaging-edge): preemption is honoured only after a
+            // queue ran. Upstream checked first, so a preemption timer that
+            // expired between the I/O poll and this loop made the turn run
+            // nothing and return "idle", and the executor parked in
+            // io_uring with tasks ready (a start-up hung forever).
+            if ran && self.need_preempt() {
                 break;
             }
             if !self.run_one_task_queue() {
@@ -1373,7 +1378,11 @@ impl LocalExecutor {
             let mut tasks_executed_this_loop = 0;
             loop {
                 let mut queue_ref = queue.borrow_mut();
-                if self.need_preempt() || queue_ref.yielded() {
+                // Patched (messaging-edge): at least one task runs per
+                // queue picked, whatever the preemption timer says (see
+                // `run_task_queues`), so every turn makes progress.
+                let preempt = tasks_executed_this_loop > 0 && self.need_preempt();
+                if preempt || queue_ref.yielded() {
                     break;
                 }
 
