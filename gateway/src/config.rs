@@ -59,6 +59,12 @@ pub struct Settings {
     pub queue_messages_max: usize,
     /// Default message TTL, seconds.
     pub ttl_default_s: u64,
+    /// Pending TCP connections the kernel queues per shard's listener
+    /// (capped by `net.core.somaxconn`).
+    pub listen_backlog: u32,
+    /// A shard not serving this long after start is stuck: the process
+    /// exits (status 75) naming it, seconds.
+    pub startup_timeout_s: u64,
 }
 
 impl Default for Settings {
@@ -88,6 +94,8 @@ impl Default for Settings {
             out_bytes_max: shard.out_bytes_max,
             queue_messages_max: engine.queue_messages_max,
             ttl_default_s: engine.ttl_default_ms / 1000,
+            listen_backlog: 4096,
+            startup_timeout_s: 300,
         }
     }
 }
@@ -181,6 +189,10 @@ overrides! {
     queue_messages_max: usize,
     /// Default message TTL, seconds [default: 2592000].
     ttl_default_s: u64,
+    /// Listen backlog per shard, capped by net.core.somaxconn [default: 4096].
+    listen_backlog: u32,
+    /// Start-up watchdog: exit if a shard is not serving by then, seconds [default: 300].
+    startup_timeout_s: u64,
 }
 
 impl Overrides {
@@ -231,6 +243,9 @@ impl Settings {
         }
         if self.window == 0 || self.conns_per_shard == 0 || self.sends_per_s == 0 {
             return bad("window, conns_per_shard and sends_per_s must be positive");
+        }
+        if self.listen_backlog == 0 || self.startup_timeout_s == 0 {
+            return bad("listen_backlog and startup_timeout_s must be positive");
         }
         if self.out_bytes_max < self.frame_bytes_max as usize {
             return bad("out_bytes_max must hold at least one frame");

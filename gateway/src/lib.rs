@@ -1,5 +1,5 @@
 //! The gateway's I/O shell, as a library so benchmarks and tests can drive
-//! its pieces: the channel-mesh link that carries the router's cross-shard
+//! its pieces: the mesh of rings that carries the router's cross-shard
 //! batches between glommio executors, the per-connection protocol state
 //! machine (sans-IO), TLS configuration, and authentication tokens.
 //!
@@ -9,6 +9,8 @@
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod fd;
+pub mod listen;
 pub mod mesh;
 pub mod metrics;
 pub mod notify;

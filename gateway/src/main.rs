@@ -111,14 +111,20 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
     }
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|e| format!("{}: {e}", settings.data_dir.display()))?;
+    // Held until the process ends (the kernel drops it on any exit).
+    let _lock = gateway::listen::lock_data_dir(&settings.data_dir)?;
+    let control = Arc::new(Control::new(settings.shards));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // A second signal while draining exits at once (status 1).
+        signal_hook::flag::register_conditional_shutdown(signal, 1, control.drain.clone())
+            .and_then(|_| signal_hook::flag::register(signal, control.drain.clone()))
+            .map_err(|e| format!("signal {signal} handler: {e}"))?;
+    }
+    let (listen, listeners) =
+        gateway::listen::listeners(settings.listen, settings.shards, settings.listen_backlog)?;
     let tls = tls_config(&settings)?;
     let verifier = Arc::new(verifier(&settings)?);
     let metrics = Arc::new(Metrics::new());
-    let control = Arc::new(Control::default());
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, control.drain.clone())
-            .map_err(|e| format!("signal {signal} handler: {e}"))?;
-    }
     let admin = gateway::admin::start(
         settings.admin_listen,
         settings.shards,
@@ -127,7 +133,6 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
     )
     .map_err(|e| format!("admin endpoint {}: {e}", settings.admin_listen))?;
     let spec = ServerSpec {
-        listen: settings.listen,
         shards: settings.shards,
         data_dir: settings.data_dir.clone(),
         tls,
@@ -138,21 +143,53 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
         control: control.clone(),
     };
     let shards = spec.shards;
-    let _handles = gateway::server::start(spec).map_err(|e| e.to_string())?;
-    while control.listening.load(Ordering::SeqCst) < shards {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let _handles = gateway::server::start(spec, listeners).map_err(|e| e.to_string())?;
+    await_start(&control, Duration::from_secs(settings.startup_timeout_s));
     tracing::info!(
-        "gateway {} serving TLS on {} with {shards} shards; admin on http://{admin}",
+        "gateway {} serving TLS on {listen} with {shards} shards; admin on http://{admin}",
         env!("CARGO_PKG_VERSION"),
-        settings.listen
     );
-    println!("ready listen={} admin={admin}", settings.listen);
+    println!("ready listen={listen} admin={admin}");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    while !control.drain.load(Ordering::SeqCst) {
+        std::thread::sleep(POLL);
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     while control.drained.load(Ordering::SeqCst) < shards {
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL);
     }
     tracing::info!("drained; exiting");
     std::process::exit(0);
+}
+
+/// How often the main thread looks at the shards' progress and the flags.
+const POLL: Duration = Duration::from_millis(5);
+/// Exit status when a shard did not start in time (EX_TEMPFAIL).
+const EXIT_START_STUCK: i32 = 75;
+
+/// Returns once every shard serves. Exits the process if a signal asks it
+/// to stop first (status 0: nothing was ✓'d that is not durable), or if a
+/// shard is still not serving after `timeout` (status 75, naming it).
+fn await_start(control: &Control, timeout: Duration) {
+    let started = std::time::Instant::now();
+    while let Some((shard, stage)) = control.not_serving() {
+        if control.drain.load(Ordering::SeqCst) {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+            tracing::info!(
+                "stopped during start-up, as asked (shard {shard} was {})",
+                stage.doing()
+            );
+            std::process::exit(0);
+        }
+        if started.elapsed() >= timeout {
+            tracing::error!(
+                "start-up watchdog: shard {shard} is still {} after {timeout:?}; exiting",
+                stage.doing()
+            );
+            std::process::exit(EXIT_START_STUCK);
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 fn init_logs() {

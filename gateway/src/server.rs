@@ -12,7 +12,8 @@
 //! - the flusher: group commit. The write + fdatasync of a batch runs on
 //!   glommio's blocking pool, so the executor keeps serving while the disk
 //!   syncs, and the next batch fills meanwhile;
-//! - the mesh: a sender of batches to other shards, a receiver per peer;
+//! - the exchange: batches to and from other shards over the mesh's rings
+//!   (`mesh.rs`), sleeping on this shard's doorbell;
 //! - the timer: sleeps until the core's next deadline
 //!   ([`ShardCore::poll_timeout`]), woken early when an input brings one
 //!   closer;
@@ -26,12 +27,11 @@
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWriteExt, FutureExt};
@@ -40,11 +40,11 @@ use glommio::{LocalExecutorBuilder, Placement as Cpu};
 use queue_engine::{Engine, EngineConfig, FsStorage};
 use rustc_hash::FxHashMap;
 use rustls::ServerConnection;
-use shard_router::{ConnId, Placement, RouterConfig, RouterCore, ShardMsg};
+use shard_router::{ConnId, Placement, RouterConfig, RouterCore, ShardId, ShardMsg};
 use tracing::{debug, error, info, warn};
 
 use crate::clock::{Clock, Now};
-use crate::mesh::{MeshLink, mesh};
+use crate::mesh::{Mesh, MeshEnd, RING_BATCHES_MAX};
 use crate::metrics::Metrics;
 use crate::notify::Notify;
 use crate::shard::{Note, ShardConfig, ShardCore};
@@ -60,14 +60,14 @@ const WRITE_CHUNK: usize = 48 * 1024;
 const PREEMPT: Duration = Duration::from_millis(1);
 /// How often metrics are published and the drain flag is looked at.
 const TICK: Duration = Duration::from_millis(100);
+/// Batches taken from each peer's ring before other tasks get a turn.
+const RECV_BATCHES_PER_TURN: usize = 64;
 /// Exit status after an I/O error on the log (EX_SOFTWARE).
 pub const EXIT_LOG_FAILED: i32 = 70;
 
 /// What every shard needs to start.
 #[derive(Clone)]
 pub struct ServerSpec {
-    /// Client TLS address.
-    pub listen: SocketAddr,
     /// Executors.
     pub shards: usize,
     /// Parent of the per-shard log directories.
@@ -98,21 +98,79 @@ pub struct Control {
     pub drained: AtomicUsize,
     /// Shards whose log failed (the process is exiting).
     pub failed: AtomicUsize,
+    /// Each shard's [`Stage`], for the start-up watchdog.
+    stages: Vec<AtomicU8>,
 }
 
-/// Starts every shard; returns their join handles.
-pub fn start(spec: ServerSpec) -> std::io::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
-    let mesh = mesh::<ShardMsg<Note>>(spec.shards);
+/// Where a shard is in its start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    /// Its executor is being made.
+    Starting = 0,
+    /// Replaying its log.
+    Recovering = 1,
+    /// Accepting connections.
+    Serving = 2,
+}
+
+impl Stage {
+    /// What the shard is doing, for a log line.
+    pub fn doing(self) -> &'static str {
+        match self {
+            Self::Starting => "starting its executor",
+            Self::Recovering => "recovering its log",
+            Self::Serving => "serving",
+        }
+    }
+}
+
+impl Control {
+    /// Flags for `shards` shards, all [`Stage::Starting`].
+    pub fn new(shards: usize) -> Self {
+        Self {
+            stages: (0..shards).map(|_| AtomicU8::new(0)).collect(),
+            ..Self::default()
+        }
+    }
+
+    fn set_stage(&self, shard: usize, stage: Stage) {
+        self.stages[shard].store(stage as u8, Ordering::SeqCst);
+    }
+
+    /// The first shard not yet serving, and its stage.
+    pub fn not_serving(&self) -> Option<(usize, Stage)> {
+        self.stages
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| match s.load(Ordering::SeqCst) {
+                0 => Some((i, Stage::Starting)),
+                1 => Some((i, Stage::Recovering)),
+                _ => None,
+            })
+    }
+}
+
+/// Starts every shard, each on one of `listeners` (see
+/// [`crate::listen::listeners`]); returns their join handles.
+pub fn start(
+    spec: ServerSpec,
+    listeners: Vec<std::net::TcpListener>,
+) -> std::io::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
+    assert_eq!(listeners.len(), spec.shards, "one listener per shard");
+    let mesh = Mesh::<ShardMsg<Note>>::new(spec.shards, RING_BATCHES_MAX)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
-    for i in 0..spec.shards {
+    for (i, listener) in listeners.into_iter().enumerate() {
         let (spec, mesh) = (spec.clone(), mesh.clone());
+        let id = ShardId(u16::try_from(i).expect("fewer than 65,536 shards"));
         let handle = LocalExecutorBuilder::new(Cpu::Fixed(i % cpus))
             .name(&format!("shard-{i}"))
             .preempt_timer(PREEMPT)
             .spawn(move || async move {
-                if let Err(e) = run_shard(spec, mesh).await {
-                    error!("shard stopped: {e}");
+                let listener = crate::fd::glommio_listener(listener);
+                if let Err(e) = run_shard(spec, mesh.end(id), listener).await {
+                    error!(shard = i, "shard stopped: {e}");
                     std::process::exit(1);
                 }
             })
@@ -178,16 +236,13 @@ impl Shard {
 
 async fn run_shard(
     spec: ServerSpec,
-    mesh: glommio::channels::channel_mesh::MeshBuilder<
-        Vec<ShardMsg<Note>>,
-        glommio::channels::channel_mesh::Full,
-    >,
+    end: MeshEnd<ShardMsg<Note>>,
+    listener: TcpListener,
 ) -> std::io::Result<()> {
-    let mut link = MeshLink::join(mesh)
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let id = link.shard();
+    let id = end.shard();
     let dir = spec.data_dir.join(format!("shard-{}", id.0));
+    spec.control.set_stage(usize::from(id.0), Stage::Recovering);
+    info!(shard = id.0, "recovering the log in {}", dir.display());
     let mut storage = FsStorage::open(&dir)?;
     let started = Instant::now();
     let (engine, _) = Engine::open(&mut storage, spec.engine, crate::clock::wall_ms())
@@ -216,23 +271,9 @@ async fn run_shard(
         timer: Notify::default(),
         timer_at: Cell::new(u64::MAX),
     });
-    let link = Rc::new({
-        let inbound = link.inbound();
-        for (_, rx) in inbound {
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                while let Some(batch) = crate::mesh::recv_batch(&rx).await {
-                    shard.core.borrow_mut().handle_batch(shard.now(), batch);
-                    shard.kick();
-                }
-            })
-            .detach();
-        }
-        link
-    });
-    glommio::spawn_local(send_batches(shard.clone(), link)).detach();
+    glommio::spawn_local(exchange(shard.clone(), end)).detach();
     glommio::spawn_local(flusher(shard.clone())).detach();
-    let listener = TcpListener::bind(spec.listen)?;
+    spec.control.set_stage(usize::from(id.0), Stage::Serving);
     spec.control.listening.fetch_add(1, Ordering::SeqCst);
     glommio::spawn_local(ticker(shard.clone())).detach();
     glommio::spawn_local(timer(shard.clone())).detach();
@@ -240,16 +281,29 @@ async fn run_shard(
     Ok(())
 }
 
-async fn send_batches(shard: Rc<Shard>, link: Rc<MeshLink<ShardMsg<Note>>>) {
+/// The mesh: hands batches from other shards to the core and the core's
+/// batches for other shards to their rings; sleeps on the doorbell and the
+/// outbox together.
+async fn exchange(shard: Rc<Shard>, mut end: MeshEnd<ShardMsg<Note>>) {
     loop {
-        shard.outbox.wait().await;
+        let mut got = false;
+        let left = end.recv(RECV_BATCHES_PER_TURN, |_, batch| {
+            shard.core.borrow_mut().handle_batch(shard.now(), batch);
+            got = true;
+        });
         loop {
             let next = shard.core.borrow_mut().poll_batch();
             let Some((to, batch)) = next else { break };
-            if link.send(to, batch).await.is_err() {
-                return; // a peer is gone: the process is stopping
-            }
+            end.send(to, batch);
         }
+        if got {
+            shard.kick();
+        }
+        if left {
+            glommio::yield_if_needed().await;
+            continue;
+        }
+        end.wait().or(shard.outbox.wait()).await;
     }
 }
 
@@ -314,11 +368,11 @@ async fn ticker(shard: Rc<Shard>) {
         drop(core);
         shard.spec.metrics.publish(shard.id, &stats, &last, gauges);
         last = stats;
-        if let Some(deadline) = drain_deadline {
-            if conns == 0 || Instant::now() >= deadline {
-                control.drained.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
+        if let Some(deadline) = drain_deadline
+            && (conns == 0 || Instant::now() >= deadline)
+        {
+            control.drained.fetch_add(1, Ordering::SeqCst);
+            return;
         }
     }
 }

@@ -306,11 +306,11 @@ impl<S: Storage> ShardCore<S> {
     }
 
     pub(super) fn mark_ready(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            if !c.ready {
-                c.ready = true;
-                self.ready.push(conn);
-            }
+        if let Some(c) = self.conns.get_mut(&conn)
+            && !c.ready
+        {
+            c.ready = true;
+            self.ready.push(conn);
         }
     }
 

@@ -82,6 +82,8 @@ impl Gateway {
             .args(["serve", "--shards", "2", "--listen", &listen])
             .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
+            // A stuck start names its shard on stderr before the 60 s here.
+            .args(["--startup-timeout-s", "45"])
             .args(&extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

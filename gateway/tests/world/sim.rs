@@ -295,10 +295,10 @@ impl World {
         self.mesh.clear();
         self.flushing.iter_mut().for_each(|f| *f = None);
         for d in self.devices.values_mut() {
-            if d.conn.take().is_some() {
-                if let Some(c) = d.client.as_mut() {
-                    c.handle_peer_closed();
-                }
+            if d.conn.take().is_some()
+                && let Some(c) = d.client.as_mut()
+            {
+                c.handle_peer_closed();
             }
         }
         self.ghosts.clear();
@@ -742,10 +742,10 @@ impl World {
                 if dev_of(from) != sender || !self.sent.contains_key(&(sender, id)) {
                     self.fail(format!("{dev:?} got {sender:?}/{id} that was not sent"));
                 }
-                if let Some(&(s, i)) = self.ids.get(message_id) {
-                    if (s, i) != (sender, id) {
-                        self.fail(format!("message id {message_id} names two messages"));
-                    }
+                if let Some(&(s, i)) = self.ids.get(message_id)
+                    && (s, i) != (sender, id)
+                {
+                    self.fail(format!("message id {message_id} names two messages"));
                 }
                 self.ids.insert(*message_id, (sender, id));
                 self.on_entry(dev, *seq, *message_id);
