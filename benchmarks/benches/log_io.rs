@@ -99,8 +99,94 @@ fn direct(c: &mut Criterion) {
     group.finish();
 }
 
+/// An engine on a fresh `FsStorage` in `dir`, with no queue limits.
+fn fresh_engine(dir: &std::path::Path) -> (Engine, FsStorage) {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut storage = FsStorage::open(dir).unwrap();
+    let config = EngineConfig {
+        queue_messages_max: usize::MAX,
+        queue_bytes_max: u64::MAX,
+        ..EngineConfig::default()
+    };
+    let (engine, _) = Engine::open(&mut storage, config, 0).unwrap();
+    (engine, storage)
+}
+
+/// Appends `per_batch` 100-byte messages (ids after `*id`).
+fn append_batch(engine: &mut Engine, id: &mut u64, per_batch: u64) {
+    let payload = [0x5Au8; 100];
+    for _ in 0..per_batch {
+        *id += 1;
+        let to = DeviceRef {
+            user: *id % 1000,
+            device: 0,
+        };
+        let m = NewMessage {
+            message_id: *id,
+            sender: DeviceRef { user: 1, device: 0 },
+            client_msg_id: *id,
+            recipients: &[to],
+            ttl_ms: 0,
+            payload: &payload,
+            receipt: false,
+        };
+        engine.append_message(0, &m).unwrap();
+    }
+}
+
+/// How a glommio shard performs its group commits.
+#[derive(Clone, Copy)]
+enum Commit {
+    /// `write_flush` on glommio's blocking thread pool (the gateway before
+    /// issue #14).
+    BlockingPool,
+    /// `UringLog`: write + fdatasync on the executor's io_uring (the
+    /// gateway now).
+    Uring,
+}
+
+/// Time for `iters` group commits of `per_batch` messages each, made the
+/// way `commit` says from inside a glommio executor.
+fn commit_in_executor(dir: PathBuf, per_batch: u64, iters: u64, commit: Commit) -> Duration {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let (mut engine, storage) = fresh_engine(&dir);
+            let mut storage = Some(storage);
+            let mut log = gateway::uring_log::UringLog::new(dir.clone());
+            let mut id = 0;
+            let start = Instant::now();
+            for _ in 0..iters {
+                append_batch(&mut engine, &mut id, per_batch);
+                while let Some(flush) = engine.poll_flush().cloned() {
+                    match commit {
+                        Commit::Uring => log.write_flush(flush).await.unwrap(),
+                        Commit::BlockingPool => {
+                            let mut s = storage.take().unwrap();
+                            let (s, result) = glommio::executor()
+                                .spawn_blocking(move || {
+                                    let result = queue_engine::write_flush(&mut s, &flush);
+                                    (s, result)
+                                })
+                                .await;
+                            result.unwrap();
+                            storage = Some(s);
+                        }
+                    }
+                    engine.handle_flushed();
+                }
+            }
+            let elapsed = start.elapsed();
+            let _ = std::fs::remove_dir_all(&dir);
+            elapsed
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
 /// Durable 100-byte messages per second when `per_batch` arrive per group
-/// commit.
+/// commit: on the calling thread (`FsStorage`), and from a glommio shard
+/// through the blocking pool and through io_uring.
 fn group_commit(c: &mut Criterion) {
     let mut group = c.benchmark_group("log_io");
     group
@@ -110,43 +196,25 @@ fn group_commit(c: &mut Criterion) {
         group.throughput(Throughput::Elements(per_batch));
         group.bench_function(format!("group_commit_{per_batch}_msgs_of_100B"), |b| {
             let dir = scratch(&format!("engine-{per_batch}"));
-            let _ = std::fs::remove_dir_all(&dir);
-            let mut storage = FsStorage::open(&dir).unwrap();
-            let (mut engine, _) = Engine::open(
-                &mut storage,
-                EngineConfig {
-                    queue_messages_max: usize::MAX,
-                    queue_bytes_max: u64::MAX,
-                    ..EngineConfig::default()
-                },
-                0,
-            )
-            .unwrap();
-            let payload = [0x5Au8; 100];
+            let (mut engine, mut storage) = fresh_engine(&dir);
             let mut id = 0u64;
             b.iter(|| {
-                for _ in 0..per_batch {
-                    id += 1;
-                    let to = DeviceRef {
-                        user: id % 1000,
-                        device: 0,
-                    };
-                    let m = NewMessage {
-                        message_id: id,
-                        sender: DeviceRef { user: 1, device: 0 },
-                        client_msg_id: id,
-                        recipients: &[to],
-                        ttl_ms: 0,
-                        payload: &payload,
-                        receipt: false,
-                    };
-                    engine.append_message(0, &m).unwrap();
-                }
+                append_batch(&mut engine, &mut id, per_batch);
                 flush_all(&mut engine, &mut storage).unwrap();
             });
             drop(engine);
             let _ = std::fs::remove_dir_all(&dir);
         });
+        for (name, commit) in [
+            ("blocking_pool", Commit::BlockingPool),
+            ("uring", Commit::Uring),
+        ] {
+            let id = format!("group_commit_{name}_{per_batch}_msgs_of_100B");
+            group.bench_function(id, |b| {
+                let dir = scratch(&format!("engine-{name}-{per_batch}"));
+                b.iter_custom(|iters| commit_in_executor(dir.clone(), per_batch, iters, commit));
+            });
+        }
     }
     group.finish();
 }

@@ -19,3 +19,4 @@ pub mod session;
 pub mod shard;
 pub mod tls;
 pub mod token;
+pub mod uring_log;

@@ -9,9 +9,10 @@
 //!   shard-wide scratch buffer borrowed only while a read completes, so an
 //!   idle connection holds no read buffer; the core's output for it is
 //!   written as one TLS write per wake-up (frames coalesce);
-//! - the flusher: group commit. The write + fdatasync of a batch runs on
-//!   glommio's blocking pool, so the executor keeps serving while the disk
-//!   syncs, and the next batch fills meanwhile;
+//! - the flusher: group commit. The write + fdatasync of a batch go
+//!   through the executor's io_uring (`uring_log.rs`), so the executor
+//!   keeps serving while the disk syncs, and the next batch fills
+//!   meanwhile;
 //! - the exchange: batches to and from other shards over the mesh's rings
 //!   (`mesh.rs`), sleeping on this shard's doorbell;
 //! - the timer: sleeps until the core's next deadline
@@ -49,6 +50,7 @@ use crate::metrics::Metrics;
 use crate::notify::Notify;
 use crate::shard::{Note, ShardConfig, ShardCore};
 use crate::token::Verifier;
+use crate::uring_log::UringLog;
 
 /// Bytes of the shard-wide read scratch (one TLS record plus overhead).
 const SCRATCH_BYTES: usize = 18 * 1024;
@@ -184,7 +186,6 @@ pub fn start(
 struct Shard {
     id: u16,
     core: RefCell<ShardCore<FsStorage>>,
-    storage: RefCell<Option<FsStorage>>,
     wakers: RefCell<FxHashMap<ConnId, Rc<Notify>>>,
     outbox: Notify,
     flush: Notify,
@@ -260,7 +261,6 @@ async fn run_shard(
     let shard = Rc::new(Shard {
         id: id.0,
         core: RefCell::new(core),
-        storage: RefCell::new(Some(storage)),
         wakers: RefCell::new(FxHashMap::default()),
         outbox: Notify::default(),
         flush: Notify::default(),
@@ -272,7 +272,7 @@ async fn run_shard(
         timer_at: Cell::new(u64::MAX),
     });
     glommio::spawn_local(exchange(shard.clone(), end)).detach();
-    glommio::spawn_local(flusher(shard.clone())).detach();
+    glommio::spawn_local(flusher(shard.clone(), UringLog::new(dir))).detach();
     spec.control.set_stage(usize::from(id.0), Stage::Serving);
     spec.control.listening.fetch_add(1, Ordering::SeqCst);
     glommio::spawn_local(ticker(shard.clone())).detach();
@@ -307,24 +307,18 @@ async fn exchange(shard: Rc<Shard>, mut end: MeshEnd<ShardMsg<Note>>) {
     }
 }
 
-/// Group commit: one write + fdatasync per batch, off the executor thread.
-async fn flusher(shard: Rc<Shard>) {
+/// Group commit: one write + fdatasync per batch, on the executor's
+/// io_uring; the executor keeps serving while the disk syncs, and the next
+/// batch fills meanwhile.
+async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
     loop {
         shard.flush.wait().await;
         loop {
             let flush = shard.core.borrow_mut().poll_flush().cloned();
             let Some(flush) = flush else { break };
-            let mut storage = shard.storage.borrow_mut().take().expect("one flusher");
             let started = Instant::now();
             let len = flush.bytes.len();
-            let (storage, result) = glommio::executor()
-                .spawn_blocking(move || {
-                    let result = queue_engine::write_flush(&mut storage, &flush);
-                    (storage, result)
-                })
-                .await;
-            *shard.storage.borrow_mut() = Some(storage);
-            if let Err(e) = result {
+            if let Err(e) = log.write_flush(flush).await {
                 // Fail-stop: nothing waiting on this batch was answered.
                 shard.core.borrow_mut().handle_flush_failed(&e);
                 let why = shard

@@ -61,6 +61,12 @@ impl<S: Storage> Storage for std::rc::Rc<std::cell::RefCell<S>> {
     }
 }
 
+/// The file name of the segment starting at log position `start`, in
+/// [`FsStorage`]'s directory (for writers of the same layout).
+pub fn segment_file_name(start: u64) -> String {
+    format!("{start:020}.log")
+}
+
 /// Segments as files in one directory.
 #[derive(Debug)]
 pub struct FsStorage {
@@ -79,7 +85,7 @@ impl FsStorage {
     }
 
     fn path(&self, start: u64) -> PathBuf {
-        self.dir.join(format!("{start:020}.log"))
+        self.dir.join(segment_file_name(start))
     }
 
     fn file(&mut self, start: u64) -> io::Result<&File> {
