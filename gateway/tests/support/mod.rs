@@ -23,6 +23,49 @@ pub struct Gateway {
     extra: Vec<String>,
 }
 
+/// A small filesystem of the test's own: a tmpfs mounted on a directory,
+/// unmounted on drop. Needs root (`mount`).
+pub struct SmallFs {
+    dir: PathBuf,
+}
+
+impl SmallFs {
+    /// Mounts a tmpfs of `kib` KiB on `dir`.
+    pub fn mount(dir: &Path, kib: u64) -> Self {
+        let size = format!("size={kib}k");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mount tmpfs on {}: {status} (root?)",
+            dir.display()
+        );
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Grows (or shrinks) it to `kib` KiB, keeping its files.
+    pub fn resize(&self, kib: u64) {
+        let options = format!("remount,size={kib}k");
+        let status = Command::new("mount")
+            .args(["-o", &options])
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount: {status}");
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
 /// A fresh directory under the target dir (kept on failure for a look).
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir =
