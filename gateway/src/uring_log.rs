@@ -1,10 +1,11 @@
 //! The group commit's disk writes on io_uring: each batch from
-//! [`queue_engine::Engine::poll_flush`] is written and fdatasynced through
-//! the shard's own executor (glommio's `BufferedFile`), so no thread hop
-//! and no blocking call sits on the path from a batch to its ✓. Segment
-//! files are opened once and kept; a new segment is created with
-//! `create_new` and its directory entry made durable before the batch is
-//! written. The layout is `FsStorage`'s (`queue_engine`), which recovery
+//! [`queue_engine::Engine::poll_flush`] is one write through the shard's
+//! own executor (glommio's `BufferedFile`), on a file opened `O_DSYNC`, so
+//! the write completes only once its data (and the file size) is durable,
+//! as write + fdatasync would, in one io_uring operation instead of two
+//! in a row. Segment files are opened once and kept; a new segment is
+//! created with `create_new` and its directory entry made durable before
+//! the batch is written. The layout is `FsStorage`'s (`queue_engine`), which recovery
 //! and the backlog reads use.
 
 use std::collections::BTreeMap;
@@ -33,14 +34,15 @@ impl UringLog {
         self.dir.join(queue_engine::segment_file_name(segment))
     }
 
-    /// Performs one batch: creates its segment if new, writes it, and
-    /// fdatasyncs. Report success with `Engine::handle_flushed`.
+    /// Performs one batch: creates its segment if new and writes it,
+    /// durably. Report success with `Engine::handle_flushed`.
     pub async fn write_flush(&mut self, flush: Flush) -> io::Result<()> {
         if flush.create {
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .custom_flags(libc::O_DSYNC)
                 .buffered_open(self.path(flush.segment))
                 .await?;
             self.files.insert(flush.segment, file);
@@ -58,7 +60,6 @@ impl UringLog {
                 format!("short log write: {wrote} of {want} bytes (disk full?)"),
             ));
         }
-        file.fdatasync().await?;
         Ok(())
     }
 
@@ -68,6 +69,7 @@ impl UringLog {
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
+                .custom_flags(libc::O_DSYNC)
                 .buffered_open(self.path(segment))
                 .await?;
             self.files.insert(segment, file);
