@@ -3,8 +3,9 @@
 # a gateway on a new data directory, then at once
 # `loadgen --threads 2 chat --pairs 500 --rate 2000 --window 10000 --duration 2s`.
 # Prints each run's wall time, connect errors and connect max, then the
-# worst connect and the number of runs with a connect of 10 s or more
-# (loadgen retries a connect after 30 s, so a lost wake-up shows as ~30 s).
+# worst connect, the number of runs with a connect of 10 s or more
+# (loadgen retries a connect after 30 s, so a lost wake-up shows as ~30 s)
+# and the number of loadgen runs that did not finish within 120 s.
 #
 #   benchmarks/fresh-start.sh                 # 50 runs, release binaries
 #   RUNS=10 BIN=target/release benchmarks/fresh-start.sh
@@ -34,7 +35,7 @@ if [[ "${BUSY:-0}" == 1 ]]; then
     for _ in 1 2; do (while :; do :; done) & busy+=($!); done
 fi
 
-worst=0 stalls=0 hangs=0
+worst=0 stalls=0 hangs=0 timeouts=0
 for run in $(seq 1 "$RUNS"); do
     data="$WORK/data-$run"; rm -rf "$data"
     port=$(free_port); admin=$(free_port)
@@ -53,10 +54,16 @@ for run in $(seq 1 "$RUNS"); do
         kill -9 "$gw"; wait "$gw" 2>/dev/null || true; gw=""; continue
     fi
     t0=$(date +%s.%N)
+    rm -rf "$WORK/report"
+    status=0
     timeout 120 "$BIN/loadgen" --addr "127.0.0.1:$port" --data-dir "$data" \
         --out "$WORK/report" --quiet --threads 2 \
-        chat --pairs 500 --rate 2000 --window 10000 --duration 2s >/dev/null 2>&1 || true
+        chat --pairs 500 --rate 2000 --window 10000 --duration 2s >/dev/null 2>&1 || status=$?
     wall=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+    if [[ $status == 124 ]]; then
+        timeouts=$((timeouts + 1)); echo "run $run: loadgen did not finish in 120 s"
+        kill -9 "$gw"; wait "$gw" 2>/dev/null || true; gw=""; continue
+    fi
     read -r errors cmax < <(python3 - "$WORK/report/report.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -69,4 +76,4 @@ PY
     kill -9 "$gw"; wait "$gw" 2>/dev/null || true; gw=""
     rm -rf "$data"
 done
-echo "fresh-start: $RUNS runs, worst connect ${worst} ms, connects of 10 s or more: $stalls, starts that hung: $hangs"
+echo "fresh-start: $RUNS runs, worst connect ${worst} ms, connects of 10 s or more: $stalls, loadgen runs that did not finish in 120 s: $timeouts, starts that hung: $hangs"

@@ -2,7 +2,8 @@
 //! directory another gateway holds or on a port another process listens
 //! on, and a start-up stuck in recovery (a log segment that is a FIFO, so
 //! its read blocks like a hung disk) is ended by SIGTERM or SIGINT, or by
-//! the start-up watchdog naming the shard.
+//! the start-up watchdog naming the shard. Under systemd (`NOTIFY_SOCKET`)
+//! it reports READY=1 once serving and STOPPING=1 when it drains.
 
 mod support;
 
@@ -154,4 +155,45 @@ fn a_start_that_hangs_is_ended_by_the_watchdog_naming_the_shard() {
         said.contains("shard 0 is still recovering its log after 1s"),
         "{said}"
     );
+}
+
+#[test]
+fn systemd_hears_ready_once_serving_and_stopping_at_drain() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = temp_dir("life-notify");
+    let socket_path = dir.join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["serve", "--shards", "2", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut message = [0; 256];
+    let n = systemd.recv(&mut message).expect("READY=1 within 60 s");
+    assert_eq!(&message[..n], b"READY=1\n");
+    // By then the ready line is out too.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("ready "), "{line}");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let n = systemd.recv(&mut message).expect("STOPPING=1 within 60 s");
+    assert_eq!(&message[..n], b"STOPPING=1\n");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "drained and exited");
 }
