@@ -21,8 +21,14 @@
 //! written before `s` starts its read stays in the socket, so it is never
 //! lost; a stray byte costs one spurious wake-up. A full ring is the same
 //! handshake the other way: the sender keeps the batch, sets the ring's
-//! `sender_waiting`, and the receiver rings the sender's doorbell after it
-//! pops. Nothing is dropped; a full ring only delays.
+//! `sender_waiting`, and the receiver, after it pops, writes the sender's
+//! doorbell whether or not the sender is asleep yet (a byte left unread
+//! makes its next wait return at once). Gated on `asleep` like the data
+//! path, this wake was lost about every other run of the mesh benchmark's
+//! unbatched case (both shards asleep, the sender holding a batch, the
+//! ring empty); I did not find why, and ungated it was never lost. A full
+//! ring is rare, so its extra syscall costs nothing in practice. Nothing
+//! is dropped; a full ring only delays.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -62,6 +68,8 @@ struct Ring<T> {
     queue: ArrayQueue<Vec<T>>,
     /// The sender holds batches this ring had no room for.
     sender_waiting: AtomicBool,
+    /// How many (for stall reports).
+    held: AtomicU64,
 }
 
 struct Bell {
@@ -71,6 +79,9 @@ struct Bell {
     /// Read end, until its executor takes it.
     rx: Mutex<Option<UnixStream>>,
     rung: AtomicU64,
+    /// Sleeps begun and ended on this doorbell (for stall reports).
+    sleeps: AtomicU64,
+    wakes: AtomicU64,
 }
 
 impl Bell {
@@ -85,6 +96,15 @@ impl Bell {
     }
 }
 
+impl Bell {
+    /// Wakes the owner now or at its next wait, asleep or not.
+    fn ring_always(&self) {
+        self.asleep.store(false, Ordering::SeqCst);
+        self.rung.fetch_add(1, Ordering::Relaxed);
+        let _ = (&self.tx).write(&[1]);
+    }
+}
+
 impl<T: Send> Mesh<T> {
     /// A mesh of `shards` with `ring_batches` slots per ordered pair.
     pub fn new(shards: usize, ring_batches: usize) -> std::io::Result<Self> {
@@ -92,6 +112,7 @@ impl<T: Send> Mesh<T> {
             .map(|_| Ring {
                 queue: ArrayQueue::new(ring_batches),
                 sender_waiting: AtomicBool::new(false),
+                held: AtomicU64::new(0),
             })
             .collect();
         let mut bells = Vec::with_capacity(shards);
@@ -104,6 +125,8 @@ impl<T: Send> Mesh<T> {
                 tx,
                 rx: Mutex::new(Some(rx)),
                 rung: AtomicU64::new(0),
+                sleeps: AtomicU64::new(0),
+                wakes: AtomicU64::new(0),
             });
         }
         let inner = Arc::new(Inner {
@@ -132,6 +155,31 @@ impl<T: Send> Mesh<T> {
             bell: crate::fd::glommio_unix_stream(rx),
             pending: (0..self.inner.shards).map(|_| VecDeque::new()).collect(),
         }
+    }
+
+    /// A one-line picture of every ring and doorbell, for a stall report.
+    pub fn state(&self) -> String {
+        let mut out = String::new();
+        for (s, bell) in self.inner.bells.iter().enumerate() {
+            let asleep = bell.asleep.load(Ordering::SeqCst);
+            let rung = bell.rung.load(Ordering::Relaxed);
+            let sleeps = bell.sleeps.load(Ordering::Relaxed);
+            let wakes = bell.wakes.load(Ordering::Relaxed);
+            out +=
+                &format!("shard {s}: asleep {asleep}, rung {rung}, slept {sleeps}, woke {wakes}; ");
+        }
+        for from in 0..self.inner.shards {
+            for to in (0..self.inner.shards).filter(|&t| t != from) {
+                let ring = &self.inner.rings[from * self.inner.shards + to];
+                let waiting = ring.sender_waiting.load(Ordering::SeqCst);
+                let len = ring.queue.len();
+                let held = ring.held.load(Ordering::Relaxed);
+                out += &format!(
+                    "ring {from}->{to}: {len} batches, {held} held, sender waiting {waiting}; "
+                );
+            }
+        }
+        out
     }
 
     /// How many times shard `shard`'s doorbell was written to.
@@ -184,9 +232,10 @@ impl<T: Send> MeshEnd<T> {
             batch
         };
         self.pending[to].push_back(batch);
-        self.ring(self.me, to)
-            .sender_waiting
-            .store(true, Ordering::SeqCst);
+        let ring = self.ring(self.me, to);
+        ring.held
+            .store(self.pending[to].len() as u64, Ordering::Relaxed);
+        ring.sender_waiting.store(true, Ordering::SeqCst);
     }
 
     /// Pushes held batches into rings that have room.
@@ -202,6 +251,9 @@ impl<T: Send> MeshEnd<T> {
                 }
                 pushed = true;
             }
+            let ring = &self.inner.rings[self.me * self.inner.shards + to];
+            ring.held
+                .store(self.pending[to].len() as u64, Ordering::Relaxed);
             if pushed {
                 fence(Ordering::SeqCst);
                 self.inner.bells[to].ring();
@@ -225,7 +277,7 @@ impl<T: Send> MeshEnd<T> {
             if popped {
                 fence(Ordering::SeqCst);
                 if ring.sender_waiting.swap(false, Ordering::SeqCst) {
-                    self.inner.bells[from].ring();
+                    self.inner.bells[from].ring_always();
                 }
             }
             left |= !ring.queue.is_empty();
@@ -255,9 +307,11 @@ impl<T: Send> MeshEnd<T> {
             return;
         }
         let mut bytes = [0; 64];
+        bell.sleeps.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.bell.read(&mut bytes).await {
             tracing::error!(shard = self.me, "mesh doorbell read failed: {e}");
         }
+        bell.wakes.fetch_add(1, Ordering::Relaxed);
     }
 }
 

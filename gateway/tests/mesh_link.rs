@@ -281,3 +281,70 @@ fn glommio_channel_mesh_join_stress() {
         }
     }
 }
+
+/// A sender that keeps a 1,024-slot ring full with one-message batches
+/// while the receiver takes up to 64 per turn (the mesh benchmark's
+/// unbatched case): both sides keep sleeping on each other.
+#[test]
+fn a_ring_kept_full_loses_no_wake_up() {
+    for _ in 0..ROUNDS_KEPT_FULL {
+        kept_full_once();
+    }
+}
+
+const ROUNDS_KEPT_FULL: usize = 20;
+
+fn kept_full_once() {
+    const BATCHES: u64 = 200_000;
+    let mesh = Mesh::<u64>::new(2, 1024).unwrap();
+    let progress = Arc::new(AtomicU64::new(0));
+    let (done, finished) = mpsc::channel();
+    let sender = LocalExecutorBuilder::new(Cpu::Fixed(0))
+        .spawn({
+            let mesh = mesh.clone();
+            move || async move {
+                let mut end = mesh.end(ShardId(0));
+                for i in 0..BATCHES {
+                    end.send(ShardId(1), vec![i]);
+                    while end.pending() > 0 {
+                        end.wait().await;
+                        end.recv(0, |_, _| {});
+                    }
+                }
+            }
+        })
+        .unwrap();
+    let receiver = LocalExecutorBuilder::new(Cpu::Fixed(1))
+        .spawn({
+            let (mesh, progress) = (mesh.clone(), progress.clone());
+            move || async move {
+                let mut end = mesh.end(ShardId(1));
+                let mut next = 0;
+                while next < BATCHES {
+                    end.recv(64, |_, batch| {
+                        assert_eq!(batch, vec![next], "FIFO");
+                        next += 1;
+                    });
+                    progress.store(next, Ordering::SeqCst);
+                    if next < BATCHES {
+                        end.wait().await;
+                    }
+                }
+                done.send(()).unwrap();
+            }
+        })
+        .unwrap();
+    let mut last = u64::MAX;
+    loop {
+        match finished.recv_timeout(STALL) {
+            Ok(()) => break,
+            Err(e) => {
+                let now = progress.load(Ordering::SeqCst);
+                assert_ne!(now, last, "{e:?}: stalled at {now}: {}", mesh.state());
+                last = now;
+            }
+        }
+    }
+    sender.join().unwrap();
+    receiver.join().unwrap();
+}
