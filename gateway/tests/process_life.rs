@@ -176,6 +176,8 @@ fn systemd_hears_ready_once_serving_and_stopping_at_drain() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // A failed assertion below must not leave the gateway running.
+    let guard = KillOnDrop(child.id());
     let mut message = [0; 256];
     let n = systemd.recv(&mut message).expect("READY=1 within 60 s");
     assert_eq!(&message[..n], b"READY=1\n");
@@ -196,4 +198,16 @@ fn systemd_hears_ready_once_serving_and_stopping_at_drain() {
     let n = systemd.recv(&mut message).expect("STOPPING=1 within 60 s");
     assert_eq!(&message[..n], b"STOPPING=1\n");
     assert_eq!(child.wait().unwrap().code(), Some(0), "drained and exited");
+    std::mem::forget(guard); // reaped
+}
+
+/// Sends SIGKILL to a process when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
 }
