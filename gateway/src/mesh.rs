@@ -64,6 +64,13 @@ struct Inner<T> {
     bells: Vec<Bell>,
 }
 
+impl<T> Inner<T> {
+    /// The ring from shard `from` to shard `to`.
+    fn ring(&self, from: usize, to: usize) -> &Ring<T> {
+        &self.rings[from * self.shards + to]
+    }
+}
+
 struct Ring<T> {
     queue: ArrayQueue<Vec<T>>,
     /// The sender holds batches this ring had no room for.
@@ -170,7 +177,7 @@ impl<T: Send> Mesh<T> {
         }
         for from in 0..self.inner.shards {
             for to in (0..self.inner.shards).filter(|&t| t != from) {
-                let ring = &self.inner.rings[from * self.inner.shards + to];
+                let ring = self.inner.ring(from, to);
                 let waiting = ring.sender_waiting.load(Ordering::SeqCst);
                 let len = ring.queue.len();
                 let held = ring.held.load(Ordering::Relaxed);
@@ -211,7 +218,7 @@ impl<T: Send> MeshEnd<T> {
     }
 
     fn ring(&self, from: usize, to: usize) -> &Ring<T> {
-        &self.inner.rings[from * self.inner.shards + to]
+        self.inner.ring(from, to)
     }
 
     /// Sends one batch to shard `to`. Never waits: with its ring full the
@@ -241,9 +248,12 @@ impl<T: Send> MeshEnd<T> {
     /// Pushes held batches into rings that have room.
     fn retry_pending(&mut self) {
         for to in 0..self.inner.shards {
+            if self.pending[to].is_empty() {
+                continue;
+            }
+            let ring = self.inner.ring(self.me, to);
             let mut pushed = false;
             while let Some(batch) = self.pending[to].pop_front() {
-                let ring = &self.inner.rings[self.me * self.inner.shards + to];
                 if let Err(batch) = ring.queue.push(batch) {
                     self.pending[to].push_front(batch);
                     ring.sender_waiting.store(true, Ordering::SeqCst);
@@ -251,7 +261,6 @@ impl<T: Send> MeshEnd<T> {
                 }
                 pushed = true;
             }
-            let ring = &self.inner.rings[self.me * self.inner.shards + to];
             ring.held
                 .store(self.pending[to].len() as u64, Ordering::Relaxed);
             if pushed {
