@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use wire_format::fb::{self, ErrorCode};
 use wire_format::{
-    Address, Body, Encoder, Frame, FrameDecoder, Limits, OutFrame, PROTOCOL_VERSION, WireError,
+    Address, Body, DEDUP_WINDOW, Encoder, Frame, FrameDecoder, Limits, OutFrame, PROTOCOL_VERSION,
+    WireError,
 };
 
 /// What the server told us.
@@ -110,6 +111,8 @@ pub struct ClientCore {
     outbound: VecDeque<OutFrame>,
     events: VecDeque<ClientEvent>,
     pending: BTreeMap<u64, PendingSend>,
+    /// The highest pending id written on this connection.
+    sent_through: u64,
     next_client_msg_id: u64,
     last_acked_seq: u64,
     authenticated: bool,
@@ -128,6 +131,7 @@ impl ClientCore {
             outbound: VecDeque::new(),
             events: VecDeque::new(),
             pending: BTreeMap::new(),
+            sent_through: 0,
             next_client_msg_id: first_client_msg_id.max(1),
             last_acked_seq,
             authenticated: false,
@@ -143,21 +147,35 @@ impl ClientCore {
     /// state.
     pub fn reconnect(&self, token: &[u8]) -> Self {
         let mut next = Self::new(token, self.last_acked_seq, self.next_client_msg_id);
-        for (client_msg_id, send) in &self.pending {
-            next.queue_send(*client_msg_id, send);
-        }
         next.pending.clone_from(&self.pending);
+        next.admit();
         next
     }
 
-    /// Sends `payload` to `to`; returns its client message id.
+    /// Sends `payload` to `to`; returns its client message id. It is
+    /// written at once unless [`DEDUP_WINDOW`] sends are unanswered: then
+    /// it waits for the oldest to be answered (the window promise).
     pub fn send(&mut self, to: Address, ttl_s: u32, payload: Bytes) -> u64 {
         let client_msg_id = self.next_client_msg_id;
         self.next_client_msg_id += 1;
         let send = PendingSend { to, ttl_s, payload };
-        self.queue_send(client_msg_id, &send);
         self.pending.insert(client_msg_id, send);
+        self.admit();
         client_msg_id
+    }
+
+    /// Writes the pending sends not yet written, in id order, while each is
+    /// within [`DEDUP_WINDOW`] ids of the oldest unanswered one.
+    fn admit(&mut self) {
+        let Some(&oldest) = self.pending.keys().next() else {
+            return;
+        };
+        let limit = oldest + DEDUP_WINDOW;
+        while let Some((&id, send)) = self.pending.range(self.sent_through + 1..limit).next() {
+            let send = send.clone();
+            self.queue_send(id, &send);
+            self.sent_through = id;
+        }
     }
 
     /// Acknowledges every message up to `seq` (stored on this device).
@@ -284,6 +302,7 @@ impl ClientCore {
             }
             Body::ServerAck(a) => {
                 self.pending.remove(&a.client_msg_id());
+                self.admit();
                 ClientEvent::Acked {
                     client_msg_id: a.client_msg_id(),
                     message_id: a.message_id(),
@@ -321,6 +340,7 @@ impl ClientCore {
                 // connection; otherwise the app decides.
                 if e.code() != ErrorCode::Draining {
                     self.pending.remove(&client_msg_id);
+                    self.admit();
                 }
                 ClientEvent::Refused {
                     code: e.code(),
@@ -330,5 +350,44 @@ impl ClientCore {
             _ => return, // presence, typing, groups: not needed by tools yet
         };
         self.events.push_back(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire_format::user_address;
+
+    /// Frames written, after the `Hello`.
+    fn sends_written(core: &mut ClientCore) -> usize {
+        std::iter::from_fn(|| core.poll_transmit()).count()
+    }
+
+    fn ack(core: &mut ClientCore, client_msg_id: u64) {
+        let mut e = Encoder::new(Limits::default());
+        let frame = e
+            .server_ack(client_msg_id, 7, 0, fb::AckStatus::Stored)
+            .unwrap();
+        core.handle_bytes(&frame.to_vec());
+    }
+
+    #[test]
+    fn at_most_the_dedup_window_of_sends_is_unanswered() {
+        let window = usize::try_from(DEDUP_WINDOW).unwrap();
+        let mut core = ClientCore::new(b"token", 0, 1);
+        assert_eq!(sends_written(&mut core), 1, "the Hello");
+        let count = DEDUP_WINDOW + 6;
+        for _ in 0..count {
+            core.send(user_address(2), 0, Bytes::from_static(b"hi"));
+        }
+        assert_eq!(sends_written(&mut core), window);
+        ack(&mut core, 2);
+        assert_eq!(sends_written(&mut core), 0, "id 1 still holds the window");
+        ack(&mut core, 1);
+        assert_eq!(sends_written(&mut core), 2, "ids 65 and 66");
+        // A reconnect writes the unanswered ones again, window first.
+        let mut next = core.reconnect(b"token");
+        assert_eq!(sends_written(&mut next), 1 + window);
+        assert_eq!(next.pending().len(), window + 4);
     }
 }

@@ -5,15 +5,17 @@
 //!   sequence number, with a count and byte limit per device.
 //! * One message record serves every recipient (group fan-out from one
 //!   stored copy); a reference count per record says when it is dead.
-//! * Dedup of client retries by `(sender device, client message id)`, for
-//!   the message's TTL.
+//! * Dedup of client retries by `(sender device, client message id)`: a
+//!   sliding window per sender device ([`SenderWindows`]), so its memory
+//!   grows with devices, not messages.
 //! * Every change is a record appended to the log; [`Engine::open`]
 //!   rebuilds the same index by replaying them ([`Engine::apply`] is the one
 //!   function both paths use).
 //! * Reclaim: when the log holds more than twice its live bytes plus a
 //!   segment, the oldest segment's live records are copied forward (a
-//!   message with only its live recipients, a dead message's open dedup
-//!   window as a compact record, device seq floors, group records) and the
+//!   message with only its live recipients, the dedup window of each sender
+//!   whose ids would leave with the segment, device seq floors, group
+//!   records) and the
 //!   segment is deleted once the copies are durable. A long-offline device
 //!   therefore never pins old segments.
 //!
@@ -21,14 +23,17 @@
 //! [`Engine::durable`] is past the position it returned. The gateway answers
 //! ✓ and delivers only then.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 use rustc_hash::FxHashMap;
 
+use crate::dedup::{Seen, SenderWindows};
 use crate::log::{Flush, Log, LogConfig};
 use crate::recent::RecentPayloads;
 use crate::record::{
-    DeathReason, DedupRecord, DeviceRef, MessageRecord, Recipient, Record, Tombstone,
+    DeathReason, DeviceRef, MessageRecord, Recipient, Record, Tombstone, WINDOW_RECORD_LEN,
+    WindowRecord,
 };
 use crate::recovery::{Recovered, RecoveryError, recover};
 use crate::storage::Storage;
@@ -52,6 +57,9 @@ pub struct EngineConfig {
     /// Bytes of recent payloads kept in memory for devices that reconnect
     /// soon after (0: none).
     pub payload_cache_bytes: usize,
+    /// How long the original id of a stored send is kept for answering its
+    /// retries (the dedup window's time backstop), ms.
+    pub dedup_ids_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +71,7 @@ impl Default for EngineConfig {
             ttl_default_ms: TTL_MAX_MS,
             ttl_max_ms: TTL_MAX_MS,
             payload_cache_bytes: 16 << 20,
+            dedup_ids_ms: 3_600_000,
         }
     }
 }
@@ -87,6 +96,15 @@ pub enum QueueError {
     /// A message with no recipient device.
     #[error("no recipient")]
     NoRecipient,
+    /// A retry below its sender's dedup window (`RetryTooOld`): the client
+    /// broke its promise; nothing is stored.
+    #[error("client id {client_msg_id} of {sender:?} is below its dedup window")]
+    Stale {
+        /// The sender.
+        sender: DeviceRef,
+        /// The id it retried.
+        client_msg_id: u64,
+    },
     /// The record (payload plus 20 bytes per recipient) would exceed the
     /// log's record limit.
     #[error("a record of {bytes} bytes exceeds the record limit")]
@@ -134,6 +152,9 @@ pub enum Accepted {
         /// Its position.
         position: u64,
     },
+    /// A retry of a send stored longer ago than the backstop: stored (and
+    /// durable), its id no longer known.
+    Forgotten,
 }
 
 /// A queue entry that died without being acked.
@@ -175,11 +196,54 @@ fn message_record_len(recipients: usize, payload_len: u64) -> u64 {
     crate::record::message_len(recipients, payload_len) as u64
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Queue {
     entries: VecDeque<Entry>,
     next_seq: u64,
     bytes: u64,
+    /// The expiry (s) this queue is filed under in [`Engine`]'s expiry
+    /// heap: at most its earliest entry's (`u32::MAX`: not filed).
+    expiry_key: u32,
+    /// Entries' expiries never decrease along the queue (one TTL, entries
+    /// appended in order): the expired ones are then a prefix.
+    expiry_sorted: bool,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            next_seq: 1,
+            bytes: 0,
+            expiry_key: u32::MAX,
+            expiry_sorted: true,
+        }
+    }
+}
+
+impl Queue {
+    /// Takes the entries expired by `now_ms` (without removing them) and
+    /// returns the earliest expiry left (`u32::MAX`: none).
+    fn due(&self, now_ms: u64, device: DeviceRef, out: &mut Vec<Expired>) -> u32 {
+        let expired = |e: &Entry| Expired {
+            device,
+            seq: e.seq,
+            position: e.position,
+        };
+        if self.expiry_sorted {
+            let n = self.entries.partition_point(|e| e.expired(now_ms));
+            out.extend(self.entries.range(..n).map(expired));
+            return self.entries.get(n).map_or(u32::MAX, |e| e.expires_s);
+        }
+        let mut next = u32::MAX;
+        for e in &self.entries {
+            match e.expired(now_ms) {
+                true => out.push(expired(e)),
+                false => next = next.min(e.expires_s),
+            }
+        }
+        next
+    }
 }
 
 /// A message record referenced by several queue entries (fan-out). A
@@ -203,8 +267,6 @@ pub struct Reclaimed {
     pub moved: Vec<(u64, u64)>,
 }
 
-type DedupKey = (DeviceRef, u64);
-
 /// The queue engine of one shard.
 #[derive(Debug)]
 pub struct Engine {
@@ -214,9 +276,15 @@ pub struct Engine {
     shared: FxHashMap<u64, Shared>,
     /// Message records still referenced.
     live_records: usize,
-    dedup: FxHashMap<DedupKey, (u64, u64)>,
-    /// (expires_ms, key, position of the message it was made for).
-    dedup_expiry: VecDeque<(u64, DedupKey, u64)>,
+    windows: SenderWindows,
+    /// Queues by their earliest expiry (s): (key, device), earliest first;
+    /// an entry whose key is no longer its queue's is skipped.
+    expiry: BinaryHeap<Reverse<(u32, DeviceRef)>>,
+    /// Queues [`Engine::expire`] looked into, ever.
+    expiry_visits: u64,
+    /// Queues filed in `expiry` (their key is not `u32::MAX`); the heap is
+    /// rebuilt when stale entries outnumber them.
+    expiry_filed: usize,
     /// Group records by replay order.
     group_records: std::collections::BTreeMap<u64, Vec<u8>>,
     /// The latest device record of each device: (position, length).
@@ -241,8 +309,10 @@ impl Engine {
             queues: FxHashMap::default(),
             shared: FxHashMap::default(),
             live_records: 0,
-            dedup: FxHashMap::default(),
-            dedup_expiry: VecDeque::new(),
+            windows: SenderWindows::new(config.dedup_ids_ms),
+            expiry: BinaryHeap::new(),
+            expiry_visits: 0,
+            expiry_filed: 0,
             group_records: std::collections::BTreeMap::new(),
             device_records: FxHashMap::default(),
             live_bytes: 0,
@@ -252,7 +322,7 @@ impl Engine {
             engine.apply(position, len, &record)
         })?;
         engine.log = Log::resume(config.log, found.segments.clone(), found.head);
-        engine.close_dedup_windows(now_ms);
+        engine.windows.expire(now_ms);
         Ok((engine, found))
     }
 
@@ -264,12 +334,28 @@ impl Engine {
         now_ms: u64,
         m: &NewMessage<'_>,
     ) -> Result<Accepted, QueueError> {
-        let dup = (!m.receipt).then(|| self.dedup.get(&(m.sender, m.client_msg_id)));
-        if let Some(&(message_id, position)) = dup.flatten() {
-            return Ok(Accepted::Duplicate {
+        let seen = match m.receipt {
+            true => Seen::New,
+            false => self.windows.check(m.sender, m.client_msg_id),
+        };
+        match seen {
+            Seen::New => {}
+            Seen::Duplicate {
                 message_id,
                 position,
-            });
+            } => {
+                return Ok(Accepted::Duplicate {
+                    message_id,
+                    position,
+                });
+            }
+            Seen::Forgotten => return Ok(Accepted::Forgotten),
+            Seen::Stale => {
+                return Err(QueueError::Stale {
+                    sender: m.sender,
+                    client_msg_id: m.client_msg_id,
+                });
+            }
         }
         if m.recipients.is_empty() {
             return Err(QueueError::NoRecipient);
@@ -389,20 +475,37 @@ impl Engine {
         self.append(&Record::Group { order, bytes })
     }
 
-    /// Expires every queue entry and dedup entry whose TTL has passed,
-    /// writing tombstones. Returns the expired entries (for "expired"
-    /// receipts to the senders).
+    /// Expires every queue entry whose TTL has passed, writing tombstones,
+    /// and forgets original ids past the dedup backstop. Returns the
+    /// expired entries (for "expired" receipts to the senders).
+    /// Only queues whose earliest expiry has passed are looked at (an
+    /// ordered heap of queues, not a pass over every entry).
     pub fn expire(&mut self, now_ms: u64) -> Vec<Expired> {
-        self.close_dedup_windows(now_ms);
+        self.windows.expire(now_ms);
         let mut expired = Vec::new();
-        for (device, queue) in &self.queues {
-            for e in queue.entries.iter().filter(|e| e.expired(now_ms)) {
-                expired.push(Expired {
-                    device: *device,
-                    seq: e.seq,
-                    position: e.position,
-                });
+        while let Some(&Reverse((at, device))) = self.expiry.peek() {
+            if u64::from(at) * 1000 > now_ms {
+                break;
             }
+            self.expiry.pop();
+            let Some(queue) = self.queues.get_mut(&device) else {
+                continue;
+            };
+            if queue.expiry_key != at {
+                continue; // filed again under an earlier key since
+            }
+            self.expiry_visits += 1;
+            let next = queue.due(now_ms, device, &mut expired);
+            queue.expiry_key = next;
+            match next {
+                u32::MAX => self.expiry_filed -= 1,
+                _ => self.expiry.push(Reverse((next, device))),
+            }
+        }
+        if self.expiry.len() > 2 * self.expiry_filed + 1024 {
+            let queues = &self.queues;
+            self.expiry
+                .retain(|Reverse((at, d))| queues.get(d).is_some_and(|q| q.expiry_key == *at));
         }
         for e in &expired {
             let t = Tombstone {
@@ -414,22 +517,6 @@ impl Engine {
             self.append(&Record::Tombstone(t));
         }
         expired
-    }
-
-    /// Forgets dedup entries whose window closed by `now_ms`. Entries are in
-    /// acceptance order; one with a shorter TTL behind a longer one is kept
-    /// until the longer one goes (a window may last longer, never shorter).
-    fn close_dedup_windows(&mut self, now_ms: u64) {
-        while let Some(&(expires_ms, key, position)) = self.dedup_expiry.front() {
-            if expires_ms > now_ms {
-                break;
-            }
-            self.dedup_expiry.pop_front();
-            // A later message may have reused the key after this window closed.
-            if self.dedup.get(&key).is_some_and(|&(_, p)| p == position) {
-                self.dedup.remove(&key);
-            }
-        }
     }
 
     /// Appends `record` to the log and applies it to the index.
@@ -488,16 +575,24 @@ impl Engine {
                 error,
             });
         }
-        let (mut floors, mut moved) = (Vec::new(), Vec::new());
+        let (mut floors, mut moved, mut senders) = (Vec::new(), Vec::new(), Vec::new());
         for (position, len) in records {
             let at = usize::try_from(position - segment).expect("inside the segment");
             let (record, _) = crate::record::decode(&bytes[at..]).expect("scanned above");
             if let Record::Tombstone(t) = &record {
                 floors.push(t.device);
             }
+            if let Some(sender) = self.window_leaving(position, &record) {
+                senders.push(sender);
+            }
             if let Some(to) = self.copy_forward(position, len, &record) {
                 moved.push((position, to));
             }
+        }
+        senders.sort();
+        senders.dedup();
+        for sender in senders {
+            self.append_window(sender);
         }
         floors.sort();
         floors.dedup();
@@ -521,13 +616,42 @@ impl Engine {
         })
     }
 
+    /// The sender whose dedup window would lose ids if `record` (at
+    /// `position`, in a segment being reclaimed) were dropped.
+    fn window_leaving(&self, position: u64, record: &Record<'_>) -> Option<DeviceRef> {
+        let (sender, id) = match record {
+            Record::Message(m) if !m.receipt => (m.sender, m.client_msg_id),
+            Record::Dedup(d) => (d.sender, d.client_msg_id),
+            Record::Window(w) => {
+                let latest = self.windows.window(w.sender)?.record_at == position;
+                return latest.then_some(w.sender);
+            }
+            _ => return None,
+        };
+        let window = self.windows.window(sender)?;
+        (id + crate::dedup::DEDUP_WINDOW > window.high).then_some(sender)
+    }
+
+    /// Appends `sender`'s window as it is now.
+    fn append_window(&mut self, sender: DeviceRef) {
+        let Some(w) = self.windows.window(sender) else {
+            return;
+        };
+        let record = WindowRecord {
+            sender,
+            high: w.high,
+            bits: w.bits,
+        };
+        self.append(&Record::Window(record));
+    }
+
     /// The segment from [`Engine::reclaim`] is deleted from storage.
     pub fn segment_deleted(&mut self, segment: u64) {
         self.log.forget_segment(segment);
     }
 
     /// Re-appends what is still needed of one old record; returns the new
-    /// position of a message record (0 if only its dedup entry lives on).
+    /// position of a message record.
     fn copy_forward(&mut self, position: u64, len: u64, record: &Record<'_>) -> Option<u64> {
         match record {
             Record::Message(m) => return self.move_message(position, m),
@@ -556,20 +680,13 @@ impl Engine {
                 let at = self.log.append(record);
                 self.live_bytes += self.log.head() - at;
             }
-            Record::Dedup(d) => {
-                self.live_bytes -= len;
-                if self.dedup.get(&(d.sender, d.client_msg_id)) == Some(&(d.message_id, 0)) {
-                    let at = self.log.append(record);
-                    self.live_bytes += self.log.head() - at;
-                }
-            }
+            // Carried by window records (`window_leaving`).
+            Record::Dedup(_) | Record::Window(_) => {}
         }
         None
     }
 
     fn move_message(&mut self, position: u64, m: &MessageRecord<'_>) -> Option<u64> {
-        let key = (m.sender, m.client_msg_id);
-        let dedup_open = !m.receipt && self.dedup.get(&key) == Some(&(m.message_id, position));
         let live: Vec<Recipient> = m
             .recipients
             .iter()
@@ -580,17 +697,7 @@ impl Engine {
             .copied()
             .collect();
         if live.is_empty() {
-            if !dedup_open {
-                return None;
-            }
-            let d = DedupRecord {
-                sender: m.sender,
-                client_msg_id: m.client_msg_id,
-                message_id: m.message_id,
-                expires_ms: m.expires_ms,
-            };
-            self.append(&Record::Dedup(d));
-            return Some(0);
+            return None;
         }
         let old_len = self.shared.remove(&position).map_or_else(
             || message_record_len(1, m.payload.len() as u64),
@@ -606,14 +713,13 @@ impl Engine {
         for r in &live {
             self.entry_mut(r.device, r.seq).expect("live").position = to;
         }
+        if !m.receipt {
+            self.windows.moved(m.sender, m.client_msg_id, to);
+        }
         if live.len() > 1 {
             let refs = u32::try_from(live.len()).expect("at most 65,535 recipients");
             let record_len = u32::try_from(new_len).expect("below 4 GiB");
             self.shared.insert(to, Shared { refs, record_len });
-        }
-        if dedup_open {
-            self.dedup.insert(key, (m.message_id, to));
-            self.dedup_expiry.push_back((m.expires_ms, key, to));
         }
         Some(to)
     }
@@ -708,6 +814,18 @@ impl Engine {
         self.live_records
     }
 
+    /// Queues [`Engine::expire`] has looked into so far (each one had an
+    /// entry due, or had one filed as due).
+    pub fn expiry_visits(&self) -> u64 {
+        self.expiry_visits
+    }
+
+    /// Sender devices with a dedup window, and stored ids whose original
+    /// is still kept for answering retries.
+    pub fn dedup_entries(&self) -> (usize, usize) {
+        (self.windows.senders(), self.windows.known_ids())
+    }
+
     /// Gives back memory held for queues that have drained (after a
     /// reconnect storm, say). Costs a pass over every queue.
     pub fn shrink_to_fit(&mut self) {
@@ -715,8 +833,8 @@ impl Engine {
             queue.entries.shrink_to_fit();
         }
         self.shared.shrink_to_fit();
-        self.dedup.shrink_to_fit();
-        self.dedup_expiry.shrink_to_fit();
+        self.windows.shrink_to_fit();
+        self.expiry.shrink_to_fit();
     }
 
     /// Group records recovered from the log, in the order they were
@@ -733,10 +851,7 @@ impl Engine {
     // ---- the index ----------------------------------------------------------
 
     fn queue(&mut self, device: DeviceRef) -> &mut Queue {
-        self.queues.entry(device).or_insert_with(|| Queue {
-            next_seq: 1,
-            ..Queue::default()
-        })
+        self.queues.entry(device).or_default()
     }
 
     fn check_room(&mut self, device: DeviceRef, payload_len: u64) -> Result<(), QueueError> {
@@ -772,17 +887,26 @@ impl Engine {
                     self.live_bytes -= len; // a copy of one already replayed
                 }
             }
-            // The original is long durable: position 0 is below any durable mark.
+            // An older log's dedup entry: one stored id, its original
+            // forgotten; the bytes are dead (reclaim writes a window).
             Record::Dedup(d) => {
-                self.remember(d.sender, d.client_msg_id, d.message_id, 0, d.expires_ms)
+                self.live_bytes -= len;
+                let w = WindowRecord {
+                    sender: d.sender,
+                    high: d.client_msg_id,
+                    bits: 1,
+                };
+                self.windows.apply_record(0, &w);
+            }
+            Record::Window(w) => {
+                if self.windows.recorded(w.sender, position) {
+                    self.live_bytes -= WINDOW_RECORD_LEN; // superseded
+                }
+                self.windows.apply_record(position, w);
             }
         }
     }
 
-    /// Queues the message for its recipients. Entries go in seq order: a
-    /// record copied forward by reclaim arrives after newer ones. If the
-    /// entry exists (a crash left both the original and its copy), the copy
-    /// takes it over and the original loses that reference.
     /// Queues the message for its recipients. Entries go in seq order: a
     /// record copied forward by reclaim arrives after newer ones. If the
     /// entry exists (a crash left both the original and its copy), the copy
@@ -806,11 +930,21 @@ impl Engine {
             match queue.entries.binary_search_by_key(&r.seq, |e| e.seq) {
                 Ok(at) => replaced.push(std::mem::replace(&mut queue.entries[at], entry)),
                 Err(at) => {
+                    let before = at.checked_sub(1).and_then(|i| queue.entries.get(i));
+                    let after = queue.entries.get(at);
+                    queue.expiry_sorted &= before.is_none_or(|b| b.expires_s <= expires_s)
+                        && after.is_none_or(|a| expires_s <= a.expires_s);
                     queue.entries.insert(at, entry);
                     queue.bytes += u64::from(payload_len);
                 }
             }
             queue.next_seq = queue.next_seq.max(r.seq + 1);
+            if expires_s < queue.expiry_key {
+                let newly = queue.expiry_key == u32::MAX;
+                queue.expiry_key = expires_s;
+                self.expiry_filed += usize::from(newly);
+                self.expiry.push(Reverse((expires_s, r.device)));
+            }
         }
         self.live_records += 1;
         if m.recipients.len() > 1 {
@@ -822,12 +956,12 @@ impl Engine {
             self.release(&old);
         }
         if !m.receipt {
-            self.remember(
+            self.windows.stored(
                 m.sender,
                 m.client_msg_id,
                 m.message_id,
                 position,
-                m.expires_ms,
+                m.accepted_ms,
             );
         }
     }
@@ -841,6 +975,12 @@ impl Engine {
         let range = seq_range(&queue.entries, t.seq_from, t.seq_to);
         let dead: Vec<Entry> = queue.entries.drain(range).collect();
         queue.bytes -= dead.iter().map(|e| u64::from(e.payload_len)).sum::<u64>();
+        if queue.entries.is_empty() {
+            queue.expiry_sorted = true;
+            // Its heap entry goes stale (skipped, dropped by a rebuild).
+            self.expiry_filed -= usize::from(queue.expiry_key != u32::MAX);
+            queue.expiry_key = u32::MAX;
+        }
         for entry in dead {
             self.release(&entry);
         }
@@ -862,19 +1002,6 @@ impl Engine {
             self.live_bytes -= len;
             self.live_records -= 1;
         }
-    }
-
-    fn remember(
-        &mut self,
-        sender: DeviceRef,
-        client_msg_id: u64,
-        message_id: u64,
-        position: u64,
-        expires_ms: u64,
-    ) {
-        let key = (sender, client_msg_id);
-        self.dedup.insert(key, (message_id, position));
-        self.dedup_expiry.push_back((expires_ms, key, position));
     }
 }
 

@@ -3,19 +3,21 @@
 //!
 //! This crate owns the per-shard append log (segments of checksummed
 //! records, group commit, recovery), the per-device offline queues, acks
-//! and tombstones, the dedup window of client retries, TTL expiry and
+//! and tombstones, the dedup window of client retries (per sender device), TTL expiry and
 //! segment reclaim. Its index is plain data with time passed in; storage sits
 //! behind a trait with a real backend and a seeded fault-injecting simulator.
 //!
 //! It must not know about sockets, TLS or the gateway's sessions, nor about
 //! the frame layout beyond the opaque payload bytes it stores.
 
+mod dedup;
 mod engine;
 pub mod log;
 mod recent;
 pub mod record;
 pub mod recovery;
 
+pub use dedup::DEDUP_WINDOW;
 pub use engine::{
     Accepted, Engine, EngineConfig, Expired, NewMessage, QueueError, Reclaimed, StoredMessage,
     TTL_MAX_MS, flush_all, read_message, reclaim_all, write_flush,

@@ -3,8 +3,9 @@
 //! ```text
 //! u32 len      bytes after this field: crc (4) + kind (1) + body; 5..=RECORD_BYTES_MAX
 //! u32 crc32c   over kind + body (Castagnoli, hardware-accelerated)
-//! u8  kind     1 message, 2 tombstone, 3 device, 4 group, 5 dedup,
-//!              6 receipt (a message record the server made: never deduped)
+//! u8  kind     1 message, 2 tombstone, 3 device, 4 group, 5 dedup (read,
+//!              no longer written), 6 receipt (a message record the server
+//!              made: never deduped), 7 sender window
 //! body         a fixed header per kind (little-endian), then variable bytes
 //! ```
 //!
@@ -98,6 +99,21 @@ pub struct DedupRecord {
     pub expires_ms: u64,
 }
 
+/// A sender device's dedup window (see `dedup.rs`): written by reclaim
+/// when it deletes message records whose ids are still inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowRecord {
+    /// The sending device.
+    pub sender: DeviceRef,
+    /// Its highest stored client id.
+    pub high: u64,
+    /// Bit `i` set: id `high - i` was stored.
+    pub bits: u64,
+}
+
+/// Bytes of a window record.
+pub const WINDOW_RECORD_LEN: u64 = (LEN_BYTES + CRC_BYTES + 1 + 12 + 8 + 8) as u64;
+
 /// One record, borrowed from the bytes it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
@@ -125,8 +141,10 @@ pub enum Record<'a> {
         /// The router's record.
         bytes: &'a [u8],
     },
-    /// A dedup entry without its message.
+    /// A dedup entry without its message (older logs; now a window).
     Dedup(DedupRecord),
+    /// A sender's dedup window.
+    Window(WindowRecord),
 }
 
 /// Why bytes are not a valid record.
@@ -173,6 +191,7 @@ pub fn encoded_len(record: &Record<'_>) -> usize {
         Record::Device { .. } => 12 + 8 + 8,
         Record::Group { bytes, .. } => 8 + bytes.len(),
         Record::Dedup(_) => 12 + 8 + 8 + 8,
+        Record::Window(_) => 12 + 8 + 8,
     };
     LEN_BYTES + CRC_BYTES + 1 + body
 }
@@ -214,6 +233,12 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
             for v in [d.client_msg_id, d.message_id, d.expires_ms] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
+        }
+        Record::Window(w) => {
+            out.push(7);
+            put_device(w.sender, out);
+            out.extend_from_slice(&w.high.to_le_bytes());
+            out.extend_from_slice(&w.bits.to_le_bytes());
         }
     }
     let len = out.len() - start - LEN_BYTES;
@@ -347,6 +372,11 @@ fn parse(kind: u8, body: &[u8]) -> Option<Record<'_>> {
             message_id: b.u64()?,
             expires_ms: b.u64()?,
         }),
+        7 => Record::Window(WindowRecord {
+            sender: b.device()?,
+            high: b.u64()?,
+            bits: b.u64()?,
+        }),
         _ => return None,
     };
     b.done()?;
@@ -430,11 +460,17 @@ mod tests {
                 message_id: 2,
                 expires_ms: 3,
             }),
+            Record::Window(WindowRecord {
+                sender: device,
+                high: 70,
+                bits: 0b1011,
+            }),
         ];
         let mut out = Vec::new();
         let sizes: Vec<usize> = records.iter().map(|r| encode(r, &mut out)).collect();
         let predicted: Vec<usize> = records.iter().map(encoded_len).collect();
         assert_eq!(predicted, sizes, "encoded_len agrees with encode");
+        assert_eq!(sizes.last().copied(), Some(usize::try_from(WINDOW_RECORD_LEN).unwrap()));
         let mut at = 0;
         for (record, size) in records.iter().zip(sizes) {
             let (decoded, used) = decode(&out[at..]).unwrap();

@@ -175,12 +175,105 @@ fn expiry_writes_tombstones_and_survives_reopening() {
     assert_eq!(expired.len(), 1);
     assert_eq!((expired[0].device, expired[0].seq), (BOB_PHONE, 1));
     flush_all(&mut e, &mut disk).unwrap();
-    let mut e = reopen(&mut disk, config, 1_200);
+    let e = reopen(&mut disk, config, 1_200);
     assert_eq!(seqs(&e, BOB_PHONE, 0), [2]);
-    // The dedup window closes with the TTL: the same client id is new again.
-    e.expire(2_000);
-    let again = send(&mut e, 2_000, 1, &[BOB_PHONE], b"again").unwrap();
-    assert!(matches!(again, Accepted::Stored { .. }), "{again:?}");
+}
+
+#[test]
+fn expiry_looks_only_at_queues_with_an_entry_due() {
+    let (mut e, mut disk) = engine(EngineConfig::default());
+    let devices: Vec<DeviceRef> = (100..1_100)
+        .map(|user| DeviceRef { user, device: 0 })
+        .collect();
+    for (i, d) in devices.iter().enumerate() {
+        let m = NewMessage {
+            message_id: i as u64 + 1,
+            sender: ALICE,
+            client_msg_id: i as u64 + 1,
+            recipients: std::slice::from_ref(d),
+            ttl_ms: 3_600_000,
+            payload: b"long",
+            receipt: false,
+        };
+        e.append_message(0, &m).unwrap();
+    }
+    // BOB_PHONE: a long TTL first, then a short one (out of order).
+    let mixed = [(2_000, 3_600_000), (2_001, 5_000), (2_002, 60_000)];
+    for (id, ttl_ms) in mixed {
+        let m = NewMessage {
+            message_id: id,
+            sender: ALICE,
+            client_msg_id: id,
+            recipients: &[BOB_PHONE],
+            ttl_ms,
+            payload: b"m",
+            receipt: false,
+        };
+        e.append_message(0, &m).unwrap();
+    }
+    flush_all(&mut e, &mut disk).unwrap();
+    for now in (1_000..=4_000).step_by(1_000) {
+        assert!(e.expire(now).is_empty());
+    }
+    assert_eq!(e.expiry_visits(), 0, "nothing due: no queue looked at");
+    let gone = e.expire(5_000);
+    assert_eq!(gone.iter().map(|x| x.seq).collect::<Vec<_>>(), [2]);
+    assert_eq!(e.expiry_visits(), 1, "one queue, of 1,001");
+    assert_eq!(seqs(&e, BOB_PHONE, 0), [1, 3]);
+    let gone = e.expire(60_000);
+    assert_eq!(gone.iter().map(|x| x.seq).collect::<Vec<_>>(), [3]);
+    // Reopened, the heap is rebuilt from the records.
+    flush_all(&mut e, &mut disk).unwrap();
+    let mut r = reopen(&mut disk, EngineConfig::default(), 60_000);
+    assert!(r.expire(61_000).is_empty());
+    assert_eq!(
+        r.expire(3_600_000).len(),
+        1_001,
+        "the long ones, all at once"
+    );
+    assert_eq!(seqs(&r, BOB_PHONE, 0), Vec::<u64>::new());
+}
+
+#[test]
+fn a_retry_past_the_backstop_is_known_stored_and_one_below_the_window_is_stale() {
+    let config = EngineConfig {
+        dedup_ids_ms: 1_000,
+        ..EngineConfig::default()
+    };
+    let (mut e, mut disk) = engine(config);
+    send(&mut e, 0, 1, &[BOB_PHONE], b"first").unwrap();
+    let within = send(&mut e, 900, 1, &[BOB_PHONE], b"first").unwrap();
+    assert!(matches!(within, Accepted::Duplicate { message_id: 1, .. }));
+    e.expire(1_001);
+    let forgotten = send(&mut e, 1_001, 1, &[BOB_PHONE], b"first").unwrap();
+    assert_eq!(
+        forgotten,
+        Accepted::Forgotten,
+        "stored; its id is no longer kept"
+    );
+    assert_eq!(e.dedup_entries(), (1, 0), "one window, no originals");
+    let far = 1 + DEDUP_WINDOW;
+    send(&mut e, 1_001, far, &[BOB_PHONE], b"far").unwrap();
+    let stale = send(&mut e, 1_001, 1, &[BOB_PHONE], b"first");
+    assert_eq!(
+        stale,
+        Err(QueueError::Stale {
+            sender: ALICE,
+            client_msg_id: 1
+        })
+    );
+    let gap = send(&mut e, 1_001, far - 1, &[BOB_PHONE], b"gap").unwrap();
+    assert!(
+        matches!(gap, Accepted::Stored { .. }),
+        "inside the window, never stored"
+    );
+    // The window survives a restart (from the records it is rebuilt from).
+    flush_all(&mut e, &mut disk).unwrap();
+    let mut r = reopen(&mut disk, config, 1_002);
+    let after = send(&mut r, 1_002, 1, &[BOB_PHONE], b"first");
+    assert!(matches!(after, Err(QueueError::Stale { .. })), "{after:?}");
+    let again = send(&mut r, 1_002, far - 1, &[BOB_PHONE], b"gap").unwrap();
+    assert!(matches!(again, Accepted::Duplicate { .. }), "{again:?}");
 }
 
 #[test]

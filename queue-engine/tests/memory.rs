@@ -79,6 +79,7 @@ impl Storage for Discard {
 
 const DEVICES: u64 = 2_000;
 const PER_DEVICE: u64 = 100;
+const SENDERS: u64 = 97;
 
 fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
@@ -108,13 +109,13 @@ fn bytes_per_queued_message() {
             device: 0,
         };
         let sender = DeviceRef {
-            user: 1_000_000 + id % 97,
+            user: 1_000_000 + id % SENDERS,
             device: 0,
         };
         let m = NewMessage {
             message_id: id,
             sender,
-            client_msg_id: id,
+            client_msg_id: 1 + id / SENDERS,
             recipients: &[to],
             ttl_ms: 0,
             payload: &payload,
@@ -134,18 +135,41 @@ fn bytes_per_queued_message() {
     }
     flush_all(&mut engine, &mut disk).unwrap();
     engine.shrink_to_fit();
-    let dedup_only = live() - start;
+    let acked = live() - start;
+    // Past the backstop the originals go too: one window per sender is left.
+    engine.expire(config.dedup_ids_ms + 1);
+    engine.shrink_to_fit();
+    let idle = live() - start;
     let per_message = |bytes: isize| bytes as f64 / messages as f64;
-    let (index, dedup) = (per_message(queued - dedup_only), per_message(dedup_only));
+    let index = per_message(queued - acked);
+    let per_sender = |bytes: isize| bytes as f64 / SENDERS as f64;
     eprintln!(
         "memory: {index:.1} B per queued message (queues + record refs), \
-         {dedup:.1} B per message in the dedup window, {:.1} B total while queued",
-        per_message(queued)
+         {:.1} B per message while queued; once acked, dedup holds {:.0} B per \
+         sender (originals of its last {DEDUP_WINDOW} ids), {:.1} B past the backstop",
+        per_message(queued),
+        per_sender(acked),
+        per_sender(idle),
     );
-    // The goal for the index, and a regression bound for dedup.
+    assert_eq!(
+        engine.dedup_entries(),
+        (usize::try_from(SENDERS).unwrap(), 0)
+    );
     assert!(
         index <= 48.0,
         "index: {index:.1} B per queued message (goal: <= 48)"
     );
-    assert!(dedup < 100.0, "dedup: {dedup:.1} B per message");
+    // Inside the window: 32 B per original, at most DEDUP_WINDOW of them.
+    assert!(
+        per_sender(acked) <= 48.0 * DEDUP_WINDOW as f64,
+        "dedup: {:.0} B per sender inside the window",
+        per_sender(acked)
+    );
+    // The issue's target: at most 64 B per sender device once idle, and
+    // nothing per message.
+    assert!(
+        per_sender(idle) <= 64.0,
+        "dedup: {:.1} B per idle sender (goal: <= 64)",
+        per_sender(idle)
+    );
 }

@@ -7,7 +7,10 @@
 //! * nothing is present that was never appended, and nothing whose ack or
 //!   expiry was durable;
 //! * each device's queue is in strictly increasing seq order;
-//! * dedup answers a retry of a durable, unexpired message with its id.
+//! * dedup answers a retry of a durable message inside its sender's
+//!   window with its id (or, once the backstop passed or its record was
+//!   reclaimed, as stored without it), and a retry below the window as
+//!   stale.
 //!
 //! `cargo test` runs a short smoke. The soak (millions of steps):
 //! `SIM_SEEDS=100 SIM_STEPS=100000 cargo test --release -p queue-engine --test simulation -- --ignored`
@@ -48,7 +51,7 @@ struct Expect {
 struct Sent {
     message_id: u64,
     position: u64,
-    expires_ms: u64,
+    accepted_ms: u64,
 }
 
 struct Sim {
@@ -58,6 +61,8 @@ struct Sim {
     config: EngineConfig,
     now_ms: u64,
     next_id: u64,
+    /// Per sender, the next client id (the client's promise: increasing).
+    next_client: BTreeMap<DeviceRef, u64>,
     /// (device, seq) -> what the model expects.
     entries: BTreeMap<(DeviceRef, u64), Expect>,
     /// (sender, client id) -> the stored message.
@@ -79,6 +84,7 @@ impl Sim {
             ttl_default_ms: 5_000,
             ttl_max_ms: 20_000,
             payload_cache_bytes: 4096,
+            dedup_ids_ms: 3_000,
         };
         let mut disk = SimDisk::new(seed ^ 0xD15C);
         let (engine, _) = Engine::open(&mut disk, config, 1).unwrap();
@@ -89,6 +95,7 @@ impl Sim {
             config,
             now_ms: 1,
             next_id: 1,
+            next_client: BTreeMap::new(),
             entries: BTreeMap::new(),
             sent: BTreeMap::new(),
             unsynced: None,
@@ -114,12 +121,13 @@ impl Sim {
 
     fn append(&mut self) {
         let sender = self.pick(&DEVICES);
-        let retry = !self.sent.is_empty() && self.rng.one_in(8);
-        let client_msg_id = if retry {
-            self.rng.below(self.next_id)
-        } else {
-            self.next_id
+        let next = *self.next_client.entry(sender).or_insert(1);
+        // A retry stays inside the window (the client's promise).
+        let client_msg_id = match next > 1 && self.rng.one_in(8) {
+            true => next.saturating_sub(1 + self.rng.below(DEDUP_WINDOW)).max(1),
+            false => next,
         };
+        self.next_client.insert(sender, next.max(client_msg_id + 1));
         let count = 1 + self.rng.below(3) as usize;
         let recipients: Vec<DeviceRef> = (0..count).map(|_| self.pick(&DEVICES)).collect();
         let mut recipients_unique = recipients.clone();
@@ -138,12 +146,6 @@ impl Sim {
             payload: &payload,
             receipt: false,
         };
-        let expires_ms = self.now_ms
-            + if ttl_ms == 0 {
-                self.config.ttl_default_ms
-            } else {
-                ttl_ms
-            };
         match self.engine.append_message(self.now_ms, &m) {
             Ok(Accepted::Stored { position, seqs }) => {
                 for (device, seq) in seqs {
@@ -163,7 +165,7 @@ impl Sim {
                     Sent {
                         message_id,
                         position,
-                        expires_ms,
+                        accepted_ms: self.now_ms,
                     },
                 );
             }
@@ -177,6 +179,10 @@ impl Sim {
                     (sent.message_id, sent.position),
                     "dedup answer"
                 );
+            }
+            Ok(Accepted::Forgotten) => {
+                let sent = self.sent[&(sender, client_msg_id)];
+                assert!(self.forgettable(&sent), "forgotten too soon: {sent:?}");
             }
             Err(QueueError::QueueFull { .. }) => {}
             Err(other) => panic!("{other}"),
@@ -319,11 +325,15 @@ impl Sim {
         });
         let durable = self.engine.durable();
         self.sent.retain(|_, s| s.position < durable);
-        let now = self.now_ms;
+        self.check_stale();
+        let mut high: BTreeMap<DeviceRef, u64> = BTreeMap::new();
+        for (sender, id) in self.sent.keys() {
+            high.insert(*sender, *id);
+        }
         let live: Vec<((DeviceRef, u64), Sent)> = self
             .sent
             .iter()
-            .filter(|(_, s)| s.expires_ms > now)
+            .filter(|((sender, id), _)| id + DEDUP_WINDOW > high[sender])
             .map(|(k, s)| (*k, *s))
             .collect();
         for ((sender, client_msg_id), s) in live.into_iter().take(5) {
@@ -337,12 +347,50 @@ impl Sim {
                 receipt: false,
             };
             let answer = self.engine.append_message(self.now_ms, &m).unwrap();
+            if answer == Accepted::Forgotten && self.forgettable(&s) {
+                continue;
+            }
             assert_eq!(
                 answer,
                 Accepted::Duplicate {
                     message_id: s.message_id,
                     position: s.position
                 }
+            );
+        }
+    }
+
+    /// Whether a stored send's original may be forgotten: the backstop
+    /// passed, or its record was reclaimed (a restart then knows only the
+    /// window's bits).
+    fn forgettable(&self, s: &Sent) -> bool {
+        s.accepted_ms + self.config.dedup_ids_ms <= self.now_ms
+            || s.position < self.engine.log().segments()[0]
+    }
+
+    /// A retry below each sender's window is refused as stale.
+    fn check_stale(&mut self) {
+        let mut high: BTreeMap<DeviceRef, u64> = BTreeMap::new();
+        for (sender, id) in self.sent.keys() {
+            high.insert(*sender, *id);
+        }
+        for (sender, high) in high {
+            let Some(below) = high.checked_sub(DEDUP_WINDOW).filter(|b| *b > 0) else {
+                continue;
+            };
+            let m = NewMessage {
+                message_id: 0,
+                sender,
+                client_msg_id: below,
+                recipients: &DEVICES[..1],
+                ttl_ms: 0,
+                payload: b"stale",
+                receipt: false,
+            };
+            let answer = self.engine.append_message(self.now_ms, &m);
+            assert!(
+                matches!(answer, Err(QueueError::Stale { .. })),
+                "{sender:?} id {below} below {high}: {answer:?}"
             );
         }
     }

@@ -106,6 +106,7 @@ pub fn is_fatal(code: ErrorCode) -> bool {
         ErrorCode::InvalidAddress
             | ErrorCode::NotGroupAdmin
             | ErrorCode::UnknownGroup
+            | ErrorCode::RetryTooOld
             | ErrorCode::RateLimited
             | ErrorCode::RecipientQueueFull
             | ErrorCode::TooManyItems

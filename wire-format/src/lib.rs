@@ -66,6 +66,12 @@ pub use limits::Limits;
 /// Protocol version spoken by this crate (`Hello.protocol_version`).
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// The dedup window, in client message ids: a device sends id `n` only
+/// once every id up to `n - DEDUP_WINDOW` it sent has been answered, so
+/// its retries always fall inside the server's window (protocol.md,
+/// "Retries").
+pub const DEDUP_WINDOW: u64 = 64;
+
 /// Bytes of the little-endian length prefix in front of every header.
 pub const PREFIX_BYTES: usize = PREFIX_BYTES_U32 as usize;
 const PREFIX_BYTES_U32: u32 = 4;

@@ -129,6 +129,12 @@ impl<S: Storage> ShardCore<S> {
                 let note = acked(message_id, true);
                 return self.ack_when_durable(now_ms, reply, from, position, note);
             }
+            // Stored and durable long ago; the original id is not kept.
+            Ok(Accepted::Forgotten) => {
+                self.stats.duplicates += 1;
+                acked(0, true)
+            }
+            Err(QueueError::Stale { .. }) => refuse(ErrorCode::RetryTooOld),
             Err(QueueError::QueueFull { .. }) => refuse(ErrorCode::RecipientQueueFull),
             // No such user or device (or only the sender itself).
             Err(QueueError::NoRecipient) => refuse(ErrorCode::InvalidAddress),

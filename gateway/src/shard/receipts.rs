@@ -100,8 +100,12 @@ impl<S: Storage> ShardCore<S> {
             }
             Err(QueueError::QueueFull { .. }) => Receipted::Full,
             Err(QueueError::NoRecipient) => Receipted::Nobody,
-            Ok(Accepted::Duplicate { .. })
-            | Err(QueueError::NotDelivered { .. } | QueueError::TooLarge { .. }) => {
+            Ok(Accepted::Duplicate { .. } | Accepted::Forgotten)
+            | Err(
+                QueueError::NotDelivered { .. }
+                | QueueError::TooLarge { .. }
+                | QueueError::Stale { .. },
+            ) => {
                 self.anomaly("a receipt was deduped, refused as an ack or too large");
                 Receipted::Nobody
             }

@@ -641,7 +641,7 @@ pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 pub const ENUM_MAX_ERROR_CODE: u16 = 503;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 31] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 32] = [
   ErrorCode::Unspecified,
   ErrorCode::FrameTooLarge,
   ErrorCode::Truncated,
@@ -658,6 +658,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 31] = [
   ErrorCode::NotYourMessage,
   ErrorCode::NotGroupAdmin,
   ErrorCode::UnknownGroup,
+  ErrorCode::RetryTooOld,
   ErrorCode::RateLimited,
   ErrorCode::TooManyConnections,
   ErrorCode::RecipientQueueFull,
@@ -699,6 +700,7 @@ impl ErrorCode {
   pub const NotYourMessage: Self = Self(206);
   pub const NotGroupAdmin: Self = Self(207);
   pub const UnknownGroup: Self = Self(208);
+  pub const RetryTooOld: Self = Self(209);
   pub const RateLimited: Self = Self(300);
   pub const TooManyConnections: Self = Self(301);
   pub const RecipientQueueFull: Self = Self(302);
@@ -734,6 +736,7 @@ impl ErrorCode {
     Self::NotYourMessage,
     Self::NotGroupAdmin,
     Self::UnknownGroup,
+    Self::RetryTooOld,
     Self::RateLimited,
     Self::TooManyConnections,
     Self::RecipientQueueFull,
@@ -769,6 +772,7 @@ impl ErrorCode {
       Self::NotYourMessage => Some("NotYourMessage"),
       Self::NotGroupAdmin => Some("NotGroupAdmin"),
       Self::UnknownGroup => Some("UnknownGroup"),
+      Self::RetryTooOld => Some("RetryTooOld"),
       Self::RateLimited => Some("RateLimited"),
       Self::TooManyConnections => Some("TooManyConnections"),
       Self::RecipientQueueFull => Some("RecipientQueueFull"),
