@@ -65,6 +65,12 @@ pub struct Settings {
     /// A shard not serving this long after start is stuck: the process
     /// exits (status 75) naming it, seconds.
     pub startup_timeout_s: u64,
+    /// Log segment size, bytes: reclaim deletes whole segments, so the log
+    /// stays within 2 × live bytes + 2 segments.
+    pub segment_bytes: u64,
+    /// How long a stored send's original id is kept for answering its
+    /// retries (the dedup window's time backstop), seconds.
+    pub dedup_ids_s: u64,
 }
 
 impl Default for Settings {
@@ -96,6 +102,8 @@ impl Default for Settings {
             ttl_default_s: engine.ttl_default_ms / 1000,
             listen_backlog: 4096,
             startup_timeout_s: 300,
+            segment_bytes: engine.log.segment_bytes_max,
+            dedup_ids_s: engine.dedup_ids_ms / 1000,
         }
     }
 }
@@ -193,6 +201,10 @@ overrides! {
     listen_backlog: u32,
     /// Start-up watchdog: exit if a shard is not serving by then, seconds [default: 300].
     startup_timeout_s: u64,
+    /// Log segment size, bytes, at least 1 MiB [default: 67108864].
+    segment_bytes: u64,
+    /// Original ids kept for answering retries, seconds [default: 3600].
+    dedup_ids_s: u64,
 }
 
 impl Overrides {
@@ -211,6 +223,8 @@ impl Overrides {
     }
 }
 
+/// Smallest log segment: the largest record fits.
+pub const SEGMENT_BYTES_MIN: u64 = 1 << 20;
 /// Smallest frame limit: a `Receipt` of 256 ids and a `GroupCreate` fit.
 pub const FRAME_BYTES_MIN: u32 = 4 << 10;
 /// Largest frame limit: a message record (payload, plus 20 bytes per
@@ -246,6 +260,9 @@ impl Settings {
         }
         if self.listen_backlog == 0 || self.startup_timeout_s == 0 {
             return bad("listen_backlog and startup_timeout_s must be positive");
+        }
+        if self.segment_bytes < SEGMENT_BYTES_MIN {
+            return bad("segment_bytes must be at least 1 MiB (a record's limit)");
         }
         if self.out_bytes_max < self.frame_bytes_max as usize {
             return bad("out_bytes_max must hold at least one frame");
@@ -284,6 +301,11 @@ impl Settings {
         queue_engine::EngineConfig {
             queue_messages_max: self.queue_messages_max,
             ttl_default_ms: self.ttl_default_s.saturating_mul(1000),
+            dedup_ids_ms: self.dedup_ids_s.saturating_mul(1000),
+            log: queue_engine::LogConfig {
+                segment_bytes_max: self.segment_bytes,
+                ..queue_engine::LogConfig::default()
+            },
             ..queue_engine::EngineConfig::default()
         }
     }

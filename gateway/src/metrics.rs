@@ -51,6 +51,7 @@ pub struct Metrics {
     errors: Family<ErrorLabel, Counter>,
     queued_messages: Gauges,
     log_bytes: Gauges,
+    live_bytes: Gauges,
     batch_bytes: Histograms,
     fdatasync_seconds: Histograms,
 }
@@ -89,6 +90,7 @@ impl Metrics {
             errors: Family::default(),
             queued_messages: Gauges::default(),
             log_bytes: Gauges::default(),
+            live_bytes: Gauges::default(),
             batch_bytes: Histograms::new_with_constructor(bytes_buckets),
             fdatasync_seconds: Histograms::new_with_constructor(seconds_buckets),
             registry: Registry::default(),
@@ -154,6 +156,11 @@ impl Metrics {
             m.log_bytes.clone(),
         );
         r.register(
+            "live_bytes",
+            "Bytes of the log's records still needed (reclaim keeps log_bytes within 2 x this + 2 segments)",
+            m.live_bytes.clone(),
+        );
+        r.register(
             "group_commit_batch_bytes",
             "Bytes per group-commit batch",
             m.batch_bytes.clone(),
@@ -197,7 +204,7 @@ impl Metrics {
     }
 
     /// Publishes a shard's counters: the change since `last`.
-    pub fn publish(&self, shard: u16, now: &Stats, last: &Stats, gauges: [u64; 3]) {
+    pub fn publish(&self, shard: u16, now: &Stats, last: &Stats, gauges: [u64; 4]) {
         let l = ShardLabel { shard };
         let add = |c: &Counters, new: u64, old: u64| {
             c.get_or_create(&l).inc_by(new.saturating_sub(old));
@@ -229,7 +236,9 @@ impl Metrics {
                 .get_or_create(&label)
                 .inc_by(n.saturating_sub(old));
         }
-        let [conns, queued, log_bytes] = gauges.map(|g| i64::try_from(g).unwrap_or(i64::MAX));
+        let [conns, queued, log_bytes, live_bytes] =
+            gauges.map(|g| i64::try_from(g).unwrap_or(i64::MAX));
+        self.live_bytes.get_or_create(&l).set(live_bytes);
         self.conns.get_or_create(&l).set(conns);
         self.queued_messages.get_or_create(&l).set(queued);
         self.log_bytes.get_or_create(&l).set(log_bytes);

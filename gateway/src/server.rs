@@ -64,6 +64,10 @@ const PREEMPT: Duration = Duration::from_millis(1);
 const TICK: Duration = Duration::from_millis(100);
 /// Batches taken from each peer's ring before other tasks get a turn.
 const RECV_BATCHES_PER_TURN: usize = 64;
+/// How often a shard looks whether reclaim is due.
+const RECLAIM_CHECK: Duration = Duration::from_millis(500);
+/// Records copied forward between two yields of a reclaim.
+const RECLAIM_RECORDS_PER_SLICE: usize = 4096;
 /// Exit status after an I/O error on the log (EX_SOFTWARE).
 pub const EXIT_LOG_FAILED: i32 = 70;
 
@@ -248,6 +252,7 @@ async fn run_shard(
     let started = Instant::now();
     let (engine, _) = Engine::open(&mut storage, spec.engine, crate::clock::wall_ms())
         .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?;
+    drop(storage); // its open files would keep reclaimed segments' space
     info!(
         shard = id.0,
         devices = engine.devices().count(),
@@ -272,7 +277,8 @@ async fn run_shard(
         timer_at: Cell::new(u64::MAX),
     });
     glommio::spawn_local(exchange(shard.clone(), end)).detach();
-    glommio::spawn_local(flusher(shard.clone(), UringLog::new(dir))).detach();
+    glommio::spawn_local(flusher(shard.clone(), UringLog::new(dir.clone()))).detach();
+    glommio::spawn_local(reclaimer(shard.clone(), dir)).detach();
     spec.control.set_stage(usize::from(id.0), Stage::Serving);
     spec.control.listening.fetch_add(1, Ordering::SeqCst);
     glommio::spawn_local(ticker(shard.clone())).detach();
@@ -337,6 +343,58 @@ async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
     }
 }
 
+/// Reclaim inside the server: while the log holds more than twice its
+/// live bytes plus a segment, the oldest segment is read and checksummed
+/// on the blocking pool, its live records copied forward on the executor a
+/// slice at a time (yielding between slices), and it is deleted once the
+/// copies are durable. Any I/O error is fail-stop.
+async fn reclaimer(shard: Rc<Shard>, dir: PathBuf) {
+    loop {
+        glommio::timer::sleep(RECLAIM_CHECK).await;
+        loop {
+            // (No borrow of the core may live across the awaits below.)
+            let due = shard.core.borrow().reclaim_due();
+            let Some(segment) = due else { break };
+            if let Err(e) = reclaim_one(&shard, &dir, segment).await {
+                let mut core = shard.core.borrow_mut();
+                core.handle_reclaim_failed(&e.to_string());
+                let why = core.failed().unwrap_or("reclaim failed").to_owned();
+                drop(core);
+                shard.fail_stop(&why);
+            }
+        }
+    }
+}
+
+async fn reclaim_one(shard: &Shard, dir: &std::path::Path, segment: u64) -> std::io::Result<()> {
+    let started = Instant::now();
+    let (bytes, records) = crate::uring_log::read_for_reclaim(dir.to_owned(), segment).await?;
+    let mut state = queue_engine::ReclaimState::default();
+    for part in records.chunks(RECLAIM_RECORDS_PER_SLICE) {
+        shard
+            .core
+            .borrow_mut()
+            .reclaim_part(segment, &bytes, part, &mut state);
+        glommio::yield_if_needed().await;
+    }
+    let after = shard.core.borrow_mut().reclaim_finish(segment, state);
+    drop(bytes);
+    shard.kick(); // the flusher writes the copies
+    while shard.core.borrow().engine().durable() < after {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    crate::uring_log::delete_segment(dir.to_owned(), segment).await?;
+    shard.core.borrow_mut().segment_deleted(segment);
+    debug!(
+        shard = shard.id,
+        segment,
+        records = records.len(),
+        "reclaimed in {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
 async fn ticker(shard: Rc<Shard>) {
     let mut last = crate::shard::Stats::default();
     let mut drain_deadline: Option<Instant> = None;
@@ -357,6 +415,7 @@ async fn ticker(shard: Rc<Shard>) {
             core.conns() as u64,
             core.engine().live_messages() as u64,
             core.engine().log_bytes(),
+            core.engine().live_bytes(),
         ];
         let conns = core.conns();
         drop(core);

@@ -5,8 +5,15 @@
 //! as write + fdatasync would, in one io_uring operation instead of two
 //! in a row. Segment files are opened once and kept; a new segment is
 //! created with `create_new` and its directory entry made durable before
-//! the batch is written. The layout is `FsStorage`'s (`queue_engine`), which recovery
+//! the batch is written; a sealed segment's file is closed once the next
+//! one is created (so a reclaimed segment's space is freed when it is
+//! deleted). The layout is `FsStorage`'s (`queue_engine`), which recovery
 //! and the backlog reads use.
+//!
+//! Reclaim's disk work is here too, on the executor's blocking pool so the
+//! event loop never waits for it: [`read_for_reclaim`] reads a sealed
+//! segment and verifies its records, [`delete_segment`] unlinks it and
+//! makes the directory durable.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -38,6 +45,10 @@ impl UringLog {
     /// durably. Report success with `Engine::handle_flushed`.
     pub async fn write_flush(&mut self, flush: Flush) -> io::Result<()> {
         if flush.create {
+            // Sealed segments are never written again.
+            for (_, sealed) in std::mem::take(&mut self.files) {
+                sealed.close().await?;
+            }
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -76,4 +87,30 @@ impl UringLog {
         }
         Ok(&self.files[&segment])
     }
+}
+
+/// A sealed segment's bytes and its records as `(position, len)`, read and
+/// checksummed on the blocking pool.
+pub async fn read_for_reclaim(
+    dir: PathBuf,
+    segment: u64,
+) -> io::Result<(Vec<u8>, Vec<(u64, u64)>)> {
+    glommio::executor()
+        .spawn_blocking(move || {
+            let bytes = std::fs::read(dir.join(queue_engine::segment_file_name(segment)))?;
+            let records = queue_engine::reclaim_scan(segment, &bytes).map_err(io::Error::other)?;
+            Ok((bytes, records))
+        })
+        .await
+}
+
+/// Deletes a reclaimed segment and makes its directory entry's removal
+/// durable, on the blocking pool.
+pub async fn delete_segment(dir: PathBuf, segment: u64) -> io::Result<()> {
+    glommio::executor()
+        .spawn_blocking(move || {
+            std::fs::remove_file(dir.join(queue_engine::segment_file_name(segment)))?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
 }

@@ -552,43 +552,55 @@ impl Engine {
     /// Copies the live records of the oldest segment `segment` (its bytes,
     /// as the shell read them) to the head of the log. Delete the segment
     /// once the copies are durable, then call [`Engine::segment_deleted`].
+    /// In one go: [`reclaim_scan`], [`Engine::reclaim_part`] and
+    /// [`Engine::reclaim_finish`] do the same in steps a shell can spread
+    /// over several turns (and the scan over another thread).
     pub fn reclaim(&mut self, segment: u64, bytes: &[u8]) -> Result<Reclaimed, RecoveryError> {
+        let records = reclaim_scan(segment, bytes)?;
+        let mut state = ReclaimState::default();
+        self.reclaim_part(segment, bytes, &records, &mut state);
+        Ok(self.reclaim_finish(segment, state))
+    }
+
+    /// Copies forward what is still needed of `records` (from
+    /// [`reclaim_scan`] of `bytes`, segment `segment`'s contents). Other
+    /// changes may come between two parts.
+    pub fn reclaim_part(
+        &mut self,
+        segment: u64,
+        bytes: &[u8],
+        records: &[(u64, u64)],
+        state: &mut ReclaimState,
+    ) {
         assert_eq!(Some(&segment), self.log.segments().first(), "oldest first");
         assert!(self.log.segments().len() >= 2, "never the active segment");
         assert!(
             self.log.durable() >= self.log.segments()[1],
             "the segment is fully durable"
         );
-        let mut records: Vec<(u64, u64)> = Vec::new();
-        let (valid, bad) = crate::recovery::scan(
-            bytes,
-            segment,
-            &mut |position, len, _| {
-                records.push((position, len));
-            },
-            &mut 0,
-        );
-        if let Some(error) = bad {
-            return Err(RecoveryError::Corruption {
-                segment,
-                offset: valid as u64,
-                error,
-            });
-        }
-        let (mut floors, mut moved, mut senders) = (Vec::new(), Vec::new(), Vec::new());
-        for (position, len) in records {
+        for &(position, len) in records {
             let at = usize::try_from(position - segment).expect("inside the segment");
-            let (record, _) = crate::record::decode(&bytes[at..]).expect("scanned above");
+            let (record, _) = crate::record::decode(&bytes[at..]).expect("scanned");
             if let Record::Tombstone(t) = &record {
-                floors.push(t.device);
+                state.floors.push(t.device);
             }
             if let Some(sender) = self.window_leaving(position, &record) {
-                senders.push(sender);
+                state.senders.push(sender);
             }
             if let Some(to) = self.copy_forward(position, len, &record) {
-                moved.push((position, to));
+                state.moved.push((position, to));
             }
         }
+    }
+
+    /// Ends the reclaim of `segment`: the dedup windows and seq floors its
+    /// records carried are written anew.
+    pub fn reclaim_finish(&mut self, segment: u64, state: ReclaimState) -> Reclaimed {
+        let ReclaimState {
+            mut floors,
+            mut senders,
+            moved,
+        } = state;
         senders.sort();
         senders.dedup();
         for sender in senders {
@@ -609,11 +621,11 @@ impl Engine {
             };
             self.append(&floor);
         }
-        Ok(Reclaimed {
+        Reclaimed {
             segment,
             after: self.log.head(),
             moved,
-        })
+        }
     }
 
     /// The sender whose dedup window would lose ids if `record` (at
@@ -1002,6 +1014,35 @@ impl Engine {
             self.live_bytes -= len;
             self.live_records -= 1;
         }
+    }
+}
+
+/// What a reclaim in steps has gathered so far ([`Engine::reclaim_part`]).
+#[derive(Debug, Default)]
+pub struct ReclaimState {
+    floors: Vec<DeviceRef>,
+    senders: Vec<DeviceRef>,
+    moved: Vec<(u64, u64)>,
+}
+
+/// The records of segment `segment` (its `bytes`), as `(position, len)`,
+/// checksums verified: the CPU-heavy half of a reclaim, which needs no
+/// engine (a shell runs it off its event loop).
+pub fn reclaim_scan(segment: u64, bytes: &[u8]) -> Result<Vec<(u64, u64)>, RecoveryError> {
+    let mut records = Vec::new();
+    let (valid, bad) = crate::recovery::scan(
+        bytes,
+        segment,
+        &mut |position, len, _| records.push((position, len)),
+        &mut 0,
+    );
+    match bad {
+        Some(error) => Err(RecoveryError::Corruption {
+            segment,
+            offset: valid as u64,
+            error,
+        }),
+        None => Ok(records),
     }
 }
 

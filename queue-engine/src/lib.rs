@@ -19,8 +19,8 @@ pub mod recovery;
 
 pub use dedup::DEDUP_WINDOW;
 pub use engine::{
-    Accepted, Engine, EngineConfig, Expired, NewMessage, QueueError, Reclaimed, StoredMessage,
-    TTL_MAX_MS, flush_all, read_message, reclaim_all, write_flush,
+    Accepted, Engine, EngineConfig, Expired, NewMessage, QueueError, ReclaimState, Reclaimed,
+    StoredMessage, TTL_MAX_MS, flush_all, read_message, reclaim_all, reclaim_scan, write_flush,
 };
 pub use log::{Flush, Log, LogConfig};
 pub use record::DeviceRef;

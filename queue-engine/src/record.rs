@@ -470,7 +470,10 @@ mod tests {
         let sizes: Vec<usize> = records.iter().map(|r| encode(r, &mut out)).collect();
         let predicted: Vec<usize> = records.iter().map(encoded_len).collect();
         assert_eq!(predicted, sizes, "encoded_len agrees with encode");
-        assert_eq!(sizes.last().copied(), Some(usize::try_from(WINDOW_RECORD_LEN).unwrap()));
+        assert_eq!(
+            sizes.last().copied(),
+            Some(usize::try_from(WINDOW_RECORD_LEN).unwrap())
+        );
         let mut at = 0;
         for (record, size) in records.iter().zip(sizes) {
             let (decoded, used) = decode(&out[at..]).unwrap();

@@ -43,6 +43,10 @@
 //!    `take_output` per connection (write it; close after it if asked),
 //!    `poll_batch` (send it to its shard), `poll_flush` (write + fdatasync
 //!    it; at most one is in flight);
+//!    and, apart, reclaims: while `reclaim_due` names a segment, read it,
+//!    `reclaim_part` its records (from `queue_engine::reclaim_scan`), then
+//!    `reclaim_finish`, and once the log is durable past the position it
+//!    returns, delete the segment and call `segment_deleted`;
 //! 4. sleeps until the next input or [`ShardCore::poll_timeout`].
 
 mod edge;
@@ -55,7 +59,7 @@ mod time;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use queue_engine::{DeviceRef, Engine, Flush, Storage};
+use queue_engine::{DeviceRef, Engine, Flush, ReclaimState, Storage};
 use rustc_hash::FxHashMap;
 use shard_router::{
     ConnId, ConnRef, DeviceId, DeviceKey, GroupId, RouterCore, ShardId, ShardMsg, Target, UserId,
@@ -408,6 +412,53 @@ impl<S: Storage> ShardCore<S> {
     /// Why the log failed, if it did (the shard is then not ready).
     pub fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
+    }
+
+    // ---- reclaim (the shell reads and deletes segments) -----------------------
+
+    /// The oldest segment, if reclaiming it is due (never once failed).
+    pub fn reclaim_due(&self) -> Option<u64> {
+        self.failed
+            .is_none()
+            .then(|| self.engine.reclaim_due())
+            .flatten()
+    }
+
+    /// Copies forward what `records` of `segment` still need (see
+    /// [`Engine::reclaim_part`]).
+    pub fn reclaim_part(
+        &mut self,
+        segment: u64,
+        bytes: &[u8],
+        records: &[(u64, u64)],
+        state: &mut ReclaimState,
+    ) {
+        self.engine.reclaim_part(segment, bytes, records, state);
+    }
+
+    /// Ends the reclaim of `segment`; returns the log position the copies
+    /// are durable at (delete the segment only then).
+    pub fn reclaim_finish(&mut self, segment: u64, state: ReclaimState) -> u64 {
+        let reclaimed = self.engine.reclaim_finish(segment, state);
+        // What is known of a record follows it to its copy.
+        for (old, new) in reclaimed.moved {
+            if let Some(meta) = self.meta.remove(&old) {
+                self.meta.insert(new, meta);
+            }
+        }
+        reclaimed.after
+    }
+
+    /// The reclaimed `segment` is deleted from storage.
+    pub fn segment_deleted(&mut self, segment: u64) {
+        self.engine.segment_deleted(segment);
+    }
+
+    /// Reading, scanning or deleting a segment for reclaim failed: as
+    /// fail-stop as a failed write.
+    pub fn handle_reclaim_failed(&mut self, why: &str) {
+        let why = format!("shard {}: reclaim failed: {why}", self.shard.0);
+        self.failed.get_or_insert(why);
     }
 
     /// The batch from [`ShardCore::poll_flush`] is durable: answer what
