@@ -9,7 +9,8 @@
 #
 # Knobs (environment): SOAK_S (1800; split evenly between the phases),
 # PAIRS (200; two connections each), WINDOW (64 unanswered sends per sender),
-# SHARDS (2), EXTRA (more `gateway serve` flags, e.g. "--segment-mib 16"),
+# SHARDS (2), SEGMENT_BYTES (the log's segment size, 67108864), EXTRA
+# (more `gateway serve` flags, e.g. "--queue-messages-max 1000"),
 # BIN (directory holding gateway and loadgen; default: build them with
 # `cargo build --release`), WORK (a directory for data, logs and results;
 # default: a fresh temporary one).
@@ -25,6 +26,7 @@ SOAK_S=${SOAK_S:-1800}
 PAIRS=${PAIRS:-200}
 WINDOW=${WINDOW:-64}
 SHARDS=${SHARDS:-2}
+SEGMENT_BYTES=${SEGMENT_BYTES:-67108864}
 read -r -a extra <<<"${EXTRA:-}"
 root=$(cd "$(dirname "$0")/.." && pwd)
 if [[ -z "${BIN:-}" ]]; then
@@ -57,7 +59,7 @@ start_gateway() {
     RUST_LOG=${RUST_LOG:-warn} "$BIN/gateway" serve --shards "$SHARDS" \
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
         --data-dir "$data" --sends-per-s 1000000 --send-bytes-per-s 1000000000 \
-        "${extra[@]}" >"$WORK/gateway.out" 2>>"$WORK/gateway.err" &
+        --segment-bytes "$SEGMENT_BYTES" "${extra[@]}" >"$WORK/gateway.out" 2>>"$WORK/gateway.err" &
     gw=$!
     for _ in $(seq 1 6000); do
         if grep -q '^ready' "$WORK/gateway.out"; then
@@ -122,4 +124,4 @@ start_gateway
 sleep 1
 sample restarted >>"$WORK/samples.csv"
 echo "restart_s=$(cat "$WORK/start_s")" >"$WORK/restart.txt"
-python3 "$root/benchmarks/soak_report.py" "$WORK" | tee "$WORK/summary.txt"
+SHARDS=$SHARDS SEGMENT_BYTES=$SEGMENT_BYTES python3 "$root/benchmarks/soak_report.py" "$WORK" | tee "$WORK/summary.txt"

@@ -11,7 +11,9 @@ import re
 import statistics
 import sys
 
-SEGMENT_BYTES = 64 << 20  # the log's default segment size
+# The log's segment size and the shard count (each shard has its own log).
+SEGMENT_BYTES = int(os.environ.get("SEGMENT_BYTES", 64 << 20))
+SHARDS = int(os.environ.get("SHARDS", 2))
 
 
 def load_samples(work):
@@ -109,11 +111,14 @@ def main():
     print(f"RSS: {early['rss_kib'] / 1024:.0f} MiB at {(early['t'] - start) / 60:.1f} min, "
           f"{last['rss_kib'] / 1024:.0f} MiB at {(last['t'] - start) / 60:.1f} min: {growth:+.1f} %")
     live = last["live_bytes"]
-    bound = 2 * live + 2 * SEGMENT_BYTES
+    bound = 2 * live + 2 * SEGMENT_BYTES * SHARDS
     print(f"data/: {last['data_bytes'] / 2**20:.0f} MiB; live {live / 2**20:.0f} MiB; "
-          f"bound 2 x live + 2 segments = {bound / 2**20:.0f} MiB: "
+          f"bound 2 x live + 2 segments per shard = {bound / 2**20:.0f} MiB: "
           f"{'within' if last['data_bytes'] <= bound else 'OVER'}")
     print(f"queued at the end: {last['queued']}")
+    peak = max(run, key=lambda s: s["data_bytes"])
+    print(f"data/ at its largest: {peak['data_bytes'] / 2**20:.0f} MiB at {(peak['t'] - start) / 60:.1f} min "
+          f"(live then {peak['live_bytes'] / 2**20:.0f} MiB)")
     for phase in ("closed", "open"):
         a, b = minute(series, phase, "first"), minute(series, phase, "last")
         if a and b:
