@@ -57,6 +57,9 @@ pub struct Settings {
     pub out_bytes_max: usize,
     /// Messages one device's offline queue may hold.
     pub queue_messages_max: usize,
+    /// Receipts (✓✓, read, expired) one device's queue may hold, apart
+    /// from its messages.
+    pub queue_receipts_max: usize,
     /// Default message TTL, seconds.
     pub ttl_default_s: u64,
     /// Pending TCP connections the kernel queues per shard's listener
@@ -99,6 +102,7 @@ impl Default for Settings {
             window: shard.window,
             out_bytes_max: shard.out_bytes_max,
             queue_messages_max: engine.queue_messages_max,
+            queue_receipts_max: engine.queue_receipts_max,
             ttl_default_s: engine.ttl_default_ms / 1000,
             listen_backlog: 4096,
             startup_timeout_s: 300,
@@ -195,6 +199,8 @@ overrides! {
     out_bytes_max: usize,
     /// Offline queue limit per device, messages [default: 10000].
     queue_messages_max: usize,
+    /// Receipts queued per device, apart from messages [default: 10000].
+    queue_receipts_max: usize,
     /// Default message TTL, seconds [default: 2592000].
     ttl_default_s: u64,
     /// Listen backlog per shard, capped by net.core.somaxconn [default: 4096].
@@ -300,6 +306,7 @@ impl Settings {
     pub fn engine_config(&self) -> queue_engine::EngineConfig {
         queue_engine::EngineConfig {
             queue_messages_max: self.queue_messages_max,
+            queue_receipts_max: self.queue_receipts_max,
             ttl_default_ms: self.ttl_default_s.saturating_mul(1000),
             dedup_ids_ms: self.dedup_ids_s.saturating_mul(1000),
             log: queue_engine::LogConfig {

@@ -45,6 +45,7 @@ pub struct Metrics {
     messages_stored: Counters,
     messages_delivered: Counters,
     duplicates: Counters,
+    receipts_stored: Counters,
     receipts_deferred: Counters,
     anomalies: Counters,
     log_failures: Counters,
@@ -84,6 +85,7 @@ impl Metrics {
             messages_stored: Counters::default(),
             messages_delivered: Counters::default(),
             duplicates: Counters::default(),
+            receipts_stored: Counters::default(),
             receipts_deferred: Counters::default(),
             anomalies: Counters::default(),
             log_failures: Counters::default(),
@@ -128,6 +130,11 @@ impl Metrics {
             "duplicates",
             "Retries answered with the original",
             m.duplicates.clone(),
+        );
+        r.register(
+            "receipts_stored",
+            "Receipt records stored (each covers the acks coalesced into it)",
+            m.receipts_stored.clone(),
         );
         r.register(
             "receipts_deferred",
@@ -223,6 +230,11 @@ impl Metrics {
             last.messages_delivered,
         );
         add(&self.duplicates, now.duplicates, last.duplicates);
+        add(
+            &self.receipts_stored,
+            now.receipts_stored,
+            last.receipts_stored,
+        );
         add(
             &self.receipts_deferred,
             now.receipts_deferred,

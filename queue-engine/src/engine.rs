@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub log: LogConfig,
     /// Most messages queued for one device.
     pub queue_messages_max: usize,
+    /// Most receipts (✓✓, read, expired) queued for one device, apart
+    /// from its messages.
+    pub queue_receipts_max: usize,
     /// Most payload bytes queued for one device.
     pub queue_bytes_max: u64,
     /// TTL of a message that states none.
@@ -67,6 +70,7 @@ impl Default for EngineConfig {
         Self {
             log: LogConfig::default(),
             queue_messages_max: 10_000,
+            queue_receipts_max: 10_000,
             queue_bytes_max: 64 << 20,
             ttl_default_ms: TTL_MAX_MS,
             ttl_max_ms: TTL_MAX_MS,
@@ -173,12 +177,24 @@ pub struct Expired {
 struct Entry {
     seq: u64,
     position: u64,
-    payload_len: u32,
+    /// The payload's length, and [`RECEIPT_BIT`] for a receipt's entry.
+    len_and_kind: u32,
     /// Seconds since the Unix epoch, rounded up (never early).
     expires_s: u32,
 }
 
+/// Set in [`Entry::len_and_kind`] for a receipt (records are below 1 MiB).
+const RECEIPT_BIT: u32 = 1 << 31;
+
 impl Entry {
+    fn payload_len(&self) -> u32 {
+        self.len_and_kind & !RECEIPT_BIT
+    }
+
+    fn is_receipt(&self) -> bool {
+        self.len_and_kind & RECEIPT_BIT != 0
+    }
+
     fn expired(&self, now_ms: u64) -> bool {
         u64::from(self.expires_s) * 1000 <= now_ms
     }
@@ -201,6 +217,9 @@ struct Queue {
     entries: VecDeque<Entry>,
     next_seq: u64,
     bytes: u64,
+    /// Entries that are receipts (their own budget; `bytes` counts
+    /// messages' payloads only).
+    receipts: usize,
     /// The expiry (s) this queue is filed under in [`Engine`]'s expiry
     /// heap: at most its earliest entry's (`u32::MAX`: not filed).
     expiry_key: u32,
@@ -215,6 +234,7 @@ impl Default for Queue {
             entries: VecDeque::new(),
             next_seq: 1,
             bytes: 0,
+            receipts: 0,
             expiry_key: u32::MAX,
             expiry_sorted: true,
         }
@@ -365,7 +385,7 @@ impl Engine {
             return Err(QueueError::TooLarge { bytes });
         }
         for device in m.recipients {
-            self.check_room(*device, m.payload.len() as u64)?;
+            self.check_room(*device, m.payload.len() as u64, m.receipt)?;
         }
         let ttl_ms = if m.ttl_ms == 0 {
             self.config.ttl_default_ms
@@ -809,7 +829,8 @@ impl Engine {
         self.recent.get(position)
     }
 
-    /// Messages and payload bytes queued for `device`.
+    /// Entries (messages and receipts) and message payload bytes queued
+    /// for `device`.
     pub fn queue_len(&self, device: DeviceRef) -> (usize, u64) {
         self.queues
             .get(&device)
@@ -866,14 +887,27 @@ impl Engine {
         self.queues.entry(device).or_default()
     }
 
-    fn check_room(&mut self, device: DeviceRef, payload_len: u64) -> Result<(), QueueError> {
-        let (messages_max, bytes_max) =
-            (self.config.queue_messages_max, self.config.queue_bytes_max);
+    /// Whether `device`'s queue has room: messages and receipts each have
+    /// their own budget, so receipts never crowd out messages.
+    fn check_room(
+        &mut self,
+        device: DeviceRef,
+        payload_len: u64,
+        receipt: bool,
+    ) -> Result<(), QueueError> {
+        let config = self.config;
         let queue = self.queue(device);
-        if queue.entries.len() >= messages_max || queue.bytes + payload_len > bytes_max {
-            return Err(QueueError::QueueFull { device });
+        let full = match receipt {
+            true => queue.receipts >= config.queue_receipts_max,
+            false => {
+                queue.entries.len() - queue.receipts >= config.queue_messages_max
+                    || queue.bytes + payload_len > config.queue_bytes_max
+            }
+        };
+        match full {
+            true => Err(QueueError::QueueFull { device }),
+            false => Ok(()),
         }
-        Ok(())
     }
 
     /// Applies one record to the index: the live path and recovery both
@@ -928,7 +962,8 @@ impl Engine {
             len,
             message_record_len(m.recipients.len(), m.payload.len() as u64)
         );
-        let payload_len = u32::try_from(m.payload.len()).expect("records are below 4 GiB");
+        let payload_len = u32::try_from(m.payload.len()).expect("records are below 1 MiB");
+        let len_and_kind = payload_len | if m.receipt { RECEIPT_BIT } else { 0 };
         let expires_s = u32::try_from(m.expires_ms.div_ceil(1000)).unwrap_or(u32::MAX);
         let mut replaced = Vec::new();
         for r in &m.recipients {
@@ -936,7 +971,7 @@ impl Engine {
             let entry = Entry {
                 seq: r.seq,
                 position,
-                payload_len,
+                len_and_kind,
                 expires_s,
             };
             match queue.entries.binary_search_by_key(&r.seq, |e| e.seq) {
@@ -947,7 +982,10 @@ impl Engine {
                     queue.expiry_sorted &= before.is_none_or(|b| b.expires_s <= expires_s)
                         && after.is_none_or(|a| expires_s <= a.expires_s);
                     queue.entries.insert(at, entry);
-                    queue.bytes += u64::from(payload_len);
+                    match m.receipt {
+                        true => queue.receipts += 1,
+                        false => queue.bytes += u64::from(payload_len),
+                    }
                 }
             }
             queue.next_seq = queue.next_seq.max(r.seq + 1);
@@ -986,7 +1024,12 @@ impl Engine {
         // Entries are sorted by seq: the dead ones are one range.
         let range = seq_range(&queue.entries, t.seq_from, t.seq_to);
         let dead: Vec<Entry> = queue.entries.drain(range).collect();
-        queue.bytes -= dead.iter().map(|e| u64::from(e.payload_len)).sum::<u64>();
+        for e in &dead {
+            match e.is_receipt() {
+                true => queue.receipts -= 1,
+                false => queue.bytes -= u64::from(e.payload_len()),
+            }
+        }
         if queue.entries.is_empty() {
             queue.expiry_sorted = true;
             // Its heap entry goes stale (skipped, dropped by a rebuild).
@@ -1007,7 +1050,7 @@ impl Engine {
                 let len = u64::from(shared.record_len);
                 (shared.refs == 0).then_some(len)
             }
-            None => Some(message_record_len(1, u64::from(entry.payload_len))),
+            None => Some(message_record_len(1, u64::from(entry.payload_len()))),
         };
         if let Some(len) = dead_len {
             self.shared.remove(&entry.position);

@@ -163,6 +163,65 @@ fn a_full_queue_refuses_the_whole_message() {
 }
 
 #[test]
+fn receipts_have_their_own_budget_and_never_crowd_out_messages() {
+    let config = EngineConfig {
+        queue_messages_max: 2,
+        queue_receipts_max: 3,
+        ..EngineConfig::default()
+    };
+    let (mut e, mut disk) = engine(config);
+    let receipt = |e: &mut Engine, id: u64| {
+        let m = NewMessage {
+            message_id: 100 + id,
+            sender: BOB_PHONE,
+            client_msg_id: 0,
+            recipients: &[ALICE],
+            ttl_ms: 0,
+            payload: &[1, 0, 0, 0, 0, 0, 0, 0, 0],
+            receipt: true,
+        };
+        e.append_message(0, &m)
+    };
+    let to_alice = |e: &mut Engine, id: u64| {
+        let m = NewMessage {
+            message_id: id,
+            sender: BOB_PHONE,
+            client_msg_id: id,
+            recipients: &[ALICE],
+            ttl_ms: 0,
+            payload: b"hi",
+            receipt: false,
+        };
+        e.append_message(0, &m)
+    };
+    for id in 1..=3 {
+        receipt(&mut e, id).unwrap();
+    }
+    let full = QueueError::QueueFull { device: ALICE };
+    assert_eq!(receipt(&mut e, 4), Err(full), "the receipts' budget");
+    to_alice(&mut e, 1).expect("receipts take no room from messages");
+    to_alice(&mut e, 2).unwrap();
+    assert_eq!(to_alice(&mut e, 3), Err(full), "the messages' budget");
+    assert_eq!(
+        e.queue_len(ALICE),
+        (5, 4),
+        "payload bytes count messages only"
+    );
+    // Acking the receipts frees their budget, and survives reopening.
+    flush_all(&mut e, &mut disk).unwrap();
+    e.ack(ALICE, 3, true).unwrap();
+    flush_all(&mut e, &mut disk).unwrap();
+    let mut r = reopen(&mut disk, config, 0);
+    assert_eq!(r.queue_len(ALICE), (2, 4));
+    receipt(&mut r, 5).expect("room again");
+    assert_eq!(
+        to_alice(&mut r, 9),
+        Err(full),
+        "messages still at their limit"
+    );
+}
+
+#[test]
 fn expiry_writes_tombstones_and_survives_reopening() {
     let config = EngineConfig {
         ttl_default_ms: 1_000,

@@ -80,6 +80,7 @@ impl Sim {
                 batch_bytes_max: 2048,
             },
             queue_messages_max: 40,
+            queue_receipts_max: 20,
             queue_bytes_max: 4096,
             ttl_default_ms: 5_000,
             ttl_max_ms: 20_000,

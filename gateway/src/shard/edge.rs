@@ -321,6 +321,16 @@ impl<S: Storage> ShardCore<S> {
     // ---- router effects ---------------------------------------------------------
 
     pub(super) fn run_effects(&mut self, now_ms: u64) {
+        loop {
+            self.run_router_effects(now_ms);
+            // Storing receipts may route more; until none is left.
+            if !self.store_receipts(now_ms) {
+                return;
+            }
+        }
+    }
+
+    fn run_router_effects(&mut self, now_ms: u64) {
         while let Some(effect) = self.router.poll_effect() {
             match effect {
                 Effect::Home { from, to, msg } => self.at_home(now_ms, from, to, msg),

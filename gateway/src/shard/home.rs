@@ -22,7 +22,7 @@ impl<S: Storage> ShardCore<S> {
                 ttl_s,
                 payload,
             } => self.store_message(now_ms, reply, from, to, client_msg_id, ttl_s, &payload),
-            ToHome::StoreReceipt(r) => self.receipt_at_home(now_ms, from, to, r),
+            ToHome::StoreReceipt(r) => self.receipt_at_home(from, to, r),
             ToHome::ReceiptStored { ack } => self.receipt_stored(now_ms, from, ack),
             ToHome::Resume { reply, after_seq } => self.resume(now_ms, reply, from, after_seq),
             ToHome::DeviceAck {

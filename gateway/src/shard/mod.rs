@@ -123,6 +123,8 @@ pub struct Stats {
     pub messages_delivered: u64,
     /// Retries answered with the original.
     pub duplicates: u64,
+    /// Receipt records stored (each may cover many messages and acks).
+    pub receipts_stored: u64,
     /// Receipts kept for a retry because a recipient's queue was full.
     pub receipts_deferred: u64,
     /// Errors sent, by code.
@@ -249,7 +251,9 @@ pub struct ShardCore<S> {
     /// Per device, the highest seq whose receipts were requested.
     receipted: FxHashMap<DeviceKey, u64>,
     /// Receipts refused by a full queue, retried every tick: (from, to, receipt).
-    deferred: VecDeque<(DeviceKey, Target, Receipt)>,
+    deferred: VecDeque<receipts::Coalesced>,
+    /// Receipts that arrived in this pass over the effects, coalesced.
+    receipts_in: Vec<receipts::Coalesced>,
     draining: bool,
     /// The log failed (fail-stop: the shell exits); why.
     failed: Option<String>,
@@ -320,6 +324,7 @@ impl<S: Storage> ShardCore<S> {
             next_ack: 1,
             receipted: FxHashMap::default(),
             deferred: VecDeque::new(),
+            receipts_in: Vec::new(),
             draining: false,
             failed: None,
             now_ms: 0,
@@ -376,7 +381,7 @@ impl<S: Storage> ShardCore<S> {
             waiting: self.waiting.len(),
             acks: self.acks.len(),
             receipted: self.receipted.len(),
-            deferred: self.deferred.len(),
+            deferred: self.deferred.len() + self.receipts_in.len(),
             live_messages: self.engine.live_messages(),
         }
     }

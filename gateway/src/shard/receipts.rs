@@ -1,5 +1,12 @@
 //! Acks and receipts: what a device's ack covers, ✓✓ to the senders'
 //! homes, and tombstones once those receipts are durable.
+//!
+//! At a home, receipts that arrive in one pass over the router's effects
+//! are coalesced: those of one kind from one device to one target become
+//! one record of up to [`RECEIPT_IDS_MAX`] ids (so a device that acks
+//! often does not cost its senders a record per ack). They queue under a
+//! budget of their own (`queue_receipts_max`); one over it waits here and
+//! is retried every second, never dropped.
 
 use queue_engine::{Accepted, NewMessage, QueueError, Storage};
 use shard_router::{ConnRef, DeviceKey, Target};
@@ -18,40 +25,90 @@ pub(super) enum Receipted {
     Full,
 }
 
+/// Most message ids in one stored receipt (a `Receipt` frame of this many
+/// fits the smallest frame limit).
+pub(super) const RECEIPT_IDS_MAX: usize = 256;
+
+/// Receipts of one kind from one device to one target, coalesced.
+#[derive(Debug)]
+pub(super) struct Coalesced {
+    from: DeviceKey,
+    to: Target,
+    kind: fb::ReceiptKind,
+    message_ids: Vec<u64>,
+    at_ms: u64,
+    /// The acks to confirm once it is durable (`Delivered` receipts).
+    confirms: Vec<AckRef>,
+}
+
 impl<S: Storage> ShardCore<S> {
-    /// A receipt for the devices of `to`: queued, or kept for a retry when
-    /// a queue is full. A `Delivered` receipt is confirmed to the acking
-    /// device's home only once it is durable, so its tombstone (and more
-    /// deliveries to that device) wait: a full queue pushes back.
-    pub(super) fn receipt_at_home(&mut self, now_ms: u64, from: DeviceKey, to: Target, r: Receipt) {
-        if self.try_receipt(now_ms, from, to, r) {
-            self.stats.receipts_deferred += 1;
+    /// A receipt for the devices of `to`, gathered until the end of this
+    /// pass ([`ShardCore::store_receipts`]): coalesced with others of its
+    /// kind, from `from` to `to`, while they fit one record.
+    pub(super) fn receipt_at_home(&mut self, from: DeviceKey, to: Target, r: Receipt) {
+        let fits = |c: &&mut Coalesced| {
+            (c.from, c.to, c.kind) == (from, to, r.kind)
+                && c.message_ids.len() + r.message_ids.len() <= RECEIPT_IDS_MAX
+        };
+        match self.receipts_in.iter_mut().rev().find(fits) {
+            Some(c) => {
+                c.message_ids.extend_from_slice(&r.message_ids);
+                c.at_ms = c.at_ms.max(r.at_ms);
+                c.confirms.extend(r.confirm);
+            }
+            None => self.receipts_in.push(Coalesced {
+                from,
+                to,
+                kind: r.kind,
+                message_ids: r.message_ids,
+                at_ms: r.at_ms,
+                confirms: r.confirm.into_iter().collect(),
+            }),
         }
+    }
+
+    /// Stores the receipts gathered in this pass; returns whether there
+    /// were any.
+    pub(super) fn store_receipts(&mut self, now_ms: u64) -> bool {
+        let gathered = std::mem::take(&mut self.receipts_in);
+        let any = !gathered.is_empty();
+        for c in gathered {
+            if self.try_receipt(now_ms, c) {
+                self.stats.receipts_deferred += 1;
+            }
+        }
+        any
     }
 
     /// Retries the receipts kept because a queue was full.
     pub(super) fn retry_deferred(&mut self, now_ms: u64) {
-        for (from, to, r) in std::mem::take(&mut self.deferred) {
-            self.try_receipt(now_ms, from, to, r);
+        for c in std::mem::take(&mut self.deferred) {
+            self.try_receipt(now_ms, c);
         }
     }
 
-    /// Stores `r`, or keeps it in `deferred`; returns whether it was kept.
-    fn try_receipt(&mut self, now_ms: u64, from: DeviceKey, to: Target, r: Receipt) -> bool {
-        let stored = self.store_receipt(now_ms, from, to, r.kind, &r.message_ids, r.at_ms);
-        match (stored, r.confirm) {
-            (Receipted::Stored(position), Some(ack)) => {
-                self.waiting.push_back((position, Waiting::Confirm(ack)));
+    /// Stores `c`, or keeps it in `deferred`; returns whether it was kept.
+    /// A `Delivered` receipt is confirmed to the acking device's home only
+    /// once it is durable, so its tombstone (and more deliveries to that
+    /// device) wait: a full queue pushes back.
+    fn try_receipt(&mut self, now_ms: u64, c: Coalesced) -> bool {
+        let stored = self.store_receipt(now_ms, c.from, c.to, c.kind, &c.message_ids, c.at_ms);
+        match stored {
+            Receipted::Stored(position) => {
+                for ack in &c.confirms {
+                    self.waiting.push_back((position, Waiting::Confirm(*ack)));
+                }
             }
-            (Receipted::Nobody, Some(ack)) => {
-                let note = ToHome::ReceiptStored { ack: ack.id };
-                self.send_home(now_ms, ack.device, Target::Device(ack.device), note);
+            Receipted::Nobody => {
+                for ack in &c.confirms {
+                    let note = ToHome::ReceiptStored { ack: ack.id };
+                    self.send_home(now_ms, ack.device, Target::Device(ack.device), note);
+                }
             }
-            (Receipted::Full, _) => {
-                self.deferred.push_back((from, to, r));
+            Receipted::Full => {
+                self.deferred.push_back(c);
                 return true;
             }
-            (_, None) => {}
         }
         false
     }
@@ -87,6 +144,7 @@ impl<S: Storage> ShardCore<S> {
         };
         match self.engine.append_message(now_ms, &m) {
             Ok(Accepted::Stored { position, seqs }) => {
+                self.stats.receipts_stored += 1;
                 let meta = Meta {
                     from,
                     to,
@@ -253,7 +311,7 @@ impl<S: Storage> ShardCore<S> {
         }
         let mut sent = 0;
         for (sender, ids) in by_sender {
-            for chunk in ids.chunks(256) {
+            for chunk in ids.chunks(RECEIPT_IDS_MAX) {
                 let receipt = ToHome::StoreReceipt(Receipt {
                     kind: fb::ReceiptKind::Delivered,
                     message_ids: chunk.to_vec(),

@@ -225,10 +225,55 @@ fn a_client_id_with_bit_63_is_still_a_message_after_a_restart() {
     assert_eq!(w.devices[&B].got.len(), 1);
 }
 
-/// #8: ✓✓ for a sender whose queue is full waits (and holds back the
-/// acking device's queue) instead of being dropped.
+/// #8: ✓✓ for a sender whose receipt budget is full waits (and holds
+/// back the acking device's queue) instead of being dropped.
 #[test]
 fn double_ticks_wait_for_room_in_a_full_queue() {
+    let mut shape = Shape::default();
+    shape.engine.queue_receipts_max = 1;
+    let mut w = world_with(shape, &[A, B]);
+    w.send(A, user(B), 10);
+    w.settle();
+    w.disconnect(A);
+    w.ack(B); // the first ✓✓ takes user 1's receipt budget
+    w.settle();
+    w.connect(A);
+    w.settle();
+    w.send(A, user(B), 10);
+    w.settle();
+    w.disconnect(A);
+    w.ack(B);
+    w.settle();
+    w.advance(2_000); // retries while the budget is still full
+    w.settle();
+    let deferred: u64 = w.cores.iter().map(|c| c.stats().receipts_deferred).sum();
+    assert!(deferred >= 1, "the ✓✓ was kept, not dropped");
+    let waiting: usize = w.cores.iter().map(|c| c.internals().deferred).sum();
+    assert_eq!(waiting, 1, "one receipt for user 1's devices, kept");
+    w.quiesce_and_check(); // A reads its queue, the ✓✓ follows
+}
+
+/// #13: two acks of one device that reach the sender's home together
+/// become one receipt record.
+#[test]
+fn receipts_arriving_together_are_coalesced() {
+    let mut w = world_with(Shape::default(), &[A, B]);
+    w.send(A, user(B), 10);
+    w.send(A, user(B), 10);
+    w.settle();
+    let before: u64 = w.cores.iter().map(|c| c.stats().receipts_stored).sum();
+    w.ack_one(B); // the second, out of order
+    w.ack(B); // then both, cumulatively
+    w.settle();
+    let stored: u64 = w.cores.iter().map(|c| c.stats().receipts_stored).sum();
+    assert_eq!(stored - before, 1, "one record for both acks");
+    w.quiesce_and_check();
+}
+
+/// #13: receipts have a budget of their own: a queue full of messages
+/// still takes ✓✓ at once.
+#[test]
+fn receipts_are_not_crowded_out_by_messages() {
     let mut shape = Shape::default();
     shape.engine.queue_messages_max = 3;
     let c = (3, 0);
@@ -242,13 +287,9 @@ fn double_ticks_wait_for_room_in_a_full_queue() {
     w.settle();
     w.ack(B);
     w.settle();
-    w.advance(2_000); // retries while the queue is still full
-    w.settle();
     let deferred: u64 = w.cores.iter().map(|c| c.stats().receipts_deferred).sum();
-    assert_eq!(deferred, 1, "the ✓✓ was kept, not dropped");
-    let waiting: usize = w.cores.iter().map(|c| c.internals().deferred).sum();
-    assert_eq!(waiting, 1, "one receipt for user 1's devices, kept");
-    w.quiesce_and_check(); // A reads its queue, the ✓✓ follows
+    assert_eq!(deferred, 0, "the ✓✓ was queued beside the messages");
+    w.quiesce_and_check();
 }
 
 /// #9: an I/O error on the log is fail-stop: nothing more is ✓'d or
