@@ -74,6 +74,12 @@ pub struct Settings {
     /// How long a stored send's original id is kept for answering its
     /// retries (the dedup window's time backstop), seconds.
     pub dedup_ids_s: u64,
+    /// Log bytes not yet durable past which a shard stops reading its
+    /// sockets until the disk catches up (backpressure).
+    pub log_unsynced_bytes_max: u64,
+    /// Batches held for other shards' full rings past which a shard stops
+    /// reading its sockets (backpressure).
+    pub peer_held_batches_max: usize,
 }
 
 impl Default for Settings {
@@ -108,6 +114,8 @@ impl Default for Settings {
             startup_timeout_s: 300,
             segment_bytes: engine.log.segment_bytes_max,
             dedup_ids_s: engine.dedup_ids_ms / 1000,
+            log_unsynced_bytes_max: shard.log_unsynced_bytes_max,
+            peer_held_batches_max: shard.peer_held_batches_max,
         }
     }
 }
@@ -211,6 +219,10 @@ overrides! {
     segment_bytes: u64,
     /// Original ids kept for answering retries, seconds [default: 3600].
     dedup_ids_s: u64,
+    /// Unsynced log bytes before a shard stops reading sockets [default: 67108864].
+    log_unsynced_bytes_max: u64,
+    /// Batches held for full rings before a shard stops reading sockets [default: 1024].
+    peer_held_batches_max: usize,
 }
 
 impl Overrides {
@@ -299,6 +311,8 @@ impl Settings {
             window: self.window,
             out_bytes_max: self.out_bytes_max,
             conns_max: self.conns_per_shard,
+            log_unsynced_bytes_max: self.log_unsynced_bytes_max,
+            peer_held_batches_max: self.peer_held_batches_max,
         }
     }
 

@@ -28,6 +28,15 @@ pub struct ErrorLabel {
     pub code: u16,
 }
 
+/// Labels of backpressure counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabel {
+    /// The shard.
+    pub shard: u16,
+    /// The spent budget (`log_unsynced`, `peer_outbox`).
+    pub budget: String,
+}
+
 type Counters = Family<ShardLabel, Counter>;
 type Gauges = Family<ShardLabel, Gauge>;
 type Histograms = Family<ShardLabel, Histogram, fn() -> Histogram>;
@@ -50,6 +59,7 @@ pub struct Metrics {
     anomalies: Counters,
     log_failures: Counters,
     errors: Family<ErrorLabel, Counter>,
+    reads_paused: Family<BudgetLabel, Counter>,
     queued_messages: Gauges,
     log_bytes: Gauges,
     live_bytes: Gauges,
@@ -90,6 +100,7 @@ impl Metrics {
             anomalies: Counters::default(),
             log_failures: Counters::default(),
             errors: Family::default(),
+            reads_paused: Family::default(),
             queued_messages: Gauges::default(),
             log_bytes: Gauges::default(),
             live_bytes: Gauges::default(),
@@ -153,6 +164,11 @@ impl Metrics {
         );
         r.register("errors", "Error frames sent, by code", m.errors.clone());
         r.register(
+            "reads_paused",
+            "Socket reads put off because a shard budget was spent (TCP backpressure), by budget",
+            m.reads_paused.clone(),
+        );
+        r.register(
             "queued_messages",
             "Message records still referenced by a queue",
             m.queued_messages.clone(),
@@ -196,6 +212,15 @@ impl Metrics {
     /// A connection on `shard` ended in a TLS error.
     pub fn tls_error(&self, shard: u16) {
         self.tls_errors.get_or_create(&ShardLabel { shard }).inc();
+    }
+
+    /// A connection put off a read because `budget` was spent.
+    pub fn read_paused(&self, shard: u16, budget: &str) {
+        let label = BudgetLabel {
+            shard,
+            budget: budget.to_owned(),
+        };
+        self.reads_paused.get_or_create(&label).inc();
     }
 
     /// One group-commit batch of `bytes` took `seconds` to write and sync.

@@ -200,6 +200,12 @@ struct Shard {
     timer: Notify,
     /// The monotonic ms the timer task sleeps until.
     timer_at: Cell<u64>,
+    /// Batches the mesh holds for other shards' full rings (the exchange
+    /// task's count, for the budget).
+    peer_held: Cell<usize>,
+    /// Connections that did not read because a budget was spent; woken
+    /// when none is.
+    paused: RefCell<rustc_hash::FxHashSet<ConnId>>,
 }
 
 impl Shard {
@@ -223,6 +229,28 @@ impl Shard {
         }
         self.outbox.notify();
         self.flush.notify();
+        if !self.paused.borrow().is_empty() && self.over_budget().is_none() {
+            for conn in self.paused.take() {
+                if let Some(w) = wakers.get(&conn) {
+                    w.notify();
+                }
+            }
+        }
+    }
+
+    /// The spent budget, if any: sockets are not read meanwhile.
+    fn over_budget(&self) -> Option<crate::shard::Budget> {
+        self.core.borrow().over_budget(self.peer_held.get())
+    }
+
+    /// Whether `conn` may read now; if not, it is woken when it may.
+    fn may_read(&self, conn: ConnId) -> bool {
+        let Some(budget) = self.over_budget() else {
+            return true;
+        };
+        self.spec.metrics.read_paused(self.id, budget.name());
+        self.paused.borrow_mut().insert(conn);
+        false
     }
 
     fn now(&self) -> Now {
@@ -275,6 +303,8 @@ async fn run_shard(
         clock: Clock::new(),
         timer: Notify::default(),
         timer_at: Cell::new(u64::MAX),
+        peer_held: Cell::new(0),
+        paused: RefCell::new(rustc_hash::FxHashSet::default()),
     });
     glommio::spawn_local(exchange(shard.clone(), end)).detach();
     glommio::spawn_local(flusher(shard.clone(), UringLog::new(dir.clone()))).detach();
@@ -302,7 +332,9 @@ async fn exchange(shard: Rc<Shard>, mut end: MeshEnd<ShardMsg<Note>>) {
             let Some((to, batch)) = next else { break };
             end.send(to, batch);
         }
-        if got {
+        let held = end.pending();
+        let eased = held < shard.peer_held.replace(held);
+        if got || (eased && !shard.paused.borrow().is_empty()) {
             shard.kick();
         }
         if left {
@@ -524,6 +556,11 @@ async fn drive(
         write_tls(stream, tls).await?;
         if close {
             return Ok(());
+        }
+        if !handshaking && !shard.may_read(conn) {
+            // Backpressure: the peer's bytes wait in TCP buffers.
+            notify.wait().await;
+            continue;
         }
         let read = async { Wake::Read(read_some(stream, &shard.scratch).await) };
         match read

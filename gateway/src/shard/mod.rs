@@ -90,6 +90,31 @@ pub struct ShardConfig {
     pub out_bytes_max: usize,
     /// Connections this shard holds at most.
     pub conns_max: usize,
+    /// Log bytes appended and not yet durable past which the shard stops
+    /// reading its sockets (TCP backpressure) until the disk catches up.
+    pub log_unsynced_bytes_max: u64,
+    /// Batches held for full rings to other shards past which the shard
+    /// stops reading its sockets until they drain.
+    pub peer_held_batches_max: usize,
+}
+
+/// A per-shard budget that, once spent, stops the shard reading sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Budget {
+    /// Log bytes not yet durable.
+    LogUnsynced,
+    /// Batches held for other shards' full rings.
+    PeerOutbox,
+}
+
+impl Budget {
+    /// Its name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Budget::LogUnsynced => "log_unsynced",
+            Budget::PeerOutbox => "peer_outbox",
+        }
+    }
 }
 
 impl Default for ShardConfig {
@@ -100,6 +125,8 @@ impl Default for ShardConfig {
             window: 512,
             out_bytes_max: 4 << 20,
             conns_max: 100_000,
+            log_unsynced_bytes_max: 64 << 20,
+            peer_held_batches_max: 1024,
         }
     }
 }
@@ -417,6 +444,19 @@ impl<S: Storage> ShardCore<S> {
     /// Why the log failed, if it did (the shard is then not ready).
     pub fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
+    }
+
+    /// The budget that is spent, if one is: the shell then reads no socket
+    /// (what it has read is handled) until this is `None` again.
+    /// `peer_held` is the batches the shell holds for full rings.
+    /// Output needs no budget of its own here: a connection's task writes
+    /// all its output before it reads again.
+    pub fn over_budget(&self, peer_held: usize) -> Option<Budget> {
+        let unsynced = self.engine.log().head() - self.engine.durable();
+        if unsynced > self.config.log_unsynced_bytes_max {
+            return Some(Budget::LogUnsynced);
+        }
+        (peer_held > self.config.peer_held_batches_max).then_some(Budget::PeerOutbox)
     }
 
     // ---- reclaim (the shell reads and deletes segments) -----------------------

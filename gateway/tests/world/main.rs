@@ -12,6 +12,7 @@
 mod sim;
 
 use client::ClientEvent;
+use gateway::shard::Budget;
 use queue_engine::SimOp;
 use sim::{Shape, World};
 use wire_format::fb::ErrorCode;
@@ -251,6 +252,32 @@ fn double_ticks_wait_for_room_in_a_full_queue() {
     let waiting: usize = w.cores.iter().map(|c| c.internals().deferred).sum();
     assert_eq!(waiting, 1, "one receipt for user 1's devices, kept");
     w.quiesce_and_check(); // A reads its queue, the ✓✓ follows
+}
+
+/// #13: a disk that falls behind spends the shard's unsynced-log budget:
+/// the shell stops reading sockets until the flush completes.
+#[test]
+fn a_slow_disk_spends_the_log_budget_until_it_catches_up() {
+    let mut shape = Shape::default();
+    shape.shard.log_unsynced_bytes_max = 2_000;
+    let mut w = world_with(shape, &[A, B]);
+    let home = w.home_of(B.0);
+    assert_eq!(w.cores[home].over_budget(0), None);
+    w.held_flush = Some(home);
+    for _ in 0..6 {
+        w.send(A, user(B), 500);
+    }
+    w.settle();
+    assert_eq!(w.cores[home].over_budget(0), Some(Budget::LogUnsynced));
+    w.held_flush = None;
+    w.settle();
+    assert_eq!(w.cores[home].over_budget(0), None, "durable again");
+    let peer = w.shape.shard.peer_held_batches_max;
+    assert_eq!(
+        w.cores[home].over_budget(peer + 1),
+        Some(Budget::PeerOutbox)
+    );
+    w.quiesce_and_check();
 }
 
 /// #13: two acks of one device that reach the sender's home together
