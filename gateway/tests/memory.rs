@@ -1,0 +1,286 @@
+//! What one shard keeps per message once it is done with it, measured with
+//! a counting allocator (deterministic, unlike time): after messages are
+//! sent, ✓'d, delivered, acked and their ✓✓ acked, the shard's memory is
+//! back where it was plus a constant per device. Dedup (a window per
+//! sender), per-message meta (gone with the last recipient's ack) and
+//! receipts (their records and bookkeeping) must not grow with the count.
+//!
+//! A single real `ShardCore` on a storage that keeps nothing (so the log's
+//! bytes are not counted) with two `ClientCore`s, on virtual time.
+
+// A counting global allocator needs `unsafe impl GlobalAlloc`; it forwards
+// every call to the system allocator unchanged.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io;
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use bytes::Bytes;
+use client::{ClientCore, ClientEvent};
+use gateway::clock::Now;
+use gateway::shard::{ShardConfig, ShardCore};
+use gateway::token::{SigningKey, Verifier};
+use queue_engine::{Engine, EngineConfig, Storage, write_flush};
+use shard_router::{ConnId, Placement, RouterConfig, RouterCore, ShardId};
+use wire_format::user_address;
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every method forwards to `System` with the same arguments; the
+// counter only observes sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Storage that keeps nothing; a read back fails (the shard would stop),
+/// so the test also shows every record was served from memory.
+#[derive(Default)]
+struct Discard(Vec<u64>);
+
+impl Storage for Discard {
+    fn segments(&self) -> io::Result<Vec<u64>> {
+        Ok(self.0.clone())
+    }
+    fn read(&self, _: u64) -> io::Result<Vec<u8>> {
+        Err(io::Error::other("discarded"))
+    }
+    fn read_at(&self, _: u64, _: u64, _: &mut [u8]) -> io::Result<()> {
+        Err(io::Error::other("discarded"))
+    }
+    fn create(&mut self, start: u64) -> io::Result<()> {
+        self.0.push(start);
+        Ok(())
+    }
+    fn write(&mut self, _: u64, _: u64, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn sync(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn truncate(&mut self, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn remove(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+const T0: u64 = 1_767_225_600_000;
+const ALICE: usize = 0;
+
+/// One shard, its disk and two connected clients (alice → bob).
+struct Net {
+    core: ShardCore<Discard>,
+    disk: Discard,
+    verifier: Verifier,
+    clients: Vec<(ClientCore, ConnId)>,
+    now: u64,
+    acked: u64,
+    receipts: u64,
+}
+
+impl Net {
+    fn new() -> Self {
+        let (key, _) = SigningKey::generate(1);
+        let verifier = Verifier::new([(1, key.public_key())]);
+        let mut disk = Discard::default();
+        // The recent-payload cache is a fixed ring: small, so the warm-up
+        // fills it (what passes through it is the in-flight window).
+        let engine_config = EngineConfig {
+            payload_cache_bytes: 64 << 10,
+            ..EngineConfig::default()
+        };
+        let (engine, _) = Engine::open(&mut disk, engine_config, T0).unwrap();
+        let router = RouterCore::new(
+            ShardId(0),
+            Placement::single_node(1),
+            RouterConfig::default(),
+        );
+        let mut config = ShardConfig::default();
+        // Virtual time barely moves: no rate limit may refuse.
+        config.session.sends_per_s = 1_000_000;
+        config.session.send_bytes_per_s = u32::MAX;
+        // The clock jumps an hour at a time: no idle timeout either.
+        config.session.idle_timeout_ms = 10 * 24 * 3_600_000;
+        let core = ShardCore::new(router, engine, Discard::default(), config);
+        let mut net = Self {
+            core,
+            disk,
+            verifier,
+            clients: Vec::new(),
+            now: T0,
+            acked: 0,
+            receipts: 0,
+        };
+        for user in [1, 2] {
+            let token = key.issue(user, 0, T0 / 1000 + 30 * 24 * 3600);
+            let conn = net.core.open_conn(net.at()).expect("room");
+            net.core.handshake_done(net.at(), conn);
+            net.clients.push((ClientCore::new(&token, 0, 1), conn));
+        }
+        net.settle();
+        net
+    }
+
+    fn at(&self) -> Now {
+        Now {
+            mono_ms: self.now - T0,
+            wall_ms: self.now,
+        }
+    }
+
+    /// Runs every input and output until nothing moves; the clients ack
+    /// what they get (bob the messages, alice the ✓✓).
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.clients.len() {
+                while let Some(frame) = self.clients[i].0.poll_transmit() {
+                    let (now, conn) = (self.at(), self.clients[i].1);
+                    self.core
+                        .handle_bytes(now, conn, &frame.to_vec(), &self.verifier);
+                    moved = true;
+                }
+            }
+            for conn in self.core.take_ready() {
+                let Some((bytes, _)) = self.core.take_output(conn) else {
+                    continue;
+                };
+                let i = self.clients.iter().position(|c| c.1 == conn).expect("ours");
+                self.clients[i].0.handle_bytes(&bytes);
+                moved |= !bytes.is_empty();
+            }
+            while let Some((_, batch)) = self.core.poll_batch() {
+                let now = self.at();
+                self.core.handle_batch(now, batch);
+                moved = true;
+            }
+            while let Some(flush) = self.core.poll_flush().cloned() {
+                write_flush(&mut self.disk, &flush).unwrap();
+                let now = self.at();
+                self.core.handle_flushed(now);
+                moved = true;
+            }
+            moved |= self.events();
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Handles the clients' events; returns whether there were any.
+    fn events(&mut self) -> bool {
+        let mut any = false;
+        for i in 0..self.clients.len() {
+            while let Some(event) = self.clients[i].0.poll_event() {
+                any = true;
+                match event {
+                    ClientEvent::Message { seq, .. } => self.clients[i].0.ack(seq),
+                    ClientEvent::Receipt { seq, .. } => {
+                        self.receipts += 1;
+                        self.clients[i].0.ack(seq);
+                    }
+                    ClientEvent::Acked { .. } => self.acked += 1,
+                    ClientEvent::Welcome { .. } => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        any
+    }
+
+    /// Alice sends `n` messages to bob, 60 at a time, each round settled.
+    fn exchange(&mut self, n: u64) {
+        for round in 0..n.div_ceil(60) {
+            for _ in 0..60.min(n - round * 60) {
+                let payload = Bytes::from_static(&[7; 100]);
+                self.clients[ALICE].0.send(user_address(2), 0, payload);
+            }
+            self.settle();
+        }
+    }
+
+    /// Time passes (past the dedup backstop): housekeeping runs.
+    fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        let now = self.at();
+        self.core.handle_timeout(now);
+        self.settle();
+    }
+}
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+#[test]
+fn what_a_shard_keeps_returns_to_baseline_once_everything_is_acked() {
+    let n = 60_000;
+    let mut net = Net::new();
+    // Warm up: every map, buffer and cache reaches its working size.
+    net.exchange(n);
+    net.advance(3_601_000);
+    let baseline = live();
+    let (acked, receipts) = (net.acked, net.receipts);
+    net.exchange(n);
+    assert_eq!(net.acked - acked, n, "every send ✓'d");
+    assert!(net.receipts > receipts, "✓✓ came back");
+    let after_acks = live();
+    net.advance(3_601_000); // the originals' backstop passes
+    let once = live();
+    net.exchange(n);
+    net.advance(3_601_000);
+    let twice = live();
+    assert_eq!(net.core.failed(), None, "nothing was read back from disk");
+    let internals = net.core.internals();
+    eprintln!(
+        "after {n} more messages: {:+} B right after the last ✓✓ ack, {:+} B past \
+         the dedup backstop, {:+} B after {n} more; internals {internals:?}",
+        after_acks - baseline,
+        once - baseline,
+        twice - baseline,
+    );
+    assert_eq!(internals.meta, 0, "per-message meta went with the acks");
+    assert_eq!(
+        internals.live_messages, 0,
+        "messages and receipts all acked"
+    );
+    assert_eq!(internals.deferred + internals.acks + internals.waiting, 0);
+    assert_eq!(
+        net.core.engine().dedup_entries(),
+        (1, 0),
+        "alice's window, no originals"
+    );
+    // Nothing per message: 60,000 messages at even 1 B each would be 60 kB.
+    // What moves is bounded: the expiry heap's stale entries (24 B each)
+    // are dropped once they pass 1,024.
+    for (what, bytes) in [("the first", once - baseline), ("the second", twice - once)] {
+        assert!(
+            bytes.unsigned_abs() <= 32 << 10,
+            "{bytes:+} B kept after {what} {n} messages"
+        );
+    }
+}
