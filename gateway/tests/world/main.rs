@@ -50,16 +50,21 @@ fn seeds(default_seeds: u64) -> Vec<u64> {
 
 #[test]
 fn random_worlds_keep_every_promise() {
-    let (mut acked, mut crashes, mut fail_stops) = (0, 0, 0);
+    let (mut acked, mut crashes, mut fail_stops, mut reclaimed) = (0, 0, 0, 0);
     for seed in seeds(12) {
         let world = run(seed, env("WORLD_STEPS", 3_000), 1_000);
         acked += world.acked_sends();
         crashes += world.crashes;
         fail_stops += world.fail_stops;
+        reclaimed += world.reclaimed;
     }
-    eprintln!("world smoke: {acked} ✓'d, {crashes} crashes, {fail_stops} fail-stops");
+    eprintln!(
+        "world smoke: {acked} ✓'d, {crashes} crashes, {fail_stops} fail-stops, \
+         {reclaimed} segments reclaimed"
+    );
     assert!(acked > 1_000, "the smoke sends something: {acked}");
     assert!(crashes > 0 && fail_stops > 0, "and crashes");
+    assert!(reclaimed > 0, "and reclaims");
 }
 
 #[test]

@@ -13,7 +13,10 @@
 //!   and client id), and one seq always carries the same message;
 //! - ✓✓ arrives at every other device of the sender for every device ack;
 //! - a connection never holds more than `window` unacknowledged entries;
-//! - once all is acked and everyone has left, every internal map is empty.
+//! - once all is acked and everyone has left, every internal map is empty,
+//!   the dedup state is a window per sender device, and (reclaim runs as
+//!   a step, its copying split around other work, like the server's) each
+//!   log is within 2 × its live bytes + 2 segments.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -24,7 +27,10 @@ use client::{ClientCore, ClientEvent};
 use gateway::clock::Now;
 use gateway::shard::{Note, ShardConfig, ShardCore};
 use gateway::token::{SigningKey, Verifier};
-use queue_engine::{Engine, EngineConfig, LogConfig, SimDisk, SimOp, SimRng, write_flush};
+use queue_engine::{
+    DEDUP_WINDOW, Engine, EngineConfig, LogConfig, ReclaimState, SimDisk, SimOp, SimRng, Storage,
+    reclaim_scan, write_flush,
+};
 use shard_router::{ConnId, Placement, RouterConfig, RouterCore, ShardId, ShardMsg};
 use wire_format::fb::{self, ErrorCode};
 use wire_format::{Address, AddressKind, device_address, user_address};
@@ -171,6 +177,11 @@ pub struct World {
     ids: BTreeMap<u64, (Dev, u64)>,
     /// Crashes so far.
     pub crashes: u64,
+    /// Segments reclaimed (deleted once their copies were durable).
+    pub reclaimed: u64,
+    /// Per shard, a reclaimed segment waiting for its copies to be
+    /// durable: (segment, position the copies are durable at).
+    deleting: Vec<Option<(u64, u64)>>,
     /// Fail-stops after an I/O error so far.
     pub fail_stops: u64,
     /// Internal errors the cores counted, in processes already gone.
@@ -240,6 +251,8 @@ impl World {
             sent: BTreeMap::new(),
             ids: BTreeMap::new(),
             crashes: 0,
+            reclaimed: 0,
+            deleting: vec![None; shards],
             fail_stops: 0,
             anomalies_before: 0,
             last_anomaly_before: None,
@@ -294,6 +307,8 @@ impl World {
         }
         self.mesh.clear();
         self.flushing.iter_mut().for_each(|f| *f = None);
+        // A segment not deleted yet stays: recovery sees it and its copies.
+        self.deleting.iter_mut().for_each(|d| *d = None);
         for d in self.devices.values_mut() {
             if d.conn.take().is_some()
                 && let Some(c) = d.client.as_mut()
@@ -612,6 +627,7 @@ impl World {
                 let now = self.at();
 
                 self.cores[shard].handle_flushed(now);
+                self.delete_reclaimed(shard);
                 moved = true;
             }
             if self.flushing[shard].is_some() || self.held_flush == Some(shard) {
@@ -632,6 +648,87 @@ impl World {
             self.flushing[shard] = Some(self.now + self.flush_ms);
         }
         moved
+    }
+
+    /// One reclaim on each shard where it is due, as the server's
+    /// reclaimer does it: read and scan, copy forward in two slices with a
+    /// mesh batch and an ack between them, then delete the segment once
+    /// the copies are durable (a flush later).
+    pub fn reclaim(&mut self) {
+        for shard in 0..self.cores.len() {
+            if self.deleting[shard].is_some() || self.cores[shard].failed().is_some() {
+                continue;
+            }
+            let Some(segment) = self.cores[shard].reclaim_due() else {
+                continue;
+            };
+            let read = self.disks[shard].borrow().read(segment);
+            let bytes = match read {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    self.cores[shard].handle_reclaim_failed(&e.to_string());
+                    return self.fail_stop();
+                }
+            };
+            let records = reclaim_scan(segment, &bytes)
+                .unwrap_or_else(|e| self.fail(format!("reclaim scan of shard {shard}: {e}")));
+            let (first, second) = records.split_at(records.len() / 2);
+            let mut state = ReclaimState::default();
+            self.cores[shard].reclaim_part(segment, &bytes, first, &mut state);
+            self.deliver_one_batch();
+            let dev = self.random_dev();
+            self.ack(dev);
+            if self.cores[shard].failed().is_some() {
+                return; // the next pump stops the process
+            }
+            self.cores[shard].reclaim_part(segment, &bytes, second, &mut state);
+            let after = self.cores[shard].reclaim_finish(segment, state);
+            self.deleting[shard] = Some((segment, after));
+            self.delete_reclaimed(shard);
+        }
+    }
+
+    /// Deletes `shard`'s reclaimed segment once its copies are durable.
+    fn delete_reclaimed(&mut self, shard: usize) {
+        let Some((segment, after)) = self.deleting[shard] else {
+            return;
+        };
+        if self.cores[shard].engine().durable() < after {
+            return;
+        }
+        self.deleting[shard] = None;
+        self.disks[shard].borrow_mut().remove(segment).unwrap();
+        self.cores[shard].segment_deleted(segment);
+        self.reclaimed += 1;
+    }
+
+    /// The bounds of a quiet world: a dedup window per sender device at
+    /// most, originals only for the last ids of each, and (reclaim run
+    /// until none is due) each log within 2 × its live bytes + 2 segments.
+    fn check_bounds(&mut self) {
+        for _ in 0..1_000 {
+            self.reclaim();
+            self.settle();
+            let busy = self.deleting.iter().any(Option::is_some)
+                || self.cores.iter().any(|c| c.reclaim_due().is_some());
+            if !busy {
+                break;
+            }
+        }
+        let devices = self.devices.len();
+        let segment = self.shape.engine.log.segment_bytes_max;
+        for (i, core) in self.cores.iter().enumerate() {
+            let engine = core.engine();
+            let (senders, known) = engine.dedup_entries();
+            let window = usize::try_from(DEDUP_WINDOW).expect("small");
+            if senders > devices || known > window * senders {
+                self.fail(format!("shard {i}: {senders} windows, {known} originals"));
+            }
+            let (log, live) = (engine.log_bytes(), engine.live_bytes());
+            if log > 2 * live + 2 * segment {
+                self.fail(format!("shard {i}: log {log} B for {live} B live"));
+            }
+        }
     }
 
     /// The current moment on both clocks (monotonic from the start; the
@@ -899,6 +996,7 @@ impl World {
             self.disconnect(*dev);
         }
         self.settle();
+        self.check_bounds();
         for (i, core) in self.cores.iter().enumerate() {
             let internals = core.internals();
             if internals != Default::default() {
@@ -1019,6 +1117,7 @@ impl World {
                 self.wall_step_ms += step;
             }
             995..997 => self.drain_and_restart(),
+            997..1000 => self.reclaim(),
             _ => {}
         }
         self.pump_outputs();
