@@ -124,24 +124,24 @@ impl Window {
 
 /// A stored id whose original is still known.
 #[derive(Debug, Clone, Copy)]
-struct Known {
-    client_msg_id: u64,
-    message_id: u64,
-    position: u64,
-    accepted_ms: u64,
+pub(crate) struct Known {
+    pub(crate) client_msg_id: u64,
+    pub(crate) message_id: u64,
+    pub(crate) position: u64,
+    pub(crate) accepted_ms: u64,
 }
 
 /// Every sender device's window, and the originals of recent ids.
 #[derive(Debug, Default)]
 pub struct SenderWindows {
-    windows: FxHashMap<DeviceRef, Window>,
+    pub(crate) windows: FxHashMap<DeviceRef, Window>,
     /// Per device with recent ids, oldest first.
-    known: FxHashMap<DeviceRef, VecDeque<Known>>,
+    pub(crate) known: FxHashMap<DeviceRef, VecDeque<Known>>,
     /// (accepted_ms of a device's oldest known id, device), oldest first:
     /// one entry per device in `known`.
-    by_age: VecDeque<(u64, DeviceRef)>,
+    pub(crate) by_age: VecDeque<(u64, DeviceRef)>,
     /// How long an original is kept (the backstop), ms.
-    ids_ms: u64,
+    pub(crate) ids_ms: u64,
 }
 
 impl SenderWindows {

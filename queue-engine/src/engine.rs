@@ -174,24 +174,24 @@ pub struct Expired {
 
 /// One queue entry: 24 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    seq: u64,
-    position: u64,
+pub(crate) struct Entry {
+    pub(crate) seq: u64,
+    pub(crate) position: u64,
     /// The payload's length, and [`RECEIPT_BIT`] for a receipt's entry.
-    len_and_kind: u32,
+    pub(crate) len_and_kind: u32,
     /// Seconds since the Unix epoch, rounded up (never early).
-    expires_s: u32,
+    pub(crate) expires_s: u32,
 }
 
 /// Set in [`Entry::len_and_kind`] for a receipt (records are below 1 MiB).
 const RECEIPT_BIT: u32 = 1 << 31;
 
 impl Entry {
-    fn payload_len(&self) -> u32 {
+    pub(crate) fn payload_len(&self) -> u32 {
         self.len_and_kind & !RECEIPT_BIT
     }
 
-    fn is_receipt(&self) -> bool {
+    pub(crate) fn is_receipt(&self) -> bool {
         self.len_and_kind & RECEIPT_BIT != 0
     }
 
@@ -213,19 +213,19 @@ fn message_record_len(recipients: usize, payload_len: u64) -> u64 {
 }
 
 #[derive(Debug)]
-struct Queue {
-    entries: VecDeque<Entry>,
-    next_seq: u64,
-    bytes: u64,
+pub(crate) struct Queue {
+    pub(crate) entries: VecDeque<Entry>,
+    pub(crate) next_seq: u64,
+    pub(crate) bytes: u64,
     /// Entries that are receipts (their own budget; `bytes` counts
     /// messages' payloads only).
-    receipts: usize,
+    pub(crate) receipts: usize,
     /// The expiry (s) this queue is filed under in [`Engine`]'s expiry
     /// heap: at most its earliest entry's (`u32::MAX`: not filed).
-    expiry_key: u32,
+    pub(crate) expiry_key: u32,
     /// Entries' expiries never decrease along the queue (one TTL, entries
     /// appended in order): the expired ones are then a prefix.
-    expiry_sorted: bool,
+    pub(crate) expiry_sorted: bool,
 }
 
 impl Default for Queue {
@@ -269,9 +269,9 @@ impl Queue {
 /// A message record referenced by several queue entries (fan-out). A
 /// record with one recipient needs none: its entry is its only reference.
 #[derive(Debug, Clone, Copy)]
-struct Shared {
-    refs: u32,
-    record_len: u32,
+pub(crate) struct Shared {
+    pub(crate) refs: u32,
+    pub(crate) record_len: u32,
 }
 
 /// A segment whose live records were copied forward: delete it once
@@ -290,40 +290,80 @@ pub struct Reclaimed {
 /// The queue engine of one shard.
 #[derive(Debug)]
 pub struct Engine {
-    config: EngineConfig,
-    log: Log,
-    queues: FxHashMap<DeviceRef, Queue>,
-    shared: FxHashMap<u64, Shared>,
+    pub(crate) config: EngineConfig,
+    pub(crate) log: Log,
+    pub(crate) queues: FxHashMap<DeviceRef, Queue>,
+    pub(crate) shared: FxHashMap<u64, Shared>,
     /// Message records still referenced.
-    live_records: usize,
-    windows: SenderWindows,
+    pub(crate) live_records: usize,
+    pub(crate) windows: SenderWindows,
     /// Queues by their earliest expiry (s): (key, device), earliest first;
     /// an entry whose key is no longer its queue's is skipped.
-    expiry: BinaryHeap<Reverse<(u32, DeviceRef)>>,
+    pub(crate) expiry: BinaryHeap<Reverse<(u32, DeviceRef)>>,
     /// Queues [`Engine::expire`] looked into, ever.
-    expiry_visits: u64,
+    pub(crate) expiry_visits: u64,
     /// Queues filed in `expiry` (their key is not `u32::MAX`); the heap is
     /// rebuilt when stale entries outnumber them.
-    expiry_filed: usize,
+    pub(crate) expiry_filed: usize,
     /// Group records by replay order.
-    group_records: std::collections::BTreeMap<u64, Vec<u8>>,
+    pub(crate) group_records: std::collections::BTreeMap<u64, Vec<u8>>,
     /// The latest device record of each device: (position, length).
-    device_records: FxHashMap<DeviceRef, (u64, u64)>,
+    pub(crate) device_records: FxHashMap<DeviceRef, (u64, u64)>,
     /// Bytes of records still needed: live messages, and device, group and
     /// dedup records (the latest copy of each).
-    live_bytes: u64,
-    recent: RecentPayloads,
+    pub(crate) live_bytes: u64,
+    pub(crate) recent: RecentPayloads,
 }
 
 impl Engine {
     /// Opens the log in `storage` and rebuilds the index from it as of
-    /// `now_ms` (dedup windows closed by then stay closed).
+    /// `now_ms` (dedup originals older than the backstop are forgotten):
+    /// from its checkpoint and the log after it when the checkpoint is
+    /// usable, else from the whole log (`recovery.rs`, rows 7–11).
     pub fn open(
         storage: &mut impl Storage,
         config: EngineConfig,
         now_ms: u64,
     ) -> Result<(Self, Recovered), RecoveryError> {
-        let mut engine = Self {
+        if let Some(opened) = Self::open_from_checkpoint(storage, config, now_ms)? {
+            return Ok(opened);
+        }
+        let mut engine = Self::empty(config);
+        let found = recover(storage, &config.log, |position, len, record| {
+            engine.apply(position, len, &record)
+        })?;
+        engine.resume(&found, now_ms);
+        Ok((engine, found))
+    }
+
+    /// Rows 8–11: the checkpoint and the log after it, or `None` (then the
+    /// whole log is replayed).
+    fn open_from_checkpoint(
+        storage: &mut impl Storage,
+        config: EngineConfig,
+        now_ms: u64,
+    ) -> Result<Option<(Self, Recovered)>, RecoveryError> {
+        let Some(bytes) = storage.read_checkpoint()? else {
+            return Ok(None);
+        };
+        let mut engine = Self::empty(config);
+        let Some(position) = engine.restore(&bytes) else {
+            return Ok(None); // torn (row 8)
+        };
+        drop(bytes);
+        let replay = crate::recovery::recover_from(storage, &config.log, position, |p, l, r| {
+            engine.apply(p, l, &r)
+        })?;
+        let Ok(mut found) = replay else {
+            return Ok(None); // stale or past the end (rows 9, 10)
+        };
+        found.checkpoint = Some(position);
+        engine.resume(&found, now_ms);
+        Ok(Some((engine, found)))
+    }
+
+    fn empty(config: EngineConfig) -> Self {
+        Self {
             config,
             log: Log::resume(config.log, Vec::new(), 0),
             queues: FxHashMap::default(),
@@ -337,13 +377,13 @@ impl Engine {
             device_records: FxHashMap::default(),
             live_bytes: 0,
             recent: RecentPayloads::new(config.payload_cache_bytes),
-        };
-        let found = recover(storage, &config.log, |position, len, record| {
-            engine.apply(position, len, &record)
-        })?;
-        engine.log = Log::resume(config.log, found.segments.clone(), found.head);
-        engine.windows.expire(now_ms);
-        Ok((engine, found))
+        }
+    }
+
+    /// After the replay: the log goes on where it ends.
+    fn resume(&mut self, found: &Recovered, now_ms: u64) {
+        self.log = Log::resume(self.config.log, found.segments.clone(), found.head);
+        self.windows.expire(now_ms);
     }
 
     // ---- changes ------------------------------------------------------------

@@ -10,6 +10,7 @@
 //! It must not know about sockets, TLS or the gateway's sessions, nor about
 //! the frame layout beyond the opaque payload bytes it stores.
 
+mod checkpoint;
 mod dedup;
 mod engine;
 pub mod log;

@@ -16,6 +16,15 @@
 //! | 4 | last segment: a bad record before its final torn window | `Corruption { segment, offset }`: refuse to open |
 //! | 5 | older segment: a bad or incomplete record anywhere | `Corruption { segment, offset }`: refuse to open |
 //! | 6 | a segment does not start where the previous one ends (missing or extra bytes between) | `Gap { expected, found }`: refuse to open |
+//! | 7 | no checkpoint | rows 1–6 over the whole log |
+//! | 8 | a checkpoint that is torn or not one (short, bad checksum, bad magic) | ignored: rows 1–6 over the whole log |
+//! | 9 | a stale checkpoint: the segment holding its position was reclaimed | ignored: rows 1–6 over the whole log |
+//! | 10 | a checkpoint past the log's end (its segment is shorter than its position, or gone at the end) | ignored: rows 1–6 over the whole log |
+//! | 11 | a checkpoint inside the log | its index is loaded; rows 2–6 from its position on (older segments are not read) |
+//!
+//! A checkpoint is only ever written once the log is durable past its
+//! position, so rows 9 and 10 mean the log was cut or reclaimed after it;
+//! the log is the truth and a full replay is always correct.
 //!
 //! A refused open loses nothing: the operator decides (restore, or accept
 //! the loss with a tool) and the gateway does not answer ✓ from a log it
@@ -66,6 +75,17 @@ pub struct Recovered {
     pub records: u64,
     /// A torn tail cut off (row 3): segment, offset, bytes dropped.
     pub truncated: Option<(u64, u64, u64)>,
+    /// The checkpoint loaded (row 11): the position replay started at.
+    pub checkpoint: Option<u64>,
+}
+
+/// Why a checkpoint's position cannot start a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unusable {
+    /// The segment holding it is gone (row 9).
+    Stale,
+    /// The log does not reach it (row 10).
+    PastTheEnd,
 }
 
 /// Scans `storage`, truncates a torn tail, and calls `apply` with every
@@ -73,14 +93,38 @@ pub struct Recovered {
 pub fn recover(
     storage: &mut impl Storage,
     config: &LogConfig,
-    mut apply: impl FnMut(u64, u64, Record<'_>),
+    apply: impl FnMut(u64, u64, Record<'_>),
 ) -> Result<Recovered, RecoveryError> {
-    let segments = storage.segments()?;
+    let first = storage.segments()?.first().copied().unwrap_or(0);
+    let found = recover_from(storage, config, first, apply)?;
+    Ok(found.expect("the log's own start is inside it"))
+}
+
+/// [`recover`] from log position `from` (a checkpoint's): segments that
+/// end before it are not read, and records before it in its segment are
+/// skipped. `Ok(Err(_))` when `from` cannot start a replay; nothing was
+/// applied or changed then.
+pub(crate) fn recover_from(
+    storage: &mut impl Storage,
+    config: &LogConfig,
+    from: u64,
+    mut apply: impl FnMut(u64, u64, Record<'_>),
+) -> Result<Result<Recovered, Unusable>, RecoveryError> {
+    let all = storage.segments()?;
+    let Some(k) = all.iter().rposition(|s| *s <= from) else {
+        // No segment at or before it: an empty log starts at `from` = 0.
+        return Ok(match all.is_empty() && from == 0 {
+            true => Ok(Recovered::default()),
+            false => Err(Unusable::Stale),
+        });
+    };
+    let segments = all[k..].to_vec();
     let mut found = Recovered {
-        segments: segments.clone(),
+        segments: all.clone(),
         ..Recovered::default()
     };
-    let mut expected = segments.first().copied().unwrap_or(0);
+    let mut expected = segments[0];
+    let mut skip = usize::try_from(from - segments[0]).expect("inside a segment");
     for (i, &start) in segments.iter().enumerate() {
         if start != expected {
             return Err(RecoveryError::Gap {
@@ -89,7 +133,17 @@ pub fn recover(
             });
         }
         let data = storage.read(start)?;
-        let (valid, bad) = scan(&data, start, &mut apply, &mut found.records);
+        if skip > data.len() {
+            return Ok(Err(Unusable::PastTheEnd));
+        }
+        let (tail, bad) = scan(
+            &data[skip..],
+            start + skip as u64,
+            &mut apply,
+            &mut found.records,
+        );
+        let valid = skip + tail;
+        skip = 0;
         if let Some(error) = bad {
             let last = i + 1 == segments.len();
             let torn = last && (data.len() - valid) as u64 <= config.torn_window();
@@ -106,7 +160,7 @@ pub fn recover(
         expected = start + valid as u64;
     }
     found.head = expected;
-    Ok(found)
+    Ok(Ok(found))
 }
 
 /// Replays the valid prefix of one segment; returns its length and the

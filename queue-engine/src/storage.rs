@@ -30,6 +30,15 @@ pub trait Storage {
     fn truncate(&mut self, start: u64, len: u64) -> io::Result<()>;
     /// Deletes segment `start`, durably.
     fn remove(&mut self, start: u64) -> io::Result<()>;
+    /// The checkpoint last written, if any (its bytes are checked by the
+    /// engine, so a torn one is harmless).
+    fn read_checkpoint(&self) -> io::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// Replaces the checkpoint with `bytes`, atomically and durably.
+    fn write_checkpoint(&mut self, _bytes: &[u8]) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// One storage shared by several owners of one thread (a simulated shard's
@@ -58,6 +67,12 @@ impl<S: Storage> Storage for std::rc::Rc<std::cell::RefCell<S>> {
     }
     fn remove(&mut self, start: u64) -> io::Result<()> {
         self.borrow_mut().remove(start)
+    }
+    fn read_checkpoint(&self) -> io::Result<Option<Vec<u8>>> {
+        self.borrow().read_checkpoint()
+    }
+    fn write_checkpoint(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.borrow_mut().write_checkpoint(bytes)
     }
 }
 
@@ -159,7 +174,29 @@ impl Storage for FsStorage {
         std::fs::remove_file(self.path(start))?;
         self.sync_dir()
     }
+
+    fn read_checkpoint(&self) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(self.dir.join(CHECKPOINT_FILE)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Written to a temporary file, fsynced, renamed over the old one and
+    /// the directory fsynced: a crash leaves the old or the new, whole.
+    fn write_checkpoint(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+        let mut file = File::create(&tmp)?;
+        io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(CHECKPOINT_FILE))?;
+        self.sync_dir()
+    }
 }
+
+/// The checkpoint's file name in [`FsStorage`]'s directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint";
 
 /// A small deterministic generator (splitmix64) so simulations reproduce
 /// from their seed alone.
@@ -223,6 +260,8 @@ pub enum SimOp {
 #[derive(Debug, Clone)]
 pub struct SimDisk {
     segments: BTreeMap<u64, SimSegment>,
+    /// The checkpoint file (tests may put any bytes there).
+    pub checkpoint: Option<Vec<u8>>,
     rng: SimRng,
     failing: std::cell::RefCell<Vec<SimOp>>,
     /// Bytes written, syncs done (for the tests' accounting).
@@ -245,6 +284,7 @@ impl SimDisk {
     pub fn new(seed: u64) -> Self {
         Self {
             segments: BTreeMap::new(),
+            checkpoint: None,
             rng: SimRng::new(seed),
             failing: std::cell::RefCell::new(Vec::new()),
             stats: SimStats::default(),
@@ -376,6 +416,16 @@ impl Storage for SimDisk {
             .remove(&start)
             .map(|_| ())
             .ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
+
+    fn read_checkpoint(&self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.checkpoint.clone())
+    }
+
+    /// Atomic and durable at once (a rename over the old one).
+    fn write_checkpoint(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.checkpoint = Some(bytes.to_vec());
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Deterministic simulation: a seeded driver runs random steps (appends,
-//! retries, acks, expiry, partial flushes, crashes with torn writes) against
+//! retries, acks, expiry, partial flushes, checkpoints (written once
+//! durable, as a shell must), crashes with torn writes) against
 //! the simulated disk, and after every recovery checks the promises:
 //!
 //! * every append that was reported durable is present, unless it was
@@ -70,6 +71,10 @@ struct Sim {
     /// The segment of a flush written but not yet synced.
     unsynced: Option<u64>,
     crashes: u64,
+    /// A checkpoint taken, written once the log is durable past it.
+    pending_checkpoint: Option<(u64, Vec<u8>)>,
+    /// Recoveries that started from a checkpoint.
+    from_checkpoint: u64,
 }
 
 impl Sim {
@@ -101,6 +106,8 @@ impl Sim {
             sent: BTreeMap::new(),
             unsynced: None,
             crashes: 0,
+            pending_checkpoint: None,
+            from_checkpoint: 0,
         }
     }
 
@@ -116,6 +123,10 @@ impl Sim {
             75..80 => self.expire(),
             80..82 => self.crash_and_check(),
             82..84 => self.reclaim(),
+            84..86 => {
+                self.pending_checkpoint = Some(self.engine.checkpoint());
+                self.write_due_checkpoint();
+            }
             _ => self.now_ms += self.rng.below(50),
         }
     }
@@ -235,7 +246,15 @@ impl Sim {
         self.mark_durable();
     }
 
+    fn write_due_checkpoint(&mut self) {
+        let durable = self.engine.durable();
+        if let Some((_, bytes)) = self.pending_checkpoint.take_if(|(p, _)| *p <= durable) {
+            self.disk.write_checkpoint(&bytes).unwrap();
+        }
+    }
+
     fn mark_durable(&mut self) {
+        self.write_due_checkpoint();
         let durable = self.engine.durable();
         for e in self.entries.values_mut() {
             e.durable |= e.position < durable;
@@ -282,10 +301,12 @@ impl Sim {
     fn crash_and_check(&mut self) {
         self.disk.crash();
         self.crashes += 1;
-        let (engine, _) = Engine::open(&mut self.disk, self.config, self.now_ms)
+        let (engine, found) = Engine::open(&mut self.disk, self.config, self.now_ms)
             .expect("a torn tail is not corruption");
+        self.from_checkpoint += u64::from(found.checkpoint.is_some());
         self.engine = engine;
         self.unsynced = None;
+        self.pending_checkpoint = None; // the process that took it died
         self.check_after_recovery();
     }
 
@@ -425,13 +446,18 @@ fn smoke() {
         run(seed.parse().unwrap(), env("SIM_STEPS", 20_000));
         return;
     }
-    let (mut crashes, mut torn, mut deleted) = (0, 0, 0);
+    let (mut crashes, mut torn, mut deleted, mut from_checkpoint) = (0, 0, 0, 0);
     for seed in 0..24 {
         let sim = run(seed, 4_000);
         crashes += sim.crashes;
         torn += sim.disk.stats.torn;
         deleted += sim.engine.log().segments()[0];
+        from_checkpoint += sim.from_checkpoint;
     }
+    assert!(
+        from_checkpoint > 100,
+        "and recovers from checkpoints: {from_checkpoint}"
+    );
     assert!(crashes > 1_000, "the smoke crashes often: {crashes}");
     assert!(torn > 100, "and tears writes: {torn}");
     assert!(deleted > 0, "and reclaims segments");
