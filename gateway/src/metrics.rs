@@ -63,6 +63,8 @@ pub struct Metrics {
     queued_messages: Gauges,
     log_bytes: Gauges,
     live_bytes: Gauges,
+    recovery_records: Gauges,
+    recovery_from_checkpoint: Gauges,
     batch_bytes: Histograms,
     fdatasync_seconds: Histograms,
 }
@@ -104,6 +106,8 @@ impl Metrics {
             queued_messages: Gauges::default(),
             log_bytes: Gauges::default(),
             live_bytes: Gauges::default(),
+            recovery_records: Gauges::default(),
+            recovery_from_checkpoint: Gauges::default(),
             batch_bytes: Histograms::new_with_constructor(bytes_buckets),
             fdatasync_seconds: Histograms::new_with_constructor(seconds_buckets),
             registry: Registry::default(),
@@ -179,6 +183,16 @@ impl Metrics {
             m.log_bytes.clone(),
         );
         r.register(
+            "recovery_records",
+            "Log records replayed when the shard started",
+            m.recovery_records.clone(),
+        );
+        r.register(
+            "recovery_from_checkpoint",
+            "1 if the shard started from its checkpoint, 0 if from the whole log",
+            m.recovery_from_checkpoint.clone(),
+        );
+        r.register(
             "live_bytes",
             "Bytes of the log's records still needed (reclaim keeps log_bytes within 2 x this + 2 segments)",
             m.live_bytes.clone(),
@@ -212,6 +226,16 @@ impl Metrics {
     /// A connection on `shard` ended in a TLS error.
     pub fn tls_error(&self, shard: u16) {
         self.tls_errors.get_or_create(&ShardLabel { shard }).inc();
+    }
+
+    /// How the shard's start went: records replayed, and whether from a
+    /// checkpoint.
+    pub fn recovered(&self, shard: u16, records: u64, from_checkpoint: bool) {
+        let l = ShardLabel { shard };
+        let records = i64::try_from(records).unwrap_or(i64::MAX);
+        self.recovery_records.get_or_create(&l).set(records);
+        let from = i64::from(from_checkpoint);
+        self.recovery_from_checkpoint.get_or_create(&l).set(from);
     }
 
     /// A connection put off a read because `budget` was spent.

@@ -203,6 +203,8 @@ struct Shard {
     /// Batches the mesh holds for other shards' full rings (the exchange
     /// task's count, for the budget).
     peer_held: Cell<usize>,
+    /// The position of the last checkpoint written (or loaded).
+    checkpoint_at: Cell<Option<u64>>,
     /// Connections that did not read because a budget was spent; woken
     /// when none is.
     paused: RefCell<rustc_hash::FxHashSet<ConnId>>,
@@ -278,13 +280,17 @@ async fn run_shard(
     info!(shard = id.0, "recovering the log in {}", dir.display());
     let mut storage = FsStorage::open(&dir)?;
     let started = Instant::now();
-    let (engine, _) = Engine::open(&mut storage, spec.engine, crate::clock::wall_ms())
+    let (engine, found) = Engine::open(&mut storage, spec.engine, crate::clock::wall_ms())
         .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?;
     drop(storage); // its open files would keep reclaimed segments' space
+    let from_checkpoint = found.checkpoint.is_some();
+    spec.metrics.recovered(id.0, found.records, from_checkpoint);
     info!(
         shard = id.0,
         devices = engine.devices().count(),
         live_messages = engine.live_messages(),
+        checkpoint = ?found.checkpoint,
+        records_replayed = found.records,
         "log recovered in {:?}",
         started.elapsed()
     );
@@ -304,6 +310,7 @@ async fn run_shard(
         timer: Notify::default(),
         timer_at: Cell::new(u64::MAX),
         peer_held: Cell::new(0),
+        checkpoint_at: Cell::new(found.checkpoint),
         paused: RefCell::new(rustc_hash::FxHashSet::default()),
     });
     glommio::spawn_local(exchange(shard.clone(), end)).detach();
@@ -383,6 +390,9 @@ async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
 async fn reclaimer(shard: Rc<Shard>, dir: PathBuf) {
     loop {
         glommio::timer::sleep(RECLAIM_CHECK).await;
+        if checkpoint_due(&shard) {
+            write_checkpoint(&shard, &dir).await;
+        }
         loop {
             // (No borrow of the core may live across the awaits below.)
             let due = shard.core.borrow().reclaim_due();
@@ -412,8 +422,22 @@ async fn reclaim_one(shard: &Shard, dir: &std::path::Path, segment: u64) -> std:
     let after = shard.core.borrow_mut().reclaim_finish(segment, state);
     drop(bytes);
     shard.kick(); // the flusher writes the copies
-    while shard.core.borrow().engine().durable() < after {
-        glommio::timer::sleep(Duration::from_millis(2)).await;
+    wait_durable(shard, after).await;
+    // A checkpoint inside the segment would be stale once it is gone.
+    let next = shard
+        .core
+        .borrow()
+        .engine()
+        .log()
+        .segments()
+        .get(1)
+        .copied();
+    if shard
+        .checkpoint_at
+        .get()
+        .is_none_or(|p| next.is_some_and(|n| p < n))
+    {
+        write_checkpoint(shard, dir).await;
     }
     crate::uring_log::delete_segment(dir.to_owned(), segment).await?;
     shard.core.borrow_mut().segment_deleted(segment);
@@ -425,6 +449,55 @@ async fn reclaim_one(shard: &Shard, dir: &std::path::Path, segment: u64) -> std:
         started.elapsed()
     );
     Ok(())
+}
+
+/// Waits until the log is durable below `position`.
+async fn wait_durable(shard: &Shard, position: u64) {
+    while shard.core.borrow().engine().durable() < position {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Whether the log grew a segment's worth since the last checkpoint (or
+/// the shard drains with anything after it): restart replays only what
+/// follows the checkpoint.
+fn checkpoint_due(shard: &Shard) -> bool {
+    let head = shard.core.borrow().engine().log().head();
+    let last = shard.checkpoint_at.get().unwrap_or(0);
+    let draining = shard.spec.control.drain.load(Ordering::SeqCst);
+    head >= last + shard.spec.engine.log.segment_bytes_max || (draining && head > last)
+}
+
+/// Takes a checkpoint of the index (a pass over it, on the executor),
+/// waits until the log is durable past it and writes it on the blocking
+/// pool. A failure is logged, not fatal: the log stays the truth and a
+/// restart then replays more of it.
+async fn write_checkpoint(shard: &Shard, dir: &std::path::Path) {
+    let started = Instant::now();
+    let (position, bytes) = shard.core.borrow().engine().checkpoint();
+    let len = bytes.len();
+    shard.kick();
+    wait_durable(shard, position).await;
+    let dir = dir.to_owned();
+    let written = glommio::executor()
+        .spawn_blocking(move || {
+            use queue_engine::Storage;
+            FsStorage::open(dir)?.write_checkpoint(&bytes)
+        })
+        .await;
+    match written {
+        Ok(()) => {
+            shard.checkpoint_at.set(Some(position));
+            debug!(
+                shard = shard.id,
+                position,
+                len,
+                "checkpoint in {:?}",
+                started.elapsed()
+            );
+        }
+        Err(e) => warn!(shard = shard.id, "checkpoint not written: {e}"),
+    }
 }
 
 async fn ticker(shard: Rc<Shard>) {
@@ -456,6 +529,9 @@ async fn ticker(shard: Rc<Shard>) {
         if let Some(deadline) = drain_deadline
             && (conns == 0 || Instant::now() >= deadline)
         {
+            // A planned restart starts from here, replaying nothing.
+            let dir = shard.spec.data_dir.join(format!("shard-{}", shard.id));
+            write_checkpoint(&shard, &dir).await;
             control.drained.fetch_add(1, Ordering::SeqCst);
             return;
         }

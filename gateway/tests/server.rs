@@ -599,3 +599,53 @@ fn reclaim_runs_inside_the_server_and_the_log_stays_bounded() {
         assert_eq!(backlog, 0, "every message was acked, none came back");
     });
 }
+
+#[test]
+fn a_drained_gateway_leaves_a_checkpoint_and_restarts_from_it() {
+    let dir = temp_dir("e2e-checkpoint");
+    let gw = Gateway::start(&dir, &["--drain-timeout-ms", "300"]);
+    let mut gw = run(async move || {
+        drop(gw.login(2, 0, 0).await); // bob exists, offline
+        let (mut alice, _) = gw.login(1, 0, 0).await;
+        for i in 0..20 {
+            alice.core().send(user_address(2), 0, payload_of(i));
+        }
+        alice.flush().await.unwrap();
+        let mut acked = 0;
+        while acked < 20 {
+            if let ClientEvent::Acked { .. } = next(&mut alice).await {
+                acked += 1;
+            }
+        }
+        assert_eq!(gw.admin("POST", "/drain").0, 202);
+        gw
+    });
+    assert!(gw.child.wait().unwrap().success());
+    let checkpoints: Vec<_> = ["shard-0", "shard-1"]
+        .iter()
+        .map(|s| dir.join(s).join(queue_engine::CHECKPOINT_FILE))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(
+        checkpoints.len(),
+        2,
+        "each shard wrote one at the end of its drain"
+    );
+    gw.restart();
+    let body = gw.metrics_when(|m| metric(m, "gateway_recovery_from_checkpoint") == 2);
+    assert_eq!(
+        metric(&body, "gateway_recovery_records"),
+        0,
+        "nothing after it"
+    );
+    run(async move || {
+        let (mut bob, backlog) = gw.login(2, 0, 0).await;
+        assert_eq!(backlog, 20, "the queue came back from the checkpoint");
+        for i in 0..20 {
+            match next(&mut bob).await {
+                ClientEvent::Message { payload, .. } => assert_eq!(payload, payload_of(i)),
+                other => panic!("expected message {i}, got {other:?}"),
+            }
+        }
+    });
+}
