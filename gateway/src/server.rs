@@ -514,16 +514,16 @@ async fn ticker(shard: Rc<Shard>) {
             info!(shard = shard.id, "draining");
         }
         shard.kick();
-        let core = shard.core.borrow();
-        let stats = core.stats().clone();
-        let gauges = [
-            core.conns() as u64,
-            core.engine().live_messages() as u64,
-            core.engine().log_bytes(),
-            core.engine().live_bytes(),
-        ];
-        let conns = core.conns();
-        drop(core);
+        let (stats, gauges, conns) = {
+            let core = shard.core.borrow();
+            let gauges = [
+                core.conns() as u64,
+                core.engine().live_messages() as u64,
+                core.engine().log_bytes(),
+                core.engine().live_bytes(),
+            ];
+            (core.stats().clone(), gauges, core.conns())
+        };
         shard.spec.metrics.publish(shard.id, &stats, &last, gauges);
         last = stats;
         if let Some(deadline) = drain_deadline
