@@ -13,7 +13,6 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use bytes::Bytes;
@@ -21,7 +20,7 @@ use client::{ClientCore, ClientEvent};
 use gateway::clock::Now;
 use gateway::shard::{ShardConfig, ShardCore};
 use gateway::token::{SigningKey, Verifier};
-use queue_engine::{Engine, EngineConfig, Storage, write_flush};
+use queue_engine::{Engine, EngineConfig, NullStorage, write_flush};
 use shard_router::{ConnId, Placement, RouterConfig, RouterCore, ShardId};
 use wire_format::user_address;
 
@@ -55,46 +54,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Storage that keeps nothing; a read back fails (the shard would stop),
-/// so the test also shows every record was served from memory.
-#[derive(Default)]
-struct Discard(Vec<u64>);
-
-impl Storage for Discard {
-    fn segments(&self) -> io::Result<Vec<u64>> {
-        Ok(self.0.clone())
-    }
-    fn read(&self, _: u64) -> io::Result<Vec<u8>> {
-        Err(io::Error::other("discarded"))
-    }
-    fn read_at(&self, _: u64, _: u64, _: &mut [u8]) -> io::Result<()> {
-        Err(io::Error::other("discarded"))
-    }
-    fn create(&mut self, start: u64) -> io::Result<()> {
-        self.0.push(start);
-        Ok(())
-    }
-    fn write(&mut self, _: u64, _: u64, _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-    fn sync(&mut self, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-    fn truncate(&mut self, _: u64, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-    fn remove(&mut self, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 const T0: u64 = 1_767_225_600_000;
 const ALICE: usize = 0;
 
 /// One shard, its disk and two connected clients (alice → bob).
 struct Net {
-    core: ShardCore<Discard>,
-    disk: Discard,
+    core: ShardCore<NullStorage>,
+    disk: NullStorage,
     verifier: Verifier,
     clients: Vec<(ClientCore, ConnId)>,
     now: u64,
@@ -106,7 +72,7 @@ impl Net {
     fn new() -> Self {
         let (key, _) = SigningKey::generate(1);
         let verifier = Verifier::new([(1, key.public_key())]);
-        let mut disk = Discard::default();
+        let mut disk = NullStorage::default();
         // The recent-payload cache is a fixed ring: small, so the warm-up
         // fills it (what passes through it is the in-flight window).
         let engine_config = EngineConfig {
@@ -125,7 +91,7 @@ impl Net {
         config.session.send_bytes_per_s = u32::MAX;
         // The clock jumps an hour at a time: no idle timeout either.
         config.session.idle_timeout_ms = 10 * 24 * 3_600_000;
-        let core = ShardCore::new(router, engine, Discard::default(), config);
+        let core = ShardCore::new(router, engine, NullStorage::default(), config);
         let mut net = Self {
             core,
             disk,

@@ -26,5 +26,7 @@ pub use engine::{
 pub use log::{Flush, Log, LogConfig};
 pub use record::DeviceRef;
 pub use recovery::{Recovered, RecoveryError};
-pub use storage::{CHECKPOINT_FILE, FsStorage, SimDisk, SimOp, SimRng, Storage, segment_file_name};
+pub use storage::{
+    CHECKPOINT_FILE, FsStorage, NullStorage, SimDisk, SimOp, SimRng, Storage, segment_file_name,
+};
 pub mod storage;

@@ -195,6 +195,39 @@ impl Storage for FsStorage {
     }
 }
 
+/// Storage that keeps nothing (for measuring the engine's own memory and
+/// CPU): writes vanish, reads fail, so a test that reads back notices.
+#[derive(Debug, Default)]
+pub struct NullStorage(Vec<u64>);
+
+impl Storage for NullStorage {
+    fn segments(&self) -> io::Result<Vec<u64>> {
+        Ok(self.0.clone())
+    }
+    fn read(&self, _: u64) -> io::Result<Vec<u8>> {
+        Err(io::Error::other("a NullStorage keeps nothing"))
+    }
+    fn read_at(&self, _: u64, _: u64, _: &mut [u8]) -> io::Result<()> {
+        Err(io::Error::other("a NullStorage keeps nothing"))
+    }
+    fn create(&mut self, start: u64) -> io::Result<()> {
+        self.0.push(start);
+        Ok(())
+    }
+    fn write(&mut self, _: u64, _: u64, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn sync(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn truncate(&mut self, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn remove(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The checkpoint's file name in [`FsStorage`]'s directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 

@@ -10,7 +10,6 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use queue_engine::*;
@@ -45,38 +44,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Storage that keeps nothing: only the engine's own memory is counted.
-#[derive(Default)]
-struct Discard(Vec<u64>);
-
-impl Storage for Discard {
-    fn segments(&self) -> io::Result<Vec<u64>> {
-        Ok(self.0.clone())
-    }
-    fn read(&self, _: u64) -> io::Result<Vec<u8>> {
-        Ok(Vec::new())
-    }
-    fn read_at(&self, _: u64, _: u64, _: &mut [u8]) -> io::Result<()> {
-        Ok(())
-    }
-    fn create(&mut self, start: u64) -> io::Result<()> {
-        self.0.push(start);
-        Ok(())
-    }
-    fn write(&mut self, _: u64, _: u64, _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-    fn sync(&mut self, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-    fn truncate(&mut self, _: u64, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-    fn remove(&mut self, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 const DEVICES: u64 = 2_000;
 const PER_DEVICE: u64 = 100;
 const SENDERS: u64 = 97;
@@ -87,7 +54,7 @@ fn live() -> isize {
 
 #[test]
 fn bytes_per_queued_message() {
-    let mut disk = Discard::default();
+    let mut disk = NullStorage::default();
     // The payload cache is one fixed ring, not a cost per message.
     let config = EngineConfig {
         queue_messages_max: 1_000,
