@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Restart time with a large live state: fills DEVICES offline queues with
+# MESSAGES each (`loadgen offline`, stopped before its reconnect storm
+# drains them), SIGKILLs the gateway, and times three starts on that data
+# directory: from the checkpoint the gateway wrote, from the whole log (the
+# checkpoint files moved aside), and from the checkpoint again.
+#
+#   benchmarks/restart.sh                      # 2,000 devices x 1,000
+#   DEVICES=500 MESSAGES=4000 benchmarks/restart.sh
+#
+# Knobs (environment): DEVICES (2000), MESSAGES (1000), SHARDS (2), BIN
+# (directory holding gateway and loadgen; default: build them), WORK (a
+# directory for data and logs; default: a fresh temporary one).
+set -euo pipefail
+
+DEVICES=${DEVICES:-2000}
+MESSAGES=${MESSAGES:-1000}
+SHARDS=${SHARDS:-2}
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -z "${BIN:-}" ]]; then
+    cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p gateway -p loadgen
+    BIN="$root/target/release"
+fi
+WORK=${WORK:-$(mktemp -d -t restart.XXXXXX)}
+mkdir -p "$WORK"
+data="$WORK/data"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+admin=$(free_port)
+gw=""
+loadgen=""
+cleanup() {
+    [[ -n "$loadgen" ]] && kill -9 "$loadgen" 2>/dev/null || true
+    [[ -n "$gw" ]] && kill -9 "$gw" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# Starts the gateway; sets `took` to the seconds until its `ready` line.
+start_gateway() {
+    : >"$WORK/gateway.out"
+    local t0
+    t0=$(date +%s.%N)
+    RUST_LOG=${RUST_LOG:-warn} "$BIN/gateway" serve --shards "$SHARDS" \
+        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+        --data-dir "$data" --sends-per-s 1000000 --send-bytes-per-s 1000000000 \
+        >"$WORK/gateway.out" 2>>"$WORK/gateway.err" &
+    gw=$!
+    until grep -q '^ready' "$WORK/gateway.out"; do
+        kill -0 "$gw" 2>/dev/null || { echo "gateway exited; see $WORK/gateway.err" >&2; exit 1; }
+        sleep 0.01
+    done
+    took=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$(date +%s.%N)")
+}
+
+metric() {
+    curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" |
+        awk -v k="$1" '$1 ~ "^"k"({|$)" {s += $2} END {printf "%d", s}'
+}
+
+kill_gateway() {
+    kill -9 "$gw"
+    wait "$gw" 2>/dev/null || true
+    gw=""
+}
+
+start_gateway
+target=$((DEVICES * MESSAGES * 95 / 100))
+"$BIN/loadgen" --addr "127.0.0.1:$port" --data-dir "$data" --out "$WORK/fill" --quiet \
+    --threads 2 offline --devices "$DEVICES" --messages "$MESSAGES" \
+    >"$WORK/loadgen.out" 2>"$WORK/loadgen.err" &
+loadgen=$!
+for _ in $(seq 1 3000); do
+    [[ $(metric gateway_queued_messages) -ge $target ]] && break
+    sleep 0.1
+done
+queued=$(metric gateway_queued_messages)
+kill -9 "$loadgen" 2>/dev/null || true
+wait "$loadgen" 2>/dev/null || true
+loadgen=""
+sleep 1 # a checkpoint for the last segment may be on its way
+live=$(metric gateway_live_bytes)
+kill_gateway
+bytes=$(du -sb "$data" | cut -f1)
+echo "filled: $queued messages queued, live $((live >> 20)) MiB, data/ $((bytes >> 20)) MiB"
+
+start_gateway
+echo "restart from the checkpoint: $took s ($(metric gateway_recovery_records) records replayed)"
+kill_gateway
+mkdir -p "$WORK/aside"
+for f in "$data"/shard-*/checkpoint; do
+    [[ -e "$f" ]] && mv "$f" "$WORK/aside/$(basename "$(dirname "$f")").checkpoint"
+done
+start_gateway
+echo "restart replaying the whole log: $took s ($(metric gateway_recovery_records) records replayed)"
+sleep 2 # it writes a checkpoint of what it replayed
+kill_gateway
+start_gateway
+echo "restart from the checkpoint it wrote since: $took s ($(metric gateway_recovery_records) records replayed)"
+kill_gateway
+echo "files in $WORK"
