@@ -10,9 +10,17 @@
 //!   with its checkpoint, and with the whole log replayed (the ratio is the
 //!   restart speed-up; the replayed part is what follows the checkpoint);
 //! * `reclaim_slice_4096_records`: one slice of a reclaim's copying (the
-//!   server yields between slices).
+//!   server yields between slices);
+//! * `worst_insert_{plain,split}_map_4M`: the longest single insert while
+//!   filling a map to 4 M entries of 64 bytes (the size of the shard's
+//!   per-record meta): a plain `FxHashMap`, whose last doubling rehashes
+//!   everything at once, against the `SplitMap` the index uses (reported
+//!   as the time per iteration: the worst insert of each fill).
+
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use queue_engine::split_map::SplitMap;
 use queue_engine::{
     DeviceRef, Engine, EngineConfig, LogConfig, NewMessage, ReclaimState, SimDisk, Storage,
     flush_all, reclaim_scan,
@@ -117,7 +125,44 @@ fn steady(c: &mut Criterion) {
             criterion::BatchSize::PerIteration,
         )
     });
+    worst_insert(&mut group);
     group.finish();
+}
+
+type Value = [u64; 7];
+
+/// The longest single insert of filling a map to 4 M entries.
+fn worst_insert(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    const N: u64 = 4_000_000;
+    fn worst(mut insert: impl FnMut(u64)) -> Duration {
+        let mut worst = Duration::ZERO;
+        for k in 0..N {
+            let t = Instant::now();
+            insert(k << 8);
+            worst = worst.max(t.elapsed());
+        }
+        worst
+    }
+    group.bench_function("worst_insert_plain_map_4M", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let mut m: rustc_hash::FxHashMap<u64, Value> = Default::default();
+                    worst(|k| drop(m.insert(k, [k; 7])))
+                })
+                .sum()
+        })
+    });
+    group.bench_function("worst_insert_split_map_4M", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let mut m: SplitMap<u64, Value> = Default::default();
+                    worst(|k| drop(m.insert(k, [k; 7])))
+                })
+                .sum()
+        })
+    });
 }
 
 criterion_group!(benches, steady);

@@ -89,7 +89,7 @@ impl Engine {
             w.u64(v);
         }
         w.len(self.queues.len());
-        for (device, q) in &self.queues {
+        for (device, q) in self.queues.iter() {
             w.device(*device);
             w.u64(q.next_seq);
             w.len(q.entries.len());
@@ -101,7 +101,7 @@ impl Engine {
             }
         }
         w.len(self.shared.len());
-        for (position, s) in &self.shared {
+        for (position, s) in self.shared.iter() {
             w.u64(*position);
             w.u32(s.refs);
             w.u32(s.record_len);
@@ -127,7 +127,7 @@ impl Engine {
     fn put_windows(&self, w: &mut W) {
         let windows = &self.windows.windows;
         w.len(windows.len());
-        for (device, window) in windows {
+        for (device, window) in windows.iter() {
             w.device(*device);
             for v in [window.high, window.bits, window.record_at] {
                 w.u64(v);

@@ -32,6 +32,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use crate::record::{DeviceRef, WindowRecord};
+use crate::split_map::SplitMap;
 
 /// Ids per device inside the dedup window (the bit map's width).
 pub const DEDUP_WINDOW: u64 = 64;
@@ -134,7 +135,7 @@ pub(crate) struct Known {
 /// Every sender device's window, and the originals of recent ids.
 #[derive(Debug, Default)]
 pub struct SenderWindows {
-    pub(crate) windows: FxHashMap<DeviceRef, Window>,
+    pub(crate) windows: SplitMap<DeviceRef, Window>,
     /// Per device with recent ids, oldest first.
     pub(crate) known: FxHashMap<DeviceRef, VecDeque<Known>>,
     /// (accepted_ms of a device's oldest known id, device), oldest first:

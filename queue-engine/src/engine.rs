@@ -36,6 +36,7 @@ use crate::record::{
     WindowRecord,
 };
 use crate::recovery::{Recovered, RecoveryError, recover};
+use crate::split_map::SplitMap;
 use crate::storage::Storage;
 
 /// 30 days, the default and largest TTL.
@@ -292,8 +293,8 @@ pub struct Reclaimed {
 pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) log: Log,
-    pub(crate) queues: FxHashMap<DeviceRef, Queue>,
-    pub(crate) shared: FxHashMap<u64, Shared>,
+    pub(crate) queues: SplitMap<DeviceRef, Queue>,
+    pub(crate) shared: SplitMap<u64, Shared>,
     /// Message records still referenced.
     pub(crate) live_records: usize,
     pub(crate) windows: SenderWindows,
@@ -366,8 +367,8 @@ impl Engine {
         Self {
             config,
             log: Log::resume(config.log, Vec::new(), 0),
-            queues: FxHashMap::default(),
-            shared: FxHashMap::default(),
+            queues: SplitMap::default(),
+            shared: SplitMap::default(),
             live_records: 0,
             windows: SenderWindows::new(config.dedup_ids_ms),
             expiry: BinaryHeap::new(),

@@ -59,6 +59,7 @@ mod time;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
+use queue_engine::split_map::SplitMap;
 use queue_engine::{DeviceRef, Engine, Flush, ReclaimState, Storage};
 use rustc_hash::FxHashMap;
 use shard_router::{
@@ -269,7 +270,8 @@ pub struct ShardCore<S> {
     ready: Vec<ConnId>,
     devices: FxHashMap<UserId, Vec<DeviceId>>,
     cursors: FxHashMap<DeviceKey, Cursor>,
-    meta: FxHashMap<u64, Meta>,
+    /// Per live record; split so its growth never stalls the shard.
+    meta: SplitMap<u64, Meta>,
     waiting: VecDeque<(u64, Waiting)>,
     /// Per device, in order, acks whose receipts are not all durable yet.
     acks: FxHashMap<DeviceKey, VecDeque<PendingAck>>,
@@ -345,7 +347,7 @@ impl<S: Storage> ShardCore<S> {
             ready: Vec::new(),
             devices,
             cursors: FxHashMap::default(),
-            meta: FxHashMap::default(),
+            meta: SplitMap::default(),
             waiting: VecDeque::new(),
             acks: FxHashMap::default(),
             next_ack: 1,
