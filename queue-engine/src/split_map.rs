@@ -35,7 +35,8 @@ impl<K: Hash + Eq, V> SplitMap<K, V> {
         let hash = FxBuildHasher.hash_one(key);
         // A multiplicative mix; the top bits pick the part.
         let mixed = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (mixed >> (64 - PARTS.trailing_zeros())) as usize
+        let part = mixed >> (64 - PARTS.trailing_zeros());
+        usize::try_from(part).expect("below PARTS")
     }
 
     /// The value of `key`.
