@@ -148,7 +148,9 @@ fn worst_insert(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement
             (0..iters)
                 .map(|_| {
                     let mut m: rustc_hash::FxHashMap<u64, Value> = Default::default();
-                    worst(|k| drop(m.insert(k, [k; 7])))
+                    worst(|k| {
+                        m.insert(k, [k; 7]);
+                    })
                 })
                 .sum()
         })
@@ -158,7 +160,9 @@ fn worst_insert(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement
             (0..iters)
                 .map(|_| {
                     let mut m: SplitMap<u64, Value> = Default::default();
-                    worst(|k| drop(m.insert(k, [k; 7])))
+                    worst(|k| {
+                        m.insert(k, [k; 7]);
+                    })
                 })
                 .sum()
         })
