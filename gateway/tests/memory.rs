@@ -8,13 +8,6 @@
 //! A single real `ShardCore` on a storage that keeps nothing (so the log's
 //! bytes are not counted) with two `ClientCore`s, on virtual time.
 
-// A counting global allocator needs `unsafe impl GlobalAlloc`; it forwards
-// every call to the system allocator unchanged.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
 use bytes::Bytes;
 use client::{ClientCore, ClientEvent};
 use gateway::clock::Now;
@@ -22,37 +15,11 @@ use gateway::shard::{ShardConfig, ShardCore};
 use gateway::token::{SigningKey, Verifier};
 use queue_engine::{Engine, EngineConfig, NullStorage, write_flush};
 use shard_router::{ConnId, Placement, RouterConfig, RouterCore, ShardId};
+use testkit::live;
 use wire_format::user_address;
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every method forwards to `System` with the same arguments; the
-// counter only observes sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: forwarded unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: testkit::Counting = testkit::Counting;
 
 const T0: u64 = 1_767_225_600_000;
 const ALICE: usize = 0;
@@ -196,10 +163,6 @@ impl Net {
         self.core.handle_timeout(now);
         self.settle();
     }
-}
-
-fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
 }
 
 #[test]

@@ -1,48 +1,16 @@
 //! Memory of the in-memory index, measured with a counting allocator
 //! (deterministic, unlike time): bytes per queued message for the queues and
-//! record references, and bytes per message for the dedup window, which
-//! lasts the TTL whether or not the message is still queued.
+//! record references, and the dedup state per sender device once its
+//! messages are acked (its last originals, then past the backstop only its
+//! window).
 //!
 //! `cargo test -p queue-engine --test memory -- --nocapture` prints them.
 
-// A counting global allocator needs `unsafe impl GlobalAlloc`; it forwards
-// every call to the system allocator unchanged.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
 use queue_engine::*;
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every method forwards to `System` with the same arguments; the
-// counter only observes sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: forwarded unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use testkit::live;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: testkit::Counting = testkit::Counting;
 
 const DEVICES: u64 = 2_000;
 const PER_DEVICE: u64 = 100;
@@ -50,10 +18,6 @@ const PER_DEVICE: u64 = 100;
 /// 73 %; one window is 41 B of table (key, value and a control byte), so the
 /// cost per sender runs from 47 B (tables full) to 94 B (just doubled).
 const SENDERS: u64 = 1_500;
-
-fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
-}
 
 #[test]
 fn bytes_per_queued_message() {
