@@ -15,7 +15,7 @@ if [[ -z "${BIN:-}" ]]; then
 fi
 WORK=${WORK:-$(mktemp -d -t busy-starts.XXXXXX)}
 mkdir -p "$WORK"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/benchmarks/lib.sh"
 busy=() gw=""
 cleanup() {
     [[ -n "$gw" ]] && kill -9 "$gw" 2>/dev/null || true

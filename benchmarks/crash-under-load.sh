@@ -32,7 +32,7 @@ LIMIT=${LIMIT:-$((RESTARTS * EVERY + 120))}
 mkdir -p "$WORK"
 data="$WORK/data"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/benchmarks/lib.sh"
 port=$(free_port)
 admin=$(free_port)
 

@@ -23,7 +23,7 @@ if [[ -z "${BIN:-}" ]]; then
 fi
 WORK=${WORK:-$(mktemp -d -t fresh-start.XXXXXX)}
 mkdir -p "$WORK"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/benchmarks/lib.sh"
 gw=""
 busy=()
 cleanup() {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Restart time with a large live state: fills DEVICES offline queues with
 # MESSAGES each (`loadgen offline`, stopped before its reconnect storm
-# drains them), SIGKILLs the gateway, and times three starts on that data
+# drains them; a fill too quick to catch is stopped as the storm begins, and
+# the line says how many were queued), SIGKILLs the gateway, and times
+# three starts on that data
 # directory: from the checkpoint the gateway wrote, from the whole log (the
 # checkpoint files moved aside), and from the checkpoint again.
 #
@@ -25,7 +27,7 @@ WORK=${WORK:-$(mktemp -d -t restart.XXXXXX)}
 mkdir -p "$WORK"
 data="$WORK/data"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/benchmarks/lib.sh"
 port=$(free_port)
 admin=$(free_port)
 gw=""
@@ -50,12 +52,14 @@ start_gateway() {
         kill -0 "$gw" 2>/dev/null || { echo "gateway exited; see $WORK/gateway.err" >&2; exit 1; }
         sleep 0.01
     done
-    took=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$(date +%s.%N)")
+    took=$(seconds_since "$t0")
 }
 
-metric() {
-    curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" |
-        awk -v k="$1" '$1 ~ "^"k"({|$)" {s += $2} END {printf "%d", s}'
+metric() { metric_sum "127.0.0.1:$admin" "$1"; }
+
+# How the last start went, from its metrics.
+how() {
+    echo "$(metric gateway_recovery_records) records replayed, $(metric gateway_recovery_from_checkpoint) of $SHARDS shards from a checkpoint"
 }
 
 kill_gateway() {
@@ -70,9 +74,14 @@ target=$((DEVICES * MESSAGES * 95 / 100))
     --threads 2 offline --devices "$DEVICES" --messages "$MESSAGES" \
     >"$WORK/loadgen.out" 2>"$WORK/loadgen.err" &
 loadgen=$!
+# Until the queues hold 95 % of it, or the storm has begun draining them.
+prev=0
 for _ in $(seq 1 3000); do
-    [[ $(metric gateway_queued_messages) -ge $target ]] && break
-    sleep 0.1
+    now=$(metric gateway_queued_messages)
+    [[ $now -ge $target || $now -lt $prev ]] && break
+    kill -0 "$loadgen" 2>/dev/null || break
+    prev=$now
+    sleep 0.05
 done
 queued=$(metric gateway_queued_messages)
 kill -9 "$loadgen" 2>/dev/null || true
@@ -85,17 +94,17 @@ bytes=$(du -sb "$data" | cut -f1)
 echo "filled: $queued messages queued, live $((live >> 20)) MiB, data/ $((bytes >> 20)) MiB"
 
 start_gateway
-echo "restart from the checkpoint: $took s ($(metric gateway_recovery_records) records replayed)"
+echo "restart from the checkpoint: $took s ($(how))"
 kill_gateway
 mkdir -p "$WORK/aside"
 for f in "$data"/shard-*/checkpoint; do
     [[ -e "$f" ]] && mv "$f" "$WORK/aside/$(basename "$(dirname "$f")").checkpoint"
 done
 start_gateway
-echo "restart replaying the whole log: $took s ($(metric gateway_recovery_records) records replayed)"
+echo "restart replaying the whole log: $took s ($(how))"
 sleep 2 # it writes a checkpoint of what it replayed
 kill_gateway
 start_gateway
-echo "restart from the checkpoint it wrote since: $took s ($(metric gateway_recovery_records) records replayed)"
+echo "restart from the checkpoint it wrote since: $took s ($(how))"
 kill_gateway
 echo "files in $WORK"

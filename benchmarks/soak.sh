@@ -38,7 +38,7 @@ mkdir -p "$WORK"
 data="$WORK/data"
 phase_s=$((SOAK_S / 2))
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/benchmarks/lib.sh"
 port=$(free_port)
 admin=$(free_port)
 
@@ -63,7 +63,7 @@ start_gateway() {
     gw=$!
     for _ in $(seq 1 6000); do
         if grep -q '^ready' "$WORK/gateway.out"; then
-            python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$(date +%s.%N)" >"$WORK/start_s"
+            seconds_since "$t0" >"$WORK/start_s"
             return 0
         fi
         kill -0 "$gw" 2>/dev/null || { echo "gateway exited; see $WORK/gateway.err" >&2; return 1; }
