@@ -194,8 +194,9 @@ impl SenderWindows {
             self.by_age.push_back((accepted_ms, sender));
             VecDeque::new()
         });
-        if ids.front().is_some_and(|k| k.client_msg_id < floor) {
-            ids.retain(|k| k.client_msg_id >= floor);
+        // Ids come mostly in order: the ones the window left are in front.
+        while ids.front().is_some_and(|k| k.client_msg_id < floor) {
+            ids.pop_front();
         }
         ids.push_back(Known {
             client_msg_id,

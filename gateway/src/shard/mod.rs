@@ -283,6 +283,8 @@ pub struct ShardCore<S> {
     deferred: VecDeque<receipts::Coalesced>,
     /// Receipts that arrived in this pass over the effects, coalesced.
     receipts_in: Vec<receipts::Coalesced>,
+    /// The open record in `receipts_in` of each (from, to, kind).
+    receipts_open: FxHashMap<(DeviceKey, Target, fb::ReceiptKind), usize>,
     draining: bool,
     /// The log failed (fail-stop: the shell exits); why.
     failed: Option<String>,
@@ -354,6 +356,7 @@ impl<S: Storage> ShardCore<S> {
             receipted: FxHashMap::default(),
             deferred: VecDeque::new(),
             receipts_in: Vec::new(),
+            receipts_open: FxHashMap::default(),
             draining: false,
             failed: None,
             now_ms: 0,

@@ -46,31 +46,32 @@ impl<S: Storage> ShardCore<S> {
     /// pass ([`ShardCore::store_receipts`]): coalesced with others of its
     /// kind, from `from` to `to`, while they fit one record.
     pub(super) fn receipt_at_home(&mut self, from: DeviceKey, to: Target, r: Receipt) {
-        let fits = |c: &&mut Coalesced| {
-            (c.from, c.to, c.kind) == (from, to, r.kind)
-                && c.message_ids.len() + r.message_ids.len() <= RECEIPT_IDS_MAX
-        };
-        match self.receipts_in.iter_mut().rev().find(fits) {
-            Some(c) => {
-                c.message_ids.extend_from_slice(&r.message_ids);
-                c.at_ms = c.at_ms.max(r.at_ms);
-                c.confirms.extend(r.confirm);
-            }
-            None => self.receipts_in.push(Coalesced {
-                from,
-                to,
-                kind: r.kind,
-                message_ids: r.message_ids,
-                at_ms: r.at_ms,
-                confirms: r.confirm.into_iter().collect(),
-            }),
+        let key = (from, to, r.kind);
+        let open = self.receipts_open.get(&key).copied();
+        let fits = |c: &Coalesced| c.message_ids.len() + r.message_ids.len() <= RECEIPT_IDS_MAX;
+        if let Some(c) = open.map(|i| &mut self.receipts_in[i]).filter(|c| fits(c)) {
+            c.message_ids.extend_from_slice(&r.message_ids);
+            c.at_ms = c.at_ms.max(r.at_ms);
+            c.confirms.extend(r.confirm);
+            return;
         }
+        // A new record for this key; a full one stays as it is.
+        self.receipts_open.insert(key, self.receipts_in.len());
+        self.receipts_in.push(Coalesced {
+            from,
+            to,
+            kind: r.kind,
+            message_ids: r.message_ids,
+            at_ms: r.at_ms,
+            confirms: r.confirm.into_iter().collect(),
+        });
     }
 
     /// Stores the receipts gathered in this pass; returns whether there
     /// were any.
     pub(super) fn store_receipts(&mut self, now_ms: u64) -> bool {
         let gathered = std::mem::take(&mut self.receipts_in);
+        self.receipts_open.clear();
         let any = !gathered.is_empty();
         for c in gathered {
             if self.try_receipt(now_ms, c) {
