@@ -13,3 +13,28 @@ metric_sum() {
 seconds_since() {
     python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(date +%s.%N)"
 }
+
+# Starts `$BIN/gateway serve` for a benchmark (no rate limits) with the
+# caller's $SHARDS, $port, $admin, $data and $WORK, plus the flags given;
+# sets `gw` to its pid and `took` to the seconds until its `ready` line.
+# Fails if it exits first or is not ready within 300 s.
+start_gateway() {
+    : >"$WORK/gateway.out"
+    local t0
+    t0=$(date +%s.%N)
+    RUST_LOG=${RUST_LOG:-warn} "$BIN/gateway" serve --shards "$SHARDS" \
+        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+        --data-dir "$data" --sends-per-s 1000000 --send-bytes-per-s 1000000000 \
+        "$@" >"$WORK/gateway.out" 2>>"$WORK/gateway.err" &
+    gw=$!
+    for _ in $(seq 1 30000); do
+        if grep -q '^ready' "$WORK/gateway.out"; then
+            took=$(seconds_since "$t0")
+            return 0
+        fi
+        kill -0 "$gw" 2>/dev/null || { echo "gateway exited; see $WORK/gateway.err" >&2; return 1; }
+        sleep 0.01
+    done
+    echo "gateway not ready within 300 s" >&2
+    return 1
+}

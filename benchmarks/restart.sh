@@ -38,23 +38,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts the gateway; sets `took` to the seconds until its `ready` line.
-start_gateway() {
-    : >"$WORK/gateway.out"
-    local t0
-    t0=$(date +%s.%N)
-    RUST_LOG=${RUST_LOG:-warn} "$BIN/gateway" serve --shards "$SHARDS" \
-        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-        --data-dir "$data" --sends-per-s 1000000 --send-bytes-per-s 1000000000 \
-        >"$WORK/gateway.out" 2>>"$WORK/gateway.err" &
-    gw=$!
-    until grep -q '^ready' "$WORK/gateway.out"; do
-        kill -0 "$gw" 2>/dev/null || { echo "gateway exited; see $WORK/gateway.err" >&2; exit 1; }
-        sleep 0.01
-    done
-    took=$(seconds_since "$t0")
-}
-
 metric() { metric_sum "127.0.0.1:$admin" "$1"; }
 
 # How the last start went, from its metrics.

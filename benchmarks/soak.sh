@@ -50,29 +50,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts the gateway; writes the seconds it took to print `ready` to
-# $WORK/start_s.
-start_gateway() {
-    : >"$WORK/gateway.out"
-    local t0
-    t0=$(date +%s.%N)
-    RUST_LOG=${RUST_LOG:-warn} "$BIN/gateway" serve --shards "$SHARDS" \
-        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-        --data-dir "$data" --sends-per-s 1000000 --send-bytes-per-s 1000000000 \
-        --segment-bytes "$SEGMENT_BYTES" "${extra[@]}" >"$WORK/gateway.out" 2>>"$WORK/gateway.err" &
-    gw=$!
-    for _ in $(seq 1 6000); do
-        if grep -q '^ready' "$WORK/gateway.out"; then
-            seconds_since "$t0" >"$WORK/start_s"
-            return 0
-        fi
-        kill -0 "$gw" 2>/dev/null || { echo "gateway exited; see $WORK/gateway.err" >&2; return 1; }
-        sleep 0.05
-    done
-    echo "gateway not ready within 300 s" >&2
-    return 1
-}
-
 # One line of samples.csv: the gateway's RSS and disk, and a few metrics
 # summed over its shards.
 sample() {
@@ -109,7 +86,7 @@ phase() {
 }
 
 echo "t,phase,rss_kib,data_bytes,live_bytes,queued,delivered,errors" >"$WORK/samples.csv"
-start_gateway
+start_gateway --segment-bytes "$SEGMENT_BYTES" "${extra[@]}"
 base=$((($(date +%s) % 100000) * 100000))
 echo "soak: closed loop for ${phase_s}s ($PAIRS pairs, window $WINDOW); files in $WORK"
 phase closed
@@ -120,8 +97,8 @@ sample end >>"$WORK/samples.csv"
 curl -s "http://127.0.0.1:$admin/metrics" >"$WORK/metrics-end.txt" || true
 kill -9 "$gw"
 wait "$gw" 2>/dev/null || true
-start_gateway
+start_gateway --segment-bytes "$SEGMENT_BYTES" "${extra[@]}"
 sleep 1
 sample restarted >>"$WORK/samples.csv"
-echo "restart_s=$(cat "$WORK/start_s")" >"$WORK/restart.txt"
+echo "restart_s=$took" >"$WORK/restart.txt"
 SHARDS=$SHARDS SEGMENT_BYTES=$SEGMENT_BYTES python3 "$root/benchmarks/soak_report.py" "$WORK" | tee "$WORK/summary.txt"

@@ -161,9 +161,7 @@ impl SenderWindows {
             None => Seen::Stale,
             Some(false) => Seen::New,
             Some(true) => self
-                .known
-                .get(&sender)
-                .and_then(|ids| ids.iter().find(|k| k.client_msg_id == client_msg_id))
+                .find(sender, client_msg_id)
                 .map_or(Seen::Forgotten, |k| Seen::Duplicate {
                     message_id: k.message_id,
                     position: k.position,
@@ -187,7 +185,7 @@ impl SenderWindows {
         let again = window.test(client_msg_id) == Some(true);
         window.set(client_msg_id);
         let floor = window.floor();
-        if again && self.knows(sender, client_msg_id) {
+        if again && self.find(sender, client_msg_id).is_some() {
             return self.moved(sender, client_msg_id, position);
         }
         let ids = self.known.entry(sender).or_insert_with(|| {
@@ -245,9 +243,10 @@ impl SenderWindows {
         }
     }
 
-    fn knows(&self, sender: DeviceRef, client_msg_id: u64) -> bool {
-        let mut known = self.known.get(&sender).into_iter().flatten();
-        known.any(|k| k.client_msg_id == client_msg_id)
+    /// The kept original of `client_msg_id` from `sender`, newest first.
+    fn find(&self, sender: DeviceRef, client_msg_id: u64) -> Option<&Known> {
+        let mut known = self.known.get(&sender).into_iter().flatten().rev();
+        known.find(|k| k.client_msg_id == client_msg_id)
     }
 
     /// `sender`'s window, if it ever stored anything.
