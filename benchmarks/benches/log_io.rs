@@ -129,6 +129,7 @@ fn append_batch(engine: &mut Engine, id: &mut u64, per_batch: u64) {
             ttl_ms: 0,
             payload: &payload,
             receipt: false,
+            group: 0,
         };
         engine.append_message(0, &m).unwrap();
     }

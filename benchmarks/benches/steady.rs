@@ -62,6 +62,7 @@ fn loaded(n: u64, segment_bytes_max: u64) -> (Engine, SimDisk) {
             ttl_ms: 0,
             payload: &payload,
             receipt: false,
+            group: 0,
         };
         e.append_message(NOW, &m).unwrap();
         if i % 1_000 == 0 {

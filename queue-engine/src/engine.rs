@@ -137,6 +137,8 @@ pub struct NewMessage<'a> {
     /// A receipt the server queues (a record of its own kind, never
     /// deduped), not a client's message.
     pub receipt: bool,
+    /// The group it was sent to, or 0.
+    pub group: u64,
 }
 
 /// The outcome of [`Engine::append_message`].
@@ -186,10 +188,20 @@ pub(crate) struct Entry {
 
 /// Set in [`Entry::len_and_kind`] for a receipt (records are below 1 MiB).
 const RECEIPT_BIT: u32 = 1 << 31;
+/// Set in [`Entry::len_and_kind`] for a group message (its record holds
+/// the group id too).
+const GROUP_BIT: u32 = 1 << 30;
 
 impl Entry {
     pub(crate) fn payload_len(&self) -> u32 {
-        self.len_and_kind & !RECEIPT_BIT
+        self.len_and_kind & !(RECEIPT_BIT | GROUP_BIT)
+    }
+
+    /// Bytes of its record when it is the record's only entry.
+    pub(crate) fn record_len(&self) -> u64 {
+        let group = self.len_and_kind & GROUP_BIT != 0;
+        let payload_len = self.payload_len() as usize;
+        crate::record::message_len(1, payload_len, group) as u64
     }
 
     pub(crate) fn is_receipt(&self) -> bool {
@@ -208,9 +220,8 @@ fn seq_range(entries: &VecDeque<Entry>, from: u64, to: u64) -> std::ops::Range<u
 
 /// Bytes of a message record: what a single-recipient record costs on
 /// disk, derived rather than stored.
-fn message_record_len(recipients: usize, payload_len: u64) -> u64 {
-    let payload_len = usize::try_from(payload_len).expect("records are below 4 GiB");
-    crate::record::message_len(recipients, payload_len) as u64
+fn message_record_len(m: &MessageRecord<'_>, recipients: usize) -> u64 {
+    crate::record::message_len(recipients, m.payload.len(), m.group != 0) as u64
 }
 
 #[derive(Debug)]
@@ -421,7 +432,7 @@ impl Engine {
         if m.recipients.is_empty() {
             return Err(QueueError::NoRecipient);
         }
-        let bytes = crate::record::message_len(m.recipients.len(), m.payload.len());
+        let bytes = crate::record::message_len(m.recipients.len(), m.payload.len(), m.group != 0);
         if bytes > crate::record::RECORD_BYTES_MAX || m.recipients.len() > usize::from(u16::MAX) {
             return Err(QueueError::TooLarge { bytes });
         }
@@ -443,6 +454,7 @@ impl Engine {
             .collect();
         let record = Record::Message(MessageRecord {
             receipt: m.receipt,
+            group: m.group,
             message_id: m.message_id,
             sender: m.sender,
             client_msg_id: m.client_msg_id,
@@ -772,10 +784,10 @@ impl Engine {
         if live.is_empty() {
             return None;
         }
-        let old_len = self.shared.remove(&position).map_or_else(
-            || message_record_len(1, m.payload.len() as u64),
-            |s| u64::from(s.record_len),
-        );
+        let old_len = self
+            .shared
+            .remove(&position)
+            .map_or_else(|| message_record_len(m, 1), |s| u64::from(s.record_len));
         let copy = Record::Message(MessageRecord {
             recipients: live.clone(),
             ..m.clone()
@@ -999,12 +1011,11 @@ impl Engine {
     /// entry exists (a crash left both the original and its copy), the copy
     /// takes it over and the original loses that reference.
     fn apply_message(&mut self, position: u64, len: u64, m: &MessageRecord<'_>) {
-        debug_assert_eq!(
-            len,
-            message_record_len(m.recipients.len(), m.payload.len() as u64)
-        );
+        debug_assert_eq!(len, message_record_len(m, m.recipients.len()));
         let payload_len = u32::try_from(m.payload.len()).expect("records are below 1 MiB");
-        let len_and_kind = payload_len | if m.receipt { RECEIPT_BIT } else { 0 };
+        let len_and_kind = payload_len
+            | if m.receipt { RECEIPT_BIT } else { 0 }
+            | if m.group != 0 { GROUP_BIT } else { 0 };
         let expires_s = u32::try_from(m.expires_ms.div_ceil(1000)).unwrap_or(u32::MAX);
         let mut replaced = Vec::new();
         for r in &m.recipients {
@@ -1091,7 +1102,7 @@ impl Engine {
                 let len = u64::from(shared.record_len);
                 (shared.refs == 0).then_some(len)
             }
-            None => Some(message_record_len(1, u64::from(entry.payload_len()))),
+            None => Some(entry.record_len()),
         };
         if let Some(len) = dead_len {
             self.shared.remove(&entry.position);
@@ -1188,6 +1199,8 @@ pub struct StoredMessage {
     pub accepted_ms: u64,
     /// A receipt the server queued, not a client's message.
     pub receipt: bool,
+    /// The group it was sent to, or 0.
+    pub group: u64,
     /// The opaque payload.
     pub payload: Vec<u8>,
 }
@@ -1223,6 +1236,7 @@ pub fn read_message(
             client_msg_id: m.client_msg_id,
             accepted_ms: m.accepted_ms,
             receipt: m.receipt,
+            group: m.group,
             payload: m.payload.to_vec(),
         }),
         _ => Err(corrupt(crate::record::RecordError::Malformed { kind: 0 })),

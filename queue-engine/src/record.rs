@@ -5,7 +5,8 @@
 //! u32 crc32c   over kind + body (Castagnoli, hardware-accelerated)
 //! u8  kind     1 message, 2 tombstone, 3 device, 4 group, 5 dedup (read,
 //!              no longer written), 6 receipt (a message record the server
-//!              made: never deduped), 7 sender window
+//!              made: never deduped), 7 sender window, 8 group message
+//!              (the group's id, then a message body)
 //! body         a fixed header per kind (little-endian), then variable bytes
 //! ```
 //!
@@ -56,6 +57,9 @@ pub struct MessageRecord<'a> {
     /// A receipt the server queued (kind 6), not a client's message: it
     /// has no dedup entry and `client_msg_id` is not the client's.
     pub receipt: bool,
+    /// The group it was sent to (kind 8), or 0 for a message to a user or
+    /// device.
+    pub group: u64,
     /// Server-wide id.
     pub message_id: u64,
     /// The sending device.
@@ -178,15 +182,18 @@ pub enum RecordError {
 
 /// Bytes of a message record with `recipients` and a `payload_len` payload:
 /// the framing (9), id (8), sender (12), three times (24), count (2), then
-/// 20 per recipient and the payload.
-pub fn message_len(recipients: usize, payload_len: usize) -> usize {
-    LEN_BYTES + CRC_BYTES + 1 + 46 + 20 * recipients + payload_len
+/// 20 per recipient and the payload; a group message has its group id (8)
+/// first.
+pub fn message_len(recipients: usize, payload_len: usize, group: bool) -> usize {
+    LEN_BYTES + CRC_BYTES + 1 + 46 + 20 * recipients + payload_len + if group { 8 } else { 0 }
 }
 
 /// Bytes `encode` will write for `record`, without writing them.
 pub fn encoded_len(record: &Record<'_>) -> usize {
     let body = match record {
-        Record::Message(m) => return message_len(m.recipients.len(), m.payload.len()),
+        Record::Message(m) => {
+            return message_len(m.recipients.len(), m.payload.len(), m.group != 0);
+        }
         Record::Tombstone(_) => 12 + 8 + 8 + 1,
         Record::Device { .. } => 12 + 8 + 8,
         Record::Group { bytes, .. } => 8 + bytes.len(),
@@ -202,7 +209,14 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
     out.extend_from_slice(&[0; LEN_BYTES + CRC_BYTES]);
     match record {
         Record::Message(m) => {
-            out.push(if m.receipt { 6 } else { 1 });
+            match (m.receipt, m.group) {
+                (true, _) => out.push(6),
+                (false, 0) => out.push(1),
+                (false, group) => {
+                    out.push(8);
+                    out.extend_from_slice(&group.to_le_bytes());
+                }
+            }
             put_message(m, out);
         }
         Record::Tombstone(t) => {
@@ -345,8 +359,12 @@ impl<'a> Body<'a> {
 fn parse(kind: u8, body: &[u8]) -> Option<Record<'_>> {
     let mut b = Body(body);
     let record = match kind {
-        1 => Record::Message(parse_message(&mut b, false)?),
-        6 => Record::Message(parse_message(&mut b, true)?),
+        1 => Record::Message(parse_message(&mut b, false, 0)?),
+        6 => Record::Message(parse_message(&mut b, true, 0)?),
+        8 => {
+            let group = b.u64().filter(|g| *g != 0)?;
+            Record::Message(parse_message(&mut b, false, group)?)
+        }
         2 => Record::Tombstone(Tombstone {
             device: b.device()?,
             seq_from: b.u64()?,
@@ -383,7 +401,7 @@ fn parse(kind: u8, body: &[u8]) -> Option<Record<'_>> {
     Some(record)
 }
 
-fn parse_message<'a>(b: &mut Body<'a>, receipt: bool) -> Option<MessageRecord<'a>> {
+fn parse_message<'a>(b: &mut Body<'a>, receipt: bool, group: u64) -> Option<MessageRecord<'a>> {
     let (message_id, sender) = (b.u64()?, b.device()?);
     let (client_msg_id, accepted_ms, expires_ms) = (b.u64()?, b.u64()?, b.u64()?);
     let count = b.u16()?;
@@ -398,6 +416,7 @@ fn parse_message<'a>(b: &mut Body<'a>, receipt: bool) -> Option<MessageRecord<'a
     let payload = b.rest();
     Some(MessageRecord {
         receipt,
+        group,
         message_id,
         sender,
         client_msg_id,
@@ -416,6 +435,7 @@ mod tests {
     fn message(payload: &[u8]) -> Record<'_> {
         Record::Message(MessageRecord {
             receipt: false,
+            group: 0,
             message_id: 9,
             sender: DeviceRef { user: 1, device: 2 },
             client_msg_id: 3,
@@ -436,9 +456,14 @@ mod tests {
             Record::Message(m) => Record::Message(MessageRecord { receipt: true, ..m }),
             _ => unreachable!(),
         };
+        let group_message = match message(b"to a group") {
+            Record::Message(m) => Record::Message(MessageRecord { group: 77, ..m }),
+            _ => unreachable!(),
+        };
         let records = [
             message(b"ciphertext"),
             receipt,
+            group_message,
             Record::Tombstone(Tombstone {
                 device,
                 seq_from: 1,
@@ -511,7 +536,7 @@ mod tests {
         #[test]
         fn any_message_round_trips(payload in proptest::collection::vec(any::<u8>(), 0..500), seqs in proptest::collection::vec(any::<u64>(), 0..20)) {
             let recipients = seqs.iter().map(|s| Recipient { device: DeviceRef { user: *s, device: 1 }, seq: *s }).collect();
-            let record = Record::Message(MessageRecord { receipt: seqs.len() % 2 == 0, message_id: 1, sender: DeviceRef { user: 2, device: 3 }, client_msg_id: 4, accepted_ms: 5, expires_ms: 6, recipients, payload: &payload });
+            let record = Record::Message(MessageRecord { receipt: seqs.len() % 2 == 0, group: if seqs.len() % 3 == 1 && seqs.len() % 2 == 1 { 5 } else { 0 }, message_id: 1, sender: DeviceRef { user: 2, device: 3 }, client_msg_id: 4, accepted_ms: 5, expires_ms: 6, recipients, payload: &payload });
             let mut out = Vec::new();
             let size = encode(&record, &mut out);
             prop_assert_eq!(decode(&out).unwrap(), (record, size));

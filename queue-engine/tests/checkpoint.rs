@@ -27,6 +27,7 @@ fn send(e: &mut Engine, id: u64, to: &[DeviceRef], ttl_ms: u64) {
         ttl_ms,
         payload: &[id.to_le_bytes()[0]; 100],
         receipt: false,
+        group: 0,
     };
     e.append_message(id, &m).unwrap();
 }
@@ -132,6 +133,7 @@ fn row_11_a_checkpoint_inside_the_log_is_loaded_and_the_rest_replayed() {
         ttl_ms: 0,
         payload: b"again",
         receipt: false,
+        group: 0,
     };
     assert!(matches!(
         r.append_message(2_000_000, &retry),

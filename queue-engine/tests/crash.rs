@@ -50,6 +50,7 @@ fn crash_child() {
             ttl_ms: 0,
             payload: &payload,
             receipt: false,
+            group: 0,
         };
         let Ok(Accepted::Stored { position, .. }) = engine.append_message(0, &m) else {
             panic!("stored")

@@ -29,6 +29,7 @@ fn send(
         ttl_ms: 0,
         payload,
         receipt: false,
+        group: 0,
     };
     e.append_message(now, &m)
 }
@@ -179,6 +180,7 @@ fn receipts_have_their_own_budget_and_never_crowd_out_messages() {
             ttl_ms: 0,
             payload: &[1, 0, 0, 0, 0, 0, 0, 0, 0],
             receipt: true,
+            group: 0,
         };
         e.append_message(0, &m)
     };
@@ -191,6 +193,7 @@ fn receipts_have_their_own_budget_and_never_crowd_out_messages() {
             ttl_ms: 0,
             payload: b"hi",
             receipt: false,
+            group: 0,
         };
         e.append_message(0, &m)
     };
@@ -253,6 +256,7 @@ fn expiry_looks_only_at_queues_with_an_entry_due() {
             ttl_ms: 3_600_000,
             payload: b"long",
             receipt: false,
+            group: 0,
         };
         e.append_message(0, &m).unwrap();
     }
@@ -267,6 +271,7 @@ fn expiry_looks_only_at_queues_with_an_entry_due() {
             ttl_ms,
             payload: b"m",
             receipt: false,
+            group: 0,
         };
         e.append_message(0, &m).unwrap();
     }
@@ -430,6 +435,7 @@ fn receipts_are_their_own_record_kind_whatever_the_client_id() {
         ttl_ms: 0,
         payload: b"ciphertext",
         receipt: false,
+        group: 0,
     };
     e.append_message(0, &m).unwrap();
     // Two receipts with the same (sender, client id) are both stored:
@@ -440,6 +446,7 @@ fn receipts_are_their_own_record_kind_whatever_the_client_id() {
             client_msg_id: 0,
             payload: b"\x00ids",
             receipt: true,
+            group: 0,
             ..m
         };
         assert!(matches!(
@@ -478,4 +485,47 @@ fn a_record_over_the_limit_is_refused_not_a_crash() {
     );
     let fits = vec![0; 256 << 10];
     assert!(send(&mut e, 0, 2, &[BOB_PHONE, BOB_LAPTOP], &fits).is_ok());
+}
+
+#[test]
+fn a_group_message_keeps_its_group_through_the_disk_and_its_bytes_are_counted() {
+    let config = EngineConfig {
+        payload_cache_bytes: 0,
+        ..EngineConfig::default()
+    };
+    let (mut e, mut disk) = engine(config);
+    let base = e.live_bytes();
+    let m = NewMessage {
+        message_id: 7,
+        sender: ALICE,
+        client_msg_id: 1,
+        recipients: &[BOB_PHONE],
+        ttl_ms: 0,
+        payload: b"to the group",
+        receipt: false,
+        group: 99,
+    };
+    e.append_message(0, &m).unwrap();
+    let two = NewMessage {
+        client_msg_id: 2,
+        recipients: &[BOB_PHONE, BOB_LAPTOP],
+        ..m
+    };
+    e.append_message(0, &two).unwrap();
+    flush_all(&mut e, &mut disk).unwrap();
+    let mut e = reopen(&mut disk, config, 1);
+    let groups: Vec<u64> = e
+        .backlog(BOB_PHONE, 0)
+        .map(|(_, position)| read_message(&e, &disk, position).unwrap().group)
+        .collect();
+    assert_eq!(groups, [99, 99]);
+    e.ack(BOB_PHONE, 2, true).unwrap();
+    e.ack(BOB_LAPTOP, 1, true).unwrap();
+    flush_all(&mut e, &mut disk).unwrap();
+    // The group records' 8 extra bytes leave with them.
+    let after = e.live_bytes();
+    let e2 = reopen(&mut disk, config, 2);
+    assert_eq!(e.live_messages(), 0);
+    assert_eq!(after, e2.live_bytes(), "live bytes agree with a replay");
+    assert_eq!(after, base, "nothing is live once every entry is acked");
 }

@@ -54,6 +54,7 @@ fn bytes_per_queued_message() {
             ttl_ms: 0,
             payload: &payload,
             receipt: false,
+            group: 0,
         };
         engine.append_message(0, &m).unwrap();
         if id % 1_000 == 0 {

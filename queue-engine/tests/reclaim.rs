@@ -32,6 +32,7 @@ fn send(e: &mut Engine, id: u64, to: DeviceRef) -> u64 {
         ttl_ms: 0,
         payload: &payload,
         receipt: false,
+        group: 0,
     };
     match e.append_message(0, &m).unwrap() {
         Accepted::Stored { seqs, .. } => seqs[0].1,

@@ -157,6 +157,7 @@ impl Sim {
             ttl_ms,
             payload: &payload,
             receipt: false,
+            group: 0,
         };
         match self.engine.append_message(self.now_ms, &m) {
             Ok(Accepted::Stored { position, seqs }) => {
@@ -367,6 +368,7 @@ impl Sim {
                 ttl_ms: 0,
                 payload: b"retry",
                 receipt: false,
+                group: 0,
             };
             let answer = self.engine.append_message(self.now_ms, &m).unwrap();
             if answer == Accepted::Forgotten && self.forgettable(&s) {
@@ -408,6 +410,7 @@ impl Sim {
                 ttl_ms: 0,
                 payload: b"stale",
                 receipt: false,
+                group: 0,
             };
             let answer = self.engine.append_message(self.now_ms, &m);
             assert!(

@@ -68,6 +68,23 @@ impl OutFrame {
     }
 }
 
+/// The fields of a `GroupChanged` frame.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupChangedHeader<'a> {
+    /// The request it answers (on the requesting device), else 0.
+    pub request_id: u64,
+    /// The group.
+    pub group: u64,
+    /// What changed.
+    pub change: fb::GroupChange,
+    /// Who changed it.
+    pub actor: u64,
+    /// The users it is about.
+    pub members: &'a [u64],
+    /// Its seq in the device's queue.
+    pub seq: u64,
+}
+
 /// The header fields of a `Deliver` frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DeliverHeader {
@@ -236,15 +253,78 @@ impl Encoder {
         fatal: bool,
         message: &str,
     ) -> Result<OutFrame, WireError> {
+        self.error_about(code, client_msg_id, 0, fatal, message)
+    }
+
+    /// `Error` with `code` about a `Send` (`client_msg_id`) or a group or
+    /// device request (`request_id`); 0 for neither.
+    pub fn error_about(
+        &mut self,
+        code: fb::ErrorCode,
+        client_msg_id: u64,
+        request_id: u64,
+        fatal: bool,
+        message: &str,
+    ) -> Result<OutFrame, WireError> {
         let message = Some(self.fbb.create_string(message));
         let args = fb::ErrorArgs {
             code,
             client_msg_id,
             fatal,
             message,
+            request_id,
         };
         let body = fb::Error::create(&mut self.fbb, &args).as_union_value();
         self.finish(FrameKind::Error, body, Bytes::new())
+    }
+
+    /// `GroupChanged` (queued at `seq`; `request_id` 0 except on the
+    /// requesting device).
+    pub fn group_changed(&mut self, g: &GroupChangedHeader<'_>) -> Result<OutFrame, WireError> {
+        let members = Some(self.fbb.create_vector(g.members));
+        let args = fb::GroupChangedArgs {
+            request_id: g.request_id,
+            group: g.group,
+            change: g.change,
+            actor: g.actor,
+            members,
+            seq: g.seq,
+        };
+        let body = fb::GroupChanged::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::GroupChanged, body, Bytes::new())
+    }
+
+    /// `Devices`: the answer to `DevicesGet` `request_id`.
+    pub fn devices(
+        &mut self,
+        request_id: u64,
+        devices: &[fb::DeviceInfo],
+    ) -> Result<OutFrame, WireError> {
+        let devices = Some(self.fbb.create_vector(devices));
+        let args = fb::DevicesArgs {
+            request_id,
+            devices,
+        };
+        let body = fb::Devices::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::Devices, body, Bytes::new())
+    }
+
+    /// `DeviceChanged` about `device`, queued at `seq`.
+    pub fn device_changed(
+        &mut self,
+        request_id: u64,
+        device: u32,
+        change: fb::DeviceChange,
+        seq: u64,
+    ) -> Result<OutFrame, WireError> {
+        let args = fb::DeviceChangedArgs {
+            request_id,
+            device,
+            change,
+            seq,
+        };
+        let body = fb::DeviceChanged::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::DeviceChanged, body, Bytes::new())
     }
 
     /// Any frame from the owned object API. `header.payload_len` is ignored:

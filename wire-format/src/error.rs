@@ -107,6 +107,7 @@ pub fn is_fatal(code: ErrorCode) -> bool {
             | ErrorCode::NotGroupAdmin
             | ErrorCode::UnknownGroup
             | ErrorCode::RetryTooOld
+            | ErrorCode::UnknownDevice
             | ErrorCode::RateLimited
             | ErrorCode::RecipientQueueFull
             | ErrorCode::TooManyItems

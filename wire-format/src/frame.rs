@@ -72,6 +72,10 @@ frame_kinds! {
     Pong => body_as_pong,
     GoAway => body_as_go_away,
     Error => body_as_error,
+    DevicesGet => body_as_devices_get,
+    Devices => body_as_devices,
+    DeviceUnlink => body_as_device_unlink,
+    DeviceChanged => body_as_device_changed,
 }
 
 impl FrameKind {

@@ -192,15 +192,16 @@ fn body() -> impl Strategy<Value = BodyT> {
             BodyT::GroupRemove
         ),
         boxed(
-            (any::<[u64; 3]>(), 0u8..5, ids()).prop_map(|([request_id, group, actor], c, m)| {
-                GroupChangedT {
+            (any::<[u64; 4]>(), 0u8..5, ids()).prop_map(
+                |([request_id, group, actor, seq], c, m)| GroupChangedT {
                     request_id,
                     group,
                     change: GroupChange(c),
                     actor,
                     members: m,
+                    seq,
                 }
-            }),
+            ),
             BodyT::GroupChanged
         ),
         boxed(any::<u64>().prop_map(|nonce| PingT { nonce }), BodyT::Ping),
@@ -213,15 +214,56 @@ fn body() -> impl Strategy<Value = BodyT> {
             BodyT::GoAway
         ),
         boxed(
-            (any::<u16>(), any::<u64>(), any::<bool>(), text(256)).prop_map(
-                |(code, client_msg_id, fatal, message)| ErrorT {
+            (any::<u16>(), any::<[u64; 2]>(), any::<bool>(), text(256)).prop_map(
+                |(code, [client_msg_id, request_id], fatal, message)| ErrorT {
                     code: ErrorCode(code),
                     client_msg_id,
                     fatal,
                     message,
+                    request_id,
                 }
             ),
             BodyT::Error
+        ),
+        boxed(
+            any::<u64>().prop_map(|request_id| DevicesGetT { request_id }),
+            BodyT::DevicesGet
+        ),
+        boxed(
+            (any::<u64>(), vec(any::<(u64, u64, u32, bool)>(), 0..8)).prop_map(
+                |(request_id, d)| {
+                    DevicesT {
+                        request_id,
+                        devices: Some(
+                            d.into_iter()
+                                .map(|(linked_ms, last_active_ms, device, online)| DeviceInfoT {
+                                    linked_ms,
+                                    last_active_ms,
+                                    device,
+                                    online,
+                                })
+                                .collect(),
+                        ),
+                    }
+                }
+            ),
+            BodyT::Devices
+        ),
+        boxed(
+            (any::<u64>(), any::<u32>())
+                .prop_map(|(request_id, device)| DeviceUnlinkT { request_id, device }),
+            BodyT::DeviceUnlink
+        ),
+        boxed(
+            (any::<[u64; 2]>(), any::<u32>(), 0u8..2).prop_map(|([request_id, seq], device, c)| {
+                DeviceChangedT {
+                    request_id,
+                    device,
+                    change: DeviceChange(c),
+                    seq,
+                }
+            }),
+            BodyT::DeviceChanged
         ),
     ]
 }
@@ -272,12 +314,26 @@ fn encode_fast(enc: &mut Encoder, header: &FrameT, payload: Bytes) -> Option<Out
         BodyT::Presence(p) => enc.presence(p.user, p.state, p.last_seen_ms),
         BodyT::Ping(p) => enc.ping(p.nonce),
         BodyT::Pong(p) => enc.pong(p.nonce),
-        BodyT::Error(e) => enc.error(
+        BodyT::Error(e) => enc.error_about(
             e.code,
             e.client_msg_id,
+            e.request_id,
             e.fatal,
             e.message.as_deref().unwrap_or(""),
         ),
+        BodyT::GroupChanged(g) => enc.group_changed(&crate::GroupChangedHeader {
+            request_id: g.request_id,
+            group: g.group,
+            change: g.change,
+            actor: g.actor,
+            members: g.members.as_deref().unwrap_or(&[]),
+            seq: g.seq,
+        }),
+        BodyT::Devices(d) => {
+            let list: Vec<_> = d.devices.iter().flatten().map(DeviceInfoT::pack).collect();
+            enc.devices(d.request_id, &list)
+        }
+        BodyT::DeviceChanged(d) => enc.device_changed(d.request_id, d.device, d.change, d.seq),
         _ => return None,
     };
     Some(out.unwrap())
@@ -308,6 +364,12 @@ fn with_present_fields(header: &FrameT) -> FrameT {
         BodyT::Error(e) => {
             e.message.get_or_insert_with(String::new);
         }
+        BodyT::GroupChanged(g) => {
+            g.members.get_or_insert_with(Vec::new);
+        }
+        BodyT::Devices(d) => {
+            d.devices.get_or_insert_with(Vec::new);
+        }
         _ => {}
     }
     header
@@ -332,6 +394,9 @@ fn fast_encoders_match_the_object_api_on_zero_values() {
         BodyT::Ping(Box::default()),
         BodyT::Pong(Box::default()),
         BodyT::Error(Box::default()),
+        BodyT::GroupChanged(Box::default()),
+        BodyT::Devices(Box::default()),
+        BodyT::DeviceChanged(Box::default()),
     ];
     for body in bodies {
         let header = FrameT {

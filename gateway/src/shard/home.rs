@@ -95,6 +95,7 @@ impl<S: Storage> ShardCore<S> {
             ttl_ms: u64::from(ttl_s) * 1000,
             payload,
             receipt: false,
+            group: 0,
         };
         let refuse = |code| ToConn::Refused {
             code,

@@ -142,6 +142,7 @@ impl<S: Storage> ShardCore<S> {
             ttl_ms: 0,
             payload: &payload,
             receipt: true,
+            group: 0,
         };
         match self.engine.append_message(now_ms, &m) {
             Ok(Accepted::Stored { position, seqs }) => {

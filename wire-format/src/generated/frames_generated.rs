@@ -550,6 +550,87 @@ impl<'a> ::flatbuffers::Verifiable for GroupChange {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for GroupChange {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_DEVICE_CHANGE: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_DEVICE_CHANGE: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_DEVICE_CHANGE: [DeviceChange; 1] = [
+  DeviceChange::Unlinked,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct DeviceChange(pub u8);
+#[allow(non_upper_case_globals)]
+impl DeviceChange {
+  /// The device was unlinked (by the user, an operator, or for idleness).
+  pub const Unlinked: Self = Self(0);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 0;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Unlinked,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Unlinked => Some("Unlinked"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for DeviceChange {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for DeviceChange {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for DeviceChange {
+    type Output = DeviceChange;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for DeviceChange {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for DeviceChange {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for DeviceChange {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_GO_AWAY_REASON: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_GO_AWAY_REASON: u8 = 1;
@@ -641,7 +722,7 @@ pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 pub const ENUM_MAX_ERROR_CODE: u16 = 503;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 32] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 35] = [
   ErrorCode::Unspecified,
   ErrorCode::FrameTooLarge,
   ErrorCode::Truncated,
@@ -659,6 +740,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 32] = [
   ErrorCode::NotGroupAdmin,
   ErrorCode::UnknownGroup,
   ErrorCode::RetryTooOld,
+  ErrorCode::DeviceUnlinked,
+  ErrorCode::UnknownDevice,
   ErrorCode::RateLimited,
   ErrorCode::TooManyConnections,
   ErrorCode::RecipientQueueFull,
@@ -670,6 +753,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 32] = [
   ErrorCode::GroupFull,
   ErrorCode::TtlTooLong,
   ErrorCode::PayloadTooLarge,
+  ErrorCode::TooManyDevices,
   ErrorCode::Internal,
   ErrorCode::StorageUnavailable,
   ErrorCode::ShuttingDown,
@@ -701,6 +785,8 @@ impl ErrorCode {
   pub const NotGroupAdmin: Self = Self(207);
   pub const UnknownGroup: Self = Self(208);
   pub const RetryTooOld: Self = Self(209);
+  pub const DeviceUnlinked: Self = Self(210);
+  pub const UnknownDevice: Self = Self(211);
   pub const RateLimited: Self = Self(300);
   pub const TooManyConnections: Self = Self(301);
   pub const RecipientQueueFull: Self = Self(302);
@@ -712,6 +798,7 @@ impl ErrorCode {
   pub const GroupFull: Self = Self(308);
   pub const TtlTooLong: Self = Self(309);
   pub const PayloadTooLarge: Self = Self(310);
+  pub const TooManyDevices: Self = Self(311);
   pub const Internal: Self = Self(500);
   pub const StorageUnavailable: Self = Self(501);
   pub const ShuttingDown: Self = Self(502);
@@ -737,6 +824,8 @@ impl ErrorCode {
     Self::NotGroupAdmin,
     Self::UnknownGroup,
     Self::RetryTooOld,
+    Self::DeviceUnlinked,
+    Self::UnknownDevice,
     Self::RateLimited,
     Self::TooManyConnections,
     Self::RecipientQueueFull,
@@ -748,6 +837,7 @@ impl ErrorCode {
     Self::GroupFull,
     Self::TtlTooLong,
     Self::PayloadTooLarge,
+    Self::TooManyDevices,
     Self::Internal,
     Self::StorageUnavailable,
     Self::ShuttingDown,
@@ -773,6 +863,8 @@ impl ErrorCode {
       Self::NotGroupAdmin => Some("NotGroupAdmin"),
       Self::UnknownGroup => Some("UnknownGroup"),
       Self::RetryTooOld => Some("RetryTooOld"),
+      Self::DeviceUnlinked => Some("DeviceUnlinked"),
+      Self::UnknownDevice => Some("UnknownDevice"),
       Self::RateLimited => Some("RateLimited"),
       Self::TooManyConnections => Some("TooManyConnections"),
       Self::RecipientQueueFull => Some("RecipientQueueFull"),
@@ -784,6 +876,7 @@ impl ErrorCode {
       Self::GroupFull => Some("GroupFull"),
       Self::TtlTooLong => Some("TtlTooLong"),
       Self::PayloadTooLarge => Some("PayloadTooLarge"),
+      Self::TooManyDevices => Some("TooManyDevices"),
       Self::Internal => Some("Internal"),
       Self::StorageUnavailable => Some("StorageUnavailable"),
       Self::ShuttingDown => Some("ShuttingDown"),
@@ -845,10 +938,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 18;
+pub const ENUM_MAX_BODY: u8 = 22;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 19] = [
+pub const ENUM_VALUES_BODY: [Body; 23] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -868,6 +961,10 @@ pub const ENUM_VALUES_BODY: [Body; 19] = [
   Body::Pong,
   Body::GoAway,
   Body::Error,
+  Body::DevicesGet,
+  Body::Devices,
+  Body::DeviceUnlink,
+  Body::DeviceChanged,
 ];
 
 /// The frame kinds. The numeric value is the frame kind on the wire.
@@ -895,9 +992,13 @@ impl Body {
   pub const Pong: Self = Self(16);
   pub const GoAway: Self = Self(17);
   pub const Error: Self = Self(18);
+  pub const DevicesGet: Self = Self(19);
+  pub const Devices: Self = Self(20);
+  pub const DeviceUnlink: Self = Self(21);
+  pub const DeviceChanged: Self = Self(22);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 18;
+  pub const ENUM_MAX: u8 = 22;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -918,6 +1019,10 @@ impl Body {
     Self::Pong,
     Self::GoAway,
     Self::Error,
+    Self::DevicesGet,
+    Self::Devices,
+    Self::DeviceUnlink,
+    Self::DeviceChanged,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -941,6 +1046,10 @@ impl Body {
       Self::Pong => Some("Pong"),
       Self::GoAway => Some("GoAway"),
       Self::Error => Some("Error"),
+      Self::DevicesGet => Some("DevicesGet"),
+      Self::Devices => Some("Devices"),
+      Self::DeviceUnlink => Some("DeviceUnlink"),
+      Self::DeviceChanged => Some("DeviceChanged"),
       _ => None,
     }
   }
@@ -1020,6 +1129,10 @@ pub enum BodyT {
   Pong(alloc::boxed::Box<PongT>),
   GoAway(alloc::boxed::Box<GoAwayT>),
   Error(alloc::boxed::Box<ErrorT>),
+  DevicesGet(alloc::boxed::Box<DevicesGetT>),
+  Devices(alloc::boxed::Box<DevicesT>),
+  DeviceUnlink(alloc::boxed::Box<DeviceUnlinkT>),
+  DeviceChanged(alloc::boxed::Box<DeviceChangedT>),
 }
 impl Default for BodyT {
   fn default() -> Self {
@@ -1048,6 +1161,10 @@ impl BodyT {
       Self::Pong(_) => Body::Pong,
       Self::GoAway(_) => Body::GoAway,
       Self::Error(_) => Body::Error,
+      Self::DevicesGet(_) => Body::DevicesGet,
+      Self::Devices(_) => Body::Devices,
+      Self::DeviceUnlink(_) => Body::DeviceUnlink,
+      Self::DeviceChanged(_) => Body::DeviceChanged,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -1071,6 +1188,10 @@ impl BodyT {
       Self::Pong(v) => Some(v.pack(fbb).as_union_value()),
       Self::GoAway(v) => Some(v.pack(fbb).as_union_value()),
       Self::Error(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DevicesGet(v) => Some(v.pack(fbb).as_union_value()),
+      Self::Devices(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DeviceUnlink(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DeviceChanged(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned HelloT, setting the union to NONE.
@@ -1451,6 +1572,90 @@ impl BodyT {
   pub fn as_error_mut(&mut self) -> Option<&mut ErrorT> {
     if let Self::Error(v) = self { Some(v.as_mut()) } else { None }
   }
+  /// If the union variant matches, return the owned DevicesGetT, setting the union to NONE.
+  pub fn take_devices_get(&mut self) -> Option<alloc::boxed::Box<DevicesGetT>> {
+    if let Self::DevicesGet(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::DevicesGet(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DevicesGetT.
+  pub fn as_devices_get(&self) -> Option<&DevicesGetT> {
+    if let Self::DevicesGet(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DevicesGetT.
+  pub fn as_devices_get_mut(&mut self) -> Option<&mut DevicesGetT> {
+    if let Self::DevicesGet(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DevicesT, setting the union to NONE.
+  pub fn take_devices(&mut self) -> Option<alloc::boxed::Box<DevicesT>> {
+    if let Self::Devices(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::Devices(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DevicesT.
+  pub fn as_devices(&self) -> Option<&DevicesT> {
+    if let Self::Devices(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DevicesT.
+  pub fn as_devices_mut(&mut self) -> Option<&mut DevicesT> {
+    if let Self::Devices(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DeviceUnlinkT, setting the union to NONE.
+  pub fn take_device_unlink(&mut self) -> Option<alloc::boxed::Box<DeviceUnlinkT>> {
+    if let Self::DeviceUnlink(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::DeviceUnlink(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DeviceUnlinkT.
+  pub fn as_device_unlink(&self) -> Option<&DeviceUnlinkT> {
+    if let Self::DeviceUnlink(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DeviceUnlinkT.
+  pub fn as_device_unlink_mut(&mut self) -> Option<&mut DeviceUnlinkT> {
+    if let Self::DeviceUnlink(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DeviceChangedT, setting the union to NONE.
+  pub fn take_device_changed(&mut self) -> Option<alloc::boxed::Box<DeviceChangedT>> {
+    if let Self::DeviceChanged(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::DeviceChanged(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DeviceChangedT.
+  pub fn as_device_changed(&self) -> Option<&DeviceChangedT> {
+    if let Self::DeviceChanged(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DeviceChangedT.
+  pub fn as_device_changed_mut(&mut self) -> Option<&mut DeviceChangedT> {
+    if let Self::DeviceChanged(v) = self { Some(v.as_mut()) } else { None }
+  }
 }
 /// A destination or an origin. Fixed size, stored inline (no offsets).
 // struct Address, aligned to 8
@@ -1633,6 +1838,228 @@ impl AddressT {
       self.id,
       self.device,
       self.kind,
+    )
+  }
+}
+
+/// One linked device of a user.
+// struct DeviceInfo, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct DeviceInfo(pub [u8; 24]);
+impl Default for DeviceInfo { 
+  fn default() -> Self { 
+    Self([0; 24])
+  }
+}
+impl ::core::fmt::Debug for DeviceInfo {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("DeviceInfo")
+      .field("linked_ms", &self.linked_ms())
+      .field("last_active_ms", &self.last_active_ms())
+      .field("device", &self.device())
+      .field("online", &self.online())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for DeviceInfo {}
+impl<'a> ::flatbuffers::Follow<'a> for DeviceInfo {
+  type Inner = &'a DeviceInfo;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a DeviceInfo>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a DeviceInfo {
+  type Inner = &'a DeviceInfo;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<DeviceInfo>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for DeviceInfo {
+    type Output = DeviceInfo;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const DeviceInfo as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for DeviceInfo {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> DeviceInfo {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    linked_ms: u64,
+    last_active_ms: u64,
+    device: u32,
+    online: bool,
+  ) -> Self {
+    let mut s = Self([0; 24]);
+    s.set_linked_ms(linked_ms);
+    s.set_last_active_ms(last_active_ms);
+    s.set_device(device);
+    s.set_online(online);
+    s
+  }
+
+  /// When it first authenticated, ms since the Unix epoch.
+  pub fn linked_ms(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_linked_ms(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// When it was last connected (now, if `online`), ms since the Unix epoch.
+  pub fn last_active_ms(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_last_active_ms(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// The device number.
+  pub fn device(&self) -> u32 {
+    let mut mem = ::core::mem::MaybeUninit::<<u32 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[16..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_device(&mut self, x: u32) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[16..].as_mut_ptr(),
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// Whether it is connected now.
+  pub fn online(&self) -> bool {
+    let mut mem = ::core::mem::MaybeUninit::<<bool as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[20..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<bool as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_online(&mut self, x: bool) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[20..].as_mut_ptr(),
+        ::core::mem::size_of::<<bool as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn unpack(&self) -> DeviceInfoT {
+    DeviceInfoT {
+      linked_ms: self.linked_ms(),
+      last_active_ms: self.last_active_ms(),
+      device: self.device(),
+      online: self.online(),
+    }
+  }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeviceInfoT {
+  pub linked_ms: u64,
+  pub last_active_ms: u64,
+  pub device: u32,
+  pub online: bool,
+}
+impl DeviceInfoT {
+  pub fn pack(&self) -> DeviceInfo {
+    DeviceInfo::new(
+      self.linked_ms,
+      self.last_active_ms,
+      self.device,
+      self.online,
     )
   }
 }
@@ -4214,6 +4641,7 @@ impl<'a> GroupChanged<'a> {
   pub const VT_CHANGE: ::flatbuffers::VOffsetT = 8;
   pub const VT_ACTOR: ::flatbuffers::VOffsetT = 10;
   pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4225,6 +4653,7 @@ impl<'a> GroupChanged<'a> {
     args: &'args GroupChangedArgs<'args>
   ) -> ::flatbuffers::WIPOffset<GroupChanged<'bldr>> {
     let mut builder = GroupChangedBuilder::new(_fbb);
+    builder.add_seq(args.seq);
     builder.add_actor(args.actor);
     builder.add_group(args.group);
     builder.add_request_id(args.request_id);
@@ -4241,12 +4670,14 @@ impl<'a> GroupChanged<'a> {
     let members = self.members().map(|x| {
       x.into_iter().collect()
     });
+    let seq = self.seq();
     GroupChangedT {
       request_id,
       group,
       change,
       actor,
       members,
+      seq,
     }
   }
 
@@ -4288,6 +4719,16 @@ impl<'a> GroupChanged<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(GroupChanged::VT_MEMBERS, None)}
   }
+  /// The change's position in this device's queue (group changes are
+  /// queued durably, in order with the group's messages): acknowledge it
+  /// with `DeliveryAck`.
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupChanged::VT_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GroupChanged<'_> {
@@ -4301,6 +4742,7 @@ impl ::flatbuffers::Verifiable for GroupChanged<'_> {
      .visit_field::<GroupChange>("change", Self::VT_CHANGE, false)?
      .visit_field::<u64>("actor", Self::VT_ACTOR, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -4311,6 +4753,7 @@ pub struct GroupChangedArgs<'a> {
     pub change: GroupChange,
     pub actor: u64,
     pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub seq: u64,
 }
 impl<'a> Default for GroupChangedArgs<'a> {
   #[inline]
@@ -4321,6 +4764,7 @@ impl<'a> Default for GroupChangedArgs<'a> {
       change: GroupChange::Created,
       actor: 0,
       members: None,
+      seq: 0,
     }
   }
 }
@@ -4351,6 +4795,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupChangedBuilder<'a, 'b, A
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupChanged::VT_MEMBERS, members);
   }
   #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(GroupChanged::VT_SEQ, seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupChangedBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     GroupChangedBuilder {
@@ -4373,6 +4821,7 @@ impl ::core::fmt::Debug for GroupChanged<'_> {
       ds.field("change", &self.change());
       ds.field("actor", &self.actor());
       ds.field("members", &self.members());
+      ds.field("seq", &self.seq());
       ds.finish()
   }
 }
@@ -4384,6 +4833,7 @@ pub struct GroupChangedT {
   pub change: GroupChange,
   pub actor: u64,
   pub members: Option<alloc::vec::Vec<u64>>,
+  pub seq: u64,
 }
 impl Default for GroupChangedT {
   fn default() -> Self {
@@ -4393,6 +4843,7 @@ impl Default for GroupChangedT {
       change: GroupChange::Created,
       actor: 0,
       members: None,
+      seq: 0,
     }
   }
 }
@@ -4408,12 +4859,645 @@ impl GroupChangedT {
     let members = self.members.as_ref().map(|x|{
       _fbb.create_vector(x)
     });
+    let seq = self.seq;
     GroupChanged::create(_fbb, &GroupChangedArgs{
       request_id,
       group,
       change,
       actor,
       members,
+      seq,
+    })
+  }
+}
+pub enum DevicesGetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Client -> server: list this user's linked devices.
+pub struct DevicesGet<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DevicesGet<'a> {
+  type Inner = DevicesGet<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DevicesGet<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DevicesGet { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DevicesGetArgs
+  ) -> ::flatbuffers::WIPOffset<DevicesGet<'bldr>> {
+    let mut builder = DevicesGetBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DevicesGetT {
+    let request_id = self.request_id();
+    DevicesGetT {
+      request_id,
+    }
+  }
+
+  /// Echoed in the `Devices` answer.
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(DevicesGet::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DevicesGet<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DevicesGetArgs {
+    pub request_id: u64,
+}
+impl<'a> Default for DevicesGetArgs {
+  #[inline]
+  fn default() -> Self {
+    DevicesGetArgs {
+      request_id: 0,
+    }
+  }
+}
+
+pub struct DevicesGetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DevicesGetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(DevicesGet::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DevicesGetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DevicesGetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DevicesGet<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DevicesGet<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DevicesGet");
+      ds.field("request_id", &self.request_id());
+      ds.finish()
+  }
+}
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicesGetT {
+  pub request_id: u64,
+}
+impl Default for DevicesGetT {
+  fn default() -> Self {
+    Self {
+      request_id: 0,
+    }
+  }
+}
+impl DevicesGetT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<DevicesGet<'b>> {
+    let request_id = self.request_id;
+    DevicesGet::create(_fbb, &DevicesGetArgs{
+      request_id,
+    })
+  }
+}
+pub enum DevicesOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Server -> client: the answer to `DevicesGet`.
+pub struct Devices<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Devices<'a> {
+  type Inner = Devices<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Devices<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DEVICES: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Devices { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DevicesArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Devices<'bldr>> {
+    let mut builder = DevicesBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.devices { builder.add_devices(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DevicesT {
+    let request_id = self.request_id();
+    let devices = self.devices().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    DevicesT {
+      request_id,
+      devices,
+    }
+  }
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Devices::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  /// Every linked device of the user, in device order.
+  #[inline]
+  pub fn devices(&self) -> Option<::flatbuffers::Vector<'a, DeviceInfo>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, DeviceInfo>>>(Devices::VT_DEVICES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Devices<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, DeviceInfo>>>("devices", Self::VT_DEVICES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DevicesArgs<'a> {
+    pub request_id: u64,
+    pub devices: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, DeviceInfo>>>,
+}
+impl<'a> Default for DevicesArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DevicesArgs {
+      request_id: 0,
+      devices: None,
+    }
+  }
+}
+
+pub struct DevicesBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DevicesBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(Devices::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_devices(&mut self, devices: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , DeviceInfo>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Devices::VT_DEVICES, devices);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DevicesBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DevicesBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Devices<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Devices<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Devices");
+      ds.field("request_id", &self.request_id());
+      ds.field("devices", &self.devices());
+      ds.finish()
+  }
+}
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicesT {
+  pub request_id: u64,
+  pub devices: Option<alloc::vec::Vec<DeviceInfoT>>,
+}
+impl Default for DevicesT {
+  fn default() -> Self {
+    Self {
+      request_id: 0,
+      devices: None,
+    }
+  }
+}
+impl DevicesT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<Devices<'b>> {
+    let request_id = self.request_id;
+    let devices = self.devices.as_ref().map(|x|{
+      let w: alloc::vec::Vec<_> = x.iter().map(|t| t.pack()).collect();_fbb.create_vector(&w)
+    });
+    Devices::create(_fbb, &DevicesArgs{
+      request_id,
+      devices,
+    })
+  }
+}
+pub enum DeviceUnlinkOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Client -> server: unlink one of this user's devices (its queue is
+/// deleted, its sessions closed and its tokens refused from then on).
+pub struct DeviceUnlink<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DeviceUnlink<'a> {
+  type Inner = DeviceUnlink<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DeviceUnlink<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DEVICE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DeviceUnlink { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeviceUnlinkArgs
+  ) -> ::flatbuffers::WIPOffset<DeviceUnlink<'bldr>> {
+    let mut builder = DeviceUnlinkBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    builder.add_device(args.device);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DeviceUnlinkT {
+    let request_id = self.request_id();
+    let device = self.device();
+    DeviceUnlinkT {
+      request_id,
+      device,
+    }
+  }
+
+  /// Echoed in the resulting `DeviceChanged` to the requesting device.
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(DeviceUnlink::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn device(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(DeviceUnlink::VT_DEVICE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DeviceUnlink<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<u32>("device", Self::VT_DEVICE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeviceUnlinkArgs {
+    pub request_id: u64,
+    pub device: u32,
+}
+impl<'a> Default for DeviceUnlinkArgs {
+  #[inline]
+  fn default() -> Self {
+    DeviceUnlinkArgs {
+      request_id: 0,
+      device: 0,
+    }
+  }
+}
+
+pub struct DeviceUnlinkBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeviceUnlinkBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(DeviceUnlink::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_device(&mut self, device: u32) {
+    self.fbb_.push_slot::<u32>(DeviceUnlink::VT_DEVICE, device, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeviceUnlinkBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeviceUnlinkBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DeviceUnlink<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DeviceUnlink<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DeviceUnlink");
+      ds.field("request_id", &self.request_id());
+      ds.field("device", &self.device());
+      ds.finish()
+  }
+}
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceUnlinkT {
+  pub request_id: u64,
+  pub device: u32,
+}
+impl Default for DeviceUnlinkT {
+  fn default() -> Self {
+    Self {
+      request_id: 0,
+      device: 0,
+    }
+  }
+}
+impl DeviceUnlinkT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<DeviceUnlink<'b>> {
+    let request_id = self.request_id;
+    let device = self.device;
+    DeviceUnlink::create(_fbb, &DeviceUnlinkArgs{
+      request_id,
+      device,
+    })
+  }
+}
+pub enum DeviceChangedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Server -> client: one of this user's devices changed. Queued durably
+/// for the user's other devices; acknowledge it with `DeliveryAck`.
+pub struct DeviceChanged<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DeviceChanged<'a> {
+  type Inner = DeviceChanged<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DeviceChanged<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DEVICE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CHANGE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DeviceChanged { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeviceChangedArgs
+  ) -> ::flatbuffers::WIPOffset<DeviceChanged<'bldr>> {
+    let mut builder = DeviceChangedBuilder::new(_fbb);
+    builder.add_seq(args.seq);
+    builder.add_request_id(args.request_id);
+    builder.add_device(args.device);
+    builder.add_change(args.change);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DeviceChangedT {
+    let request_id = self.request_id();
+    let device = self.device();
+    let change = self.change();
+    let seq = self.seq();
+    DeviceChangedT {
+      request_id,
+      device,
+      change,
+      seq,
+    }
+  }
+
+  /// The request that caused it, on the requesting device only; else 0.
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(DeviceChanged::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  /// The device it is about.
+  #[inline]
+  pub fn device(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(DeviceChanged::VT_DEVICE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn change(&self) -> DeviceChange {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<DeviceChange>(DeviceChanged::VT_CHANGE, Some(DeviceChange::Unlinked)).unwrap()}
+  }
+  /// Its position in this device's queue.
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(DeviceChanged::VT_SEQ, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DeviceChanged<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<u32>("device", Self::VT_DEVICE, false)?
+     .visit_field::<DeviceChange>("change", Self::VT_CHANGE, false)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeviceChangedArgs {
+    pub request_id: u64,
+    pub device: u32,
+    pub change: DeviceChange,
+    pub seq: u64,
+}
+impl<'a> Default for DeviceChangedArgs {
+  #[inline]
+  fn default() -> Self {
+    DeviceChangedArgs {
+      request_id: 0,
+      device: 0,
+      change: DeviceChange::Unlinked,
+      seq: 0,
+    }
+  }
+}
+
+pub struct DeviceChangedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeviceChangedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(DeviceChanged::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_device(&mut self, device: u32) {
+    self.fbb_.push_slot::<u32>(DeviceChanged::VT_DEVICE, device, 0);
+  }
+  #[inline]
+  pub fn add_change(&mut self, change: DeviceChange) {
+    self.fbb_.push_slot::<DeviceChange>(DeviceChanged::VT_CHANGE, change, DeviceChange::Unlinked);
+  }
+  #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(DeviceChanged::VT_SEQ, seq, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeviceChangedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeviceChangedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DeviceChanged<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DeviceChanged<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DeviceChanged");
+      ds.field("request_id", &self.request_id());
+      ds.field("device", &self.device());
+      ds.field("change", &self.change());
+      ds.field("seq", &self.seq());
+      ds.finish()
+  }
+}
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceChangedT {
+  pub request_id: u64,
+  pub device: u32,
+  pub change: DeviceChange,
+  pub seq: u64,
+}
+impl Default for DeviceChangedT {
+  fn default() -> Self {
+    Self {
+      request_id: 0,
+      device: 0,
+      change: DeviceChange::Unlinked,
+      seq: 0,
+    }
+  }
+}
+impl DeviceChangedT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<DeviceChanged<'b>> {
+    let request_id = self.request_id;
+    let device = self.device;
+    let change = self.change;
+    let seq = self.seq;
+    DeviceChanged::create(_fbb, &DeviceChangedArgs{
+      request_id,
+      device,
+      change,
+      seq,
     })
   }
 }
@@ -4840,6 +5924,7 @@ impl<'a> Error<'a> {
   pub const VT_CLIENT_MSG_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_FATAL: ::flatbuffers::VOffsetT = 8;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4851,6 +5936,7 @@ impl<'a> Error<'a> {
     args: &'args ErrorArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Error<'bldr>> {
     let mut builder = ErrorBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
     builder.add_client_msg_id(args.client_msg_id);
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_code(args.code);
@@ -4865,11 +5951,13 @@ impl<'a> Error<'a> {
     let message = self.message().map(|x| {
       alloc::string::ToString::to_string(x)
     });
+    let request_id = self.request_id();
     ErrorT {
       code,
       client_msg_id,
       fatal,
       message,
+      request_id,
     }
   }
 
@@ -4903,6 +5991,16 @@ impl<'a> Error<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Error::VT_MESSAGE, None)}
   }
+  /// The group or device request (`request_id` of `GroupCreate`,
+  /// `GroupAdd`, `GroupRemove`, `DevicesGet`, `DeviceUnlink`) it answers,
+  /// else 0.
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Error::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Error<'_> {
@@ -4915,6 +6013,7 @@ impl ::flatbuffers::Verifiable for Error<'_> {
      .visit_field::<u64>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
      .visit_field::<bool>("fatal", Self::VT_FATAL, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
      .finish();
     Ok(())
   }
@@ -4924,6 +6023,7 @@ pub struct ErrorArgs<'a> {
     pub client_msg_id: u64,
     pub fatal: bool,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub request_id: u64,
 }
 impl<'a> Default for ErrorArgs<'a> {
   #[inline]
@@ -4933,6 +6033,7 @@ impl<'a> Default for ErrorArgs<'a> {
       client_msg_id: 0,
       fatal: false,
       message: None,
+      request_id: 0,
     }
   }
 }
@@ -4959,6 +6060,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Error::VT_MESSAGE, message);
   }
   #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(Error::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ErrorBuilder {
@@ -4980,6 +6085,7 @@ impl ::core::fmt::Debug for Error<'_> {
       ds.field("client_msg_id", &self.client_msg_id());
       ds.field("fatal", &self.fatal());
       ds.field("message", &self.message());
+      ds.field("request_id", &self.request_id());
       ds.finish()
   }
 }
@@ -4990,6 +6096,7 @@ pub struct ErrorT {
   pub client_msg_id: u64,
   pub fatal: bool,
   pub message: Option<alloc::string::String>,
+  pub request_id: u64,
 }
 impl Default for ErrorT {
   fn default() -> Self {
@@ -4998,6 +6105,7 @@ impl Default for ErrorT {
       client_msg_id: 0,
       fatal: false,
       message: None,
+      request_id: 0,
     }
   }
 }
@@ -5012,11 +6120,13 @@ impl ErrorT {
     let message = self.message.as_ref().map(|x|{
       _fbb.create_string(x)
     });
+    let request_id = self.request_id;
     Error::create(_fbb, &ErrorArgs{
       code,
       client_msg_id,
       fatal,
       message,
+      request_id,
     })
   }
 }
@@ -5148,6 +6258,26 @@ impl<'a> Frame<'a> {
       Body::Error => BodyT::Error(alloc::boxed::Box::new(
         self.body_as_error()
             .expect("Invalid union table, expected `Body::Error`.")
+            .unpack()
+      )),
+      Body::DevicesGet => BodyT::DevicesGet(alloc::boxed::Box::new(
+        self.body_as_devices_get()
+            .expect("Invalid union table, expected `Body::DevicesGet`.")
+            .unpack()
+      )),
+      Body::Devices => BodyT::Devices(alloc::boxed::Box::new(
+        self.body_as_devices()
+            .expect("Invalid union table, expected `Body::Devices`.")
+            .unpack()
+      )),
+      Body::DeviceUnlink => BodyT::DeviceUnlink(alloc::boxed::Box::new(
+        self.body_as_device_unlink()
+            .expect("Invalid union table, expected `Body::DeviceUnlink`.")
+            .unpack()
+      )),
+      Body::DeviceChanged => BodyT::DeviceChanged(alloc::boxed::Box::new(
+        self.body_as_device_changed()
+            .expect("Invalid union table, expected `Body::DeviceChanged`.")
             .unpack()
       )),
       _ => BodyT::NONE,
@@ -5452,6 +6582,66 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_devices_get(&self) -> Option<DevicesGet<'a>> {
+    if self.body_type() == Body::DevicesGet {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DevicesGet::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_devices(&self) -> Option<Devices<'a>> {
+    if self.body_type() == Body::Devices {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Devices::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_device_unlink(&self) -> Option<DeviceUnlink<'a>> {
+    if self.body_type() == Body::DeviceUnlink {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DeviceUnlink::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_device_changed(&self) -> Option<DeviceChanged<'a>> {
+    if self.body_type() == Body::DeviceChanged {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DeviceChanged::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -5480,6 +6670,10 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::Pong => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Pong>>("Body::Pong", pos),
           Body::GoAway => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GoAway>>("Body::GoAway", pos),
           Body::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("Body::Error", pos),
+          Body::DevicesGet => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DevicesGet>>("Body::DevicesGet", pos),
+          Body::Devices => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Devices>>("Body::Devices", pos),
+          Body::DeviceUnlink => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeviceUnlink>>("Body::DeviceUnlink", pos),
+          Body::DeviceChanged => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeviceChanged>>("Body::DeviceChanged", pos),
           _ => Ok(()),
         }
      })?
@@ -5662,6 +6856,34 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::Error => {
           if let Some(x) = self.body_as_error() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::DevicesGet => {
+          if let Some(x) = self.body_as_devices_get() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Devices => {
+          if let Some(x) = self.body_as_devices() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::DeviceUnlink => {
+          if let Some(x) = self.body_as_device_unlink() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::DeviceChanged => {
+          if let Some(x) = self.body_as_device_changed() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
