@@ -76,6 +76,48 @@ pub enum ClientEvent {
         /// The send it is about (0 if none).
         client_msg_id: u64,
     },
+    /// A group we belong (or belonged) to changed. Queued like a message
+    /// (acknowledge `seq`), except `seq` 0: the direct answer to a request
+    /// that changed nothing.
+    GroupChanged {
+        /// Its position in our queue, or 0.
+        seq: u64,
+        /// Our request it answers (on the requesting device), else 0.
+        request_id: u64,
+        /// The group.
+        group: u64,
+        /// What changed.
+        change: fb::GroupChange,
+        /// Who changed it.
+        actor: u64,
+        /// The users it is about.
+        members: Vec<u64>,
+    },
+    /// The answer to [`ClientCore::devices_get`].
+    Devices {
+        /// Our request.
+        request_id: u64,
+        /// Every linked device of our user.
+        devices: Vec<fb::DeviceInfo>,
+    },
+    /// One of our user's devices changed (queued: acknowledge `seq`).
+    DeviceChanged {
+        /// Its position in our queue.
+        seq: u64,
+        /// Our request it answers (on the requesting device), else 0.
+        request_id: u64,
+        /// The device.
+        device: u32,
+        /// What changed.
+        change: fb::DeviceChange,
+    },
+    /// A group or device request was refused; the connection stays.
+    RequestRefused {
+        /// Why.
+        code: ErrorCode,
+        /// The request.
+        request_id: u64,
+    },
     /// The server asks us to reconnect (elsewhere) after a while.
     GoAway {
         /// Why: `Draining` (reconnect after the delay) or `ConnectedElsewhere`
@@ -249,6 +291,55 @@ impl ClientCore {
         self.closed
     }
 
+    /// Creates a group with us as admin and `members`; answered by a
+    /// `GroupChanged{Created}` naming `request_id` (the group id is in it).
+    pub fn group_create(&mut self, request_id: u64, members: &[u64]) {
+        let mut g = fb::GroupCreateT::default();
+        g.request_id = request_id;
+        g.members = Some(members.to_vec());
+        self.push_owned(fb::BodyT::GroupCreate(Box::new(g)));
+    }
+
+    /// Adds `members` to `group` (admins only).
+    pub fn group_add(&mut self, request_id: u64, group: u64, members: &[u64]) {
+        let mut g = fb::GroupAddT::default();
+        g.request_id = request_id;
+        g.group = group;
+        g.members = Some(members.to_vec());
+        self.push_owned(fb::BodyT::GroupAdd(Box::new(g)));
+    }
+
+    /// Removes `members` from `group` (admins only); naming only our own
+    /// user is leaving.
+    pub fn group_remove(&mut self, request_id: u64, group: u64, members: &[u64]) {
+        let mut g = fb::GroupRemoveT::default();
+        g.request_id = request_id;
+        g.group = group;
+        g.members = Some(members.to_vec());
+        self.push_owned(fb::BodyT::GroupRemove(Box::new(g)));
+    }
+
+    /// Asks for our user's linked devices (answered by `Devices`).
+    pub fn devices_get(&mut self, request_id: u64) {
+        let mut d = fb::DevicesGetT::default();
+        d.request_id = request_id;
+        self.push_owned(fb::BodyT::DevicesGet(Box::new(d)));
+    }
+
+    /// Unlinks one of our user's devices (answered by `DeviceChanged`).
+    pub fn device_unlink(&mut self, request_id: u64, device: u32) {
+        let mut d = fb::DeviceUnlinkT::default();
+        d.request_id = request_id;
+        d.device = device;
+        self.push_owned(fb::BodyT::DeviceUnlink(Box::new(d)));
+    }
+
+    fn push_owned(&mut self, body: fb::BodyT) {
+        let mut header = fb::FrameT::default();
+        header.body = body;
+        self.push(|e| e.encode_owned(&header, Bytes::new()));
+    }
+
     fn queue_hello(&mut self, token: &[u8]) {
         let mut hello = fb::HelloT::default();
         hello.protocol_version = PROTOCOL_VERSION;
@@ -334,6 +425,10 @@ impl ClientCore {
                 reconnect_after_ms: g.reconnect_after_ms(),
             },
             Body::Error(e) if e.fatal() => return self.close(Some(e.code())),
+            Body::Error(e) if e.request_id() != 0 => ClientEvent::RequestRefused {
+                code: e.code(),
+                request_id: e.request_id(),
+            },
             Body::Error(e) => {
                 let client_msg_id = e.client_msg_id();
                 // Not stored. Refused while draining: resent on the next
@@ -347,7 +442,28 @@ impl ClientCore {
                     client_msg_id,
                 }
             }
-            _ => return, // presence, typing, groups: not needed by tools yet
+            Body::GroupChanged(g) => ClientEvent::GroupChanged {
+                seq: g.seq(),
+                request_id: g.request_id(),
+                group: g.group(),
+                change: g.change(),
+                actor: g.actor(),
+                members: g.members().map(|v| v.iter().collect()).unwrap_or_default(),
+            },
+            Body::Devices(d) => ClientEvent::Devices {
+                request_id: d.request_id(),
+                devices: d
+                    .devices()
+                    .map(|v| v.iter().copied().collect())
+                    .unwrap_or_default(),
+            },
+            Body::DeviceChanged(d) => ClientEvent::DeviceChanged {
+                seq: d.seq(),
+                request_id: d.request_id(),
+                device: d.device(),
+                change: d.change(),
+            },
+            _ => return, // presence and typing: not needed by tools yet
         };
         self.events.push_back(event);
     }

@@ -80,6 +80,8 @@ pub struct Settings {
     /// Batches held for other shards' full rings past which a shard stops
     /// reading its sockets (backpressure).
     pub peer_held_batches_max: usize,
+    /// Most members a group may have.
+    pub group_members_max: usize,
 }
 
 impl Default for Settings {
@@ -116,6 +118,7 @@ impl Default for Settings {
             dedup_ids_s: engine.dedup_ids_ms / 1000,
             log_unsynced_bytes_max: shard.log_unsynced_bytes_max,
             peer_held_batches_max: shard.peer_held_batches_max,
+            group_members_max: shard.group_members_max,
         }
     }
 }
@@ -223,6 +226,8 @@ overrides! {
     log_unsynced_bytes_max: u64,
     /// Batches held for full rings before a shard stops reading sockets [default: 1024].
     peer_held_batches_max: usize,
+    /// Most members per group [default: 1024].
+    group_members_max: usize,
 }
 
 impl Overrides {
@@ -282,6 +287,9 @@ impl Settings {
         if self.segment_bytes < SEGMENT_BYTES_MIN {
             return bad("segment_bytes must be at least 1 MiB (a record's limit)");
         }
+        if !(2..=shard_router::GROUP_MEMBERS_MAX_LIMIT).contains(&self.group_members_max) {
+            return bad("group_members_max must be within 2..=8192");
+        }
         if self.out_bytes_max < self.frame_bytes_max as usize {
             return bad("out_bytes_max must hold at least one frame");
         }
@@ -313,6 +321,8 @@ impl Settings {
             conns_max: self.conns_per_shard,
             log_unsynced_bytes_max: self.log_unsynced_bytes_max,
             peer_held_batches_max: self.peer_held_batches_max,
+            group_members_max: self.group_members_max,
+            id_seed: 0,
         }
     }
 

@@ -137,7 +137,10 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
         data_dir: settings.data_dir.clone(),
         tls,
         verifier,
-        shard: settings.shard_config(),
+        shard: gateway::shard::ShardConfig {
+            id_seed: id_seed(),
+            ..settings.shard_config()
+        },
         engine: settings.engine_config(),
         metrics,
         control: control.clone(),
@@ -278,4 +281,13 @@ fn token(command: TokenCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A seed for the group ids this process gives out: the clock and the
+/// process id, so two runs never start the same sequence.
+fn id_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() ^ u64::from(d.subsec_nanos()) << 32);
+    nanos ^ (u64::from(std::process::id()) << 40)
 }

@@ -295,7 +295,11 @@ async fn run_shard(
         started.elapsed()
     );
     let placement = Placement::single_node(u16::try_from(spec.shards).expect("few shards"));
-    let router = RouterCore::new(id, placement, RouterConfig::default());
+    let router_config = RouterConfig {
+        group_members_max: spec.shard.group_members_max,
+        ..RouterConfig::default()
+    };
+    let router = RouterCore::new(id, placement, router_config);
     let core = ShardCore::new(router, engine, FsStorage::open(&dir)?, spec.shard);
     let shard = Rc::new(Shard {
         id: id.0,

@@ -155,6 +155,18 @@ pub enum Event {
         /// The users it is about.
         members: Vec<u64>,
     },
+    /// List the user's linked devices.
+    DevicesGet {
+        /// Echoed in the `Devices` answer.
+        request_id: u64,
+    },
+    /// Unlink one of the user's devices.
+    DeviceUnlink {
+        /// Echoed in the resulting `DeviceChanged`.
+        request_id: u64,
+        /// The device.
+        device: u32,
+    },
     /// The session ended; `code` is why (None: the client left cleanly).
     Closed {
         /// The protocol reason, if any.
@@ -207,6 +219,8 @@ pub enum Reply {
         code: ErrorCode,
         /// The `Send` it is about, or 0.
         client_msg_id: u64,
+        /// The group or device request it is about, or 0.
+        request_id: u64,
         /// Whether the connection closes after it.
         fatal: bool,
     },
@@ -405,6 +419,24 @@ impl Session {
         }
     }
 
+    /// The shard refuses a group or device request: an `Error` frame that
+    /// names its `request_id` (and a close if the code is fatal).
+    pub fn refuse_request(&mut self, code: ErrorCode, request_id: u64) {
+        if self.state == State::Closed {
+            return;
+        }
+        let fatal = wire_format::is_fatal(code);
+        self.replies.push_back(Reply::Error {
+            code,
+            client_msg_id: 0,
+            request_id,
+            fatal,
+        });
+        if fatal {
+            self.close(Some(code));
+        }
+    }
+
     /// Everything owed has been flushed; a draining session may close now.
     pub fn finish(&mut self) {
         if matches!(self.state, State::Draining(_)) {
@@ -526,6 +558,13 @@ impl Session {
             Body::GroupRemove(g) => {
                 self.on_group(GroupOp::Remove, g.request_id(), g.group(), g.members())
             }
+            Body::DevicesGet(d) => self.events.push_back(Event::DevicesGet {
+                request_id: d.request_id(),
+            }),
+            Body::DeviceUnlink(d) => self.events.push_back(Event::DeviceUnlink {
+                request_id: d.request_id(),
+                device: d.device(),
+            }),
             // A second Hello, or a kind only servers send.
             _ => self.fail(ErrorCode::UnexpectedFrame, 0),
         }
@@ -570,7 +609,7 @@ impl Session {
     ) {
         let members: Vec<u64> = members.map(|v| v.iter().collect()).unwrap_or_default();
         if members.len() > self.config.items_max {
-            return self.refuse(ErrorCode::TooManyItems, 0);
+            return self.refuse_request(ErrorCode::TooManyItems, request_id);
         }
         self.events.push_back(Event::Group {
             op,
@@ -586,6 +625,7 @@ impl Session {
         self.replies.push_back(Reply::Error {
             code,
             client_msg_id,
+            request_id: 0,
             fatal: false,
         });
     }
@@ -597,6 +637,7 @@ impl Session {
         self.replies.push_back(Reply::Error {
             code,
             client_msg_id,
+            request_id: 0,
             fatal: true,
         });
         self.close(Some(code));

@@ -88,6 +88,7 @@ fn fatal(code: ErrorCode) -> Reply {
     Reply::Error {
         code,
         client_msg_id: 0,
+        request_id: 0,
         fatal: true,
     }
 }
@@ -279,11 +280,13 @@ fn bad_addresses_and_long_lists_are_refused_without_closing() {
             Reply::Error {
                 code: ErrorCode::InvalidAddress,
                 client_msg_id: 9,
+                request_id: 0,
                 fatal: false
             },
             Reply::Error {
                 code: ErrorCode::TooManyItems,
                 client_msg_id: 0,
+                request_id: 0,
                 fatal: false
             },
         ]
@@ -359,6 +362,7 @@ fn sends_over_the_rate_are_refused_then_the_connection_is_closed() {
     let limited = Reply::Error {
         code: ErrorCode::RateLimited,
         client_msg_id: 10,
+        request_id: 0,
         fatal: false,
     };
     assert_eq!(replies(&mut s), [limited]);
@@ -393,6 +397,7 @@ fn sends_over_the_rate_are_refused_then_the_connection_is_closed() {
         Reply::Error {
             code: ErrorCode::RateLimited,
             client_msg_id: 14,
+            request_id: 0,
             fatal: true
         }
     );
@@ -424,6 +429,7 @@ fn draining_refuses_new_sends_keeps_acks_and_closes_at_the_deadline() {
     let refused = Reply::Error {
         code: ErrorCode::Draining,
         client_msg_id: 3,
+        request_id: 0,
         fatal: false,
     };
     assert!(!wire_format::is_fatal(ErrorCode::Draining));
@@ -509,6 +515,7 @@ fn a_payload_whose_deliver_would_not_fit_is_refused_at_send() {
             let refused = Reply::Error {
                 code: ErrorCode::PayloadTooLarge,
                 client_msg_id: len as u64,
+                request_id: 0,
                 fatal: false,
             };
             assert_eq!(replies(&mut s), [refused]);

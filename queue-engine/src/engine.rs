@@ -429,7 +429,9 @@ impl Engine {
                 });
             }
         }
-        if m.recipients.is_empty() {
+        // A group message may have no recipient here: its record still
+        // holds its id and dedup entry (its payload then is usually empty).
+        if m.recipients.is_empty() && m.group == 0 {
             return Err(QueueError::NoRecipient);
         }
         let bytes = crate::record::message_len(m.recipients.len(), m.payload.len(), m.group != 0);
@@ -942,6 +944,22 @@ impl Engine {
 
     /// Whether `device`'s queue has room: messages and receipts each have
     /// their own budget, so receipts never crowd out messages.
+    /// Whether `device`'s queue has room for a message of `payload_len`
+    /// bytes (or a receipt).
+    pub fn has_room(&self, device: DeviceRef, payload_len: u64, receipt: bool) -> bool {
+        let config = self.config;
+        let Some(queue) = self.queues.get(&device) else {
+            return true;
+        };
+        match receipt {
+            true => queue.receipts < config.queue_receipts_max,
+            false => {
+                queue.entries.len() - queue.receipts < config.queue_messages_max
+                    && queue.bytes + payload_len <= config.queue_bytes_max
+            }
+        }
+    }
+
     fn check_room(
         &mut self,
         device: DeviceRef,
@@ -1048,7 +1066,12 @@ impl Engine {
                 self.expiry.push(Reverse((expires_s, r.device)));
             }
         }
-        self.live_records += 1;
+        match m.recipients.is_empty() {
+            // A group message with nobody here: dead at birth, kept only
+            // for its dedup entry (reclaim carries that in a window).
+            true => self.live_bytes -= len,
+            false => self.live_records += 1,
+        }
         if m.recipients.len() > 1 {
             let refs = u32::try_from(m.recipients.len()).expect("at most 65,535 recipients");
             let record_len = u32::try_from(len).expect("records are below 4 GiB");

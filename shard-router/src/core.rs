@@ -330,6 +330,11 @@ impl<M: Clone> RouterCore<M> {
         &self.registry
     }
 
+    /// Where every user and group lives.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
     /// The groups whose home is this shard.
     pub fn groups(&self) -> &Groups {
         &self.groups

@@ -14,6 +14,11 @@ use crate::ids::{GroupId, UserId};
 /// Default largest number of members in a group.
 pub const GROUP_MEMBERS_MAX_DEFAULT: usize = 1024;
 
+/// The largest member limit an operator may set: a group change's notice
+/// (8 bytes per member) and a group message's copy stay far below a log
+/// record's limit.
+pub const GROUP_MEMBERS_MAX_LIMIT: usize = 8192;
+
 /// A member's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -61,6 +66,100 @@ pub enum GroupRecord {
         /// The user who left.
         user: UserId,
     },
+}
+
+impl GroupRecord {
+    /// The group it changes.
+    pub fn group(&self) -> GroupId {
+        match self {
+            Self::Created { group, .. }
+            | Self::Added { group, .. }
+            | Self::Removed { group, .. }
+            | Self::Left { group, .. } => *group,
+        }
+    }
+
+    /// The user who made the change.
+    pub fn actor(&self) -> UserId {
+        match self {
+            Self::Created { creator: a, .. }
+            | Self::Added { actor: a, .. }
+            | Self::Removed { actor: a, .. }
+            | Self::Left { user: a, .. } => *a,
+        }
+    }
+
+    /// The users the change is about (for `Left`, the user who left).
+    pub fn members(&self) -> &[UserId] {
+        match self {
+            Self::Created { members, .. }
+            | Self::Added { members, .. }
+            | Self::Removed { members, .. } => members,
+            Self::Left { user, .. } => std::slice::from_ref(user),
+        }
+    }
+
+    /// Its durable bytes: `kind u8 | group u64 | actor u64 | count u32 |
+    /// members u64...`, little-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let kind: u8 = match self {
+            Self::Created { .. } => 1,
+            Self::Added { .. } => 2,
+            Self::Removed { .. } => 3,
+            Self::Left { .. } => 4,
+        };
+        let members: &[UserId] = match self {
+            Self::Left { .. } => &[],
+            _ => self.members(),
+        };
+        let mut out = Vec::with_capacity(21 + 8 * members.len());
+        out.push(kind);
+        out.extend_from_slice(&self.group().0.to_le_bytes());
+        out.extend_from_slice(&self.actor().0.to_le_bytes());
+        let count = u32::try_from(members.len()).expect("a bounded group");
+        out.extend_from_slice(&count.to_le_bytes());
+        for m in members {
+            out.extend_from_slice(&m.0.to_le_bytes());
+        }
+        out
+    }
+
+    /// The record [`GroupRecord::encode`] wrote, or `None` if `bytes` are
+    /// not one.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (&kind, rest) = bytes.split_first()?;
+        let u64_at = |i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(rest.get(i..i + 8)?.try_into().ok()?))
+        };
+        let group = GroupId(u64_at(0)?);
+        let actor = UserId(u64_at(8)?);
+        let count = u32::from_le_bytes(rest.get(16..20)?.try_into().ok()?) as usize;
+        if rest.len() != 20 + 8 * count {
+            return None;
+        }
+        let members = (0..count)
+            .map(|i| u64_at(20 + 8 * i).map(UserId))
+            .collect::<Option<Vec<_>>>()?;
+        Some(match kind {
+            1 => Self::Created {
+                group,
+                creator: actor,
+                members,
+            },
+            2 => Self::Added {
+                group,
+                actor,
+                members,
+            },
+            3 => Self::Removed {
+                group,
+                actor,
+                members,
+            },
+            4 if members.is_empty() => Self::Left { group, user: actor },
+            _ => return None,
+        })
+    }
 }
 
 /// Why a group change was refused. Maps onto the protocol's error codes.
@@ -346,7 +445,13 @@ mod tests {
         log.push(live(&mut g, |g| g.remove(GroupId(1), UserId(1), &u(&[1]))));
         log.push(live(&mut g, |g| g.remove(GroupId(1), UserId(2), &u(&[3]))));
         let mut rebuilt = Groups::new(10);
-        log.iter().for_each(|r| rebuilt.apply(r));
+        for r in &log {
+            let bytes = r.encode();
+            let decoded = GroupRecord::decode(&bytes).expect("round trips");
+            assert_eq!(&decoded, r);
+            assert_eq!(GroupRecord::decode(&bytes[..bytes.len() - 1]), None);
+            rebuilt.apply(&decoded);
+        }
         for id in [GroupId(1), GroupId(2)] {
             assert_eq!(rebuilt.members(id), g.members(id));
         }

@@ -24,7 +24,9 @@ mod presence;
 mod registry;
 
 pub use crate::core::{CloseReason, Effect, GroupRequest, RouterConfig, RouterCore, ShardMsg};
-pub use groups::{GROUP_MEMBERS_MAX_DEFAULT, GroupError, GroupRecord, Groups, Role};
+pub use groups::{
+    GROUP_MEMBERS_MAX_DEFAULT, GROUP_MEMBERS_MAX_LIMIT, GroupError, GroupRecord, Groups, Role,
+};
 pub use ids::{ConnId, ConnRef, DeviceId, DeviceKey, GroupId, NodeId, ShardId, Target, UserId};
 pub use outbox::{BATCH_MESSAGES_MAX, Outbox};
 pub use placement::{Placement, Route};

@@ -2,15 +2,17 @@
 //! into notes for the homes, and notes for a connection into frames.
 
 use queue_engine::Storage;
-use shard_router::{ConnId, ConnRef, DeviceKey, Effect, PresenceUpdate, Target, UserId};
+use shard_router::{
+    ConnId, ConnRef, DeviceKey, Effect, GroupId, GroupRequest, PresenceUpdate, Target, UserId,
+};
 use wire_format::fb::{self, ErrorCode};
-use wire_format::{DeliverHeader, FrameDecoder, OutFrame, user_address};
+use wire_format::{DeliverHeader, FrameDecoder, GroupChangedHeader, OutFrame, user_address};
 
 use super::{
     Conn, Note, Receipt, ShardCore, ToConn, ToHome, address, append, encode_reply, target,
 };
 use crate::clock::Now;
-use crate::session::{Event, Reply, Session, State};
+use crate::session::{Event, GroupOp, Reply, Session, State};
 use crate::token::Verifier;
 
 impl Conn {
@@ -219,10 +221,6 @@ impl<S: Storage> ShardCore<S> {
                 payload,
             } => {
                 let to = target(&to);
-                if matches!(to, Target::Group(_)) {
-                    let code = ErrorCode::UnknownGroup; // groups come with group messaging
-                    return self.refuse_local(reply.conn, code, client_msg_id);
-                }
                 let submit = ToHome::Submit {
                     reply,
                     client_msg_id,
@@ -265,7 +263,32 @@ impl<S: Storage> ShardCore<S> {
                     self.router.handle_subscribe(now_ms, reply.conn, &users);
                 }
             }
-            Event::Group { .. } => self.refuse_local(reply.conn, ErrorCode::UnknownGroup, 0),
+            Event::Group {
+                op,
+                request_id,
+                group,
+                members,
+            } => {
+                let members: Vec<UserId> = members.into_iter().map(UserId).collect();
+                let group = match op {
+                    GroupOp::Create => GroupId(self.next_group_id()),
+                    _ => GroupId(group),
+                };
+                let request = match op {
+                    GroupOp::Create => GroupRequest::Create { group, members },
+                    GroupOp::Add => GroupRequest::Add { group, members },
+                    GroupOp::Remove => GroupRequest::Remove { group, members },
+                };
+                let note = ToHome::Group {
+                    reply,
+                    request_id,
+                    request,
+                };
+                self.send_home(now_ms, device, Target::Group(group), note);
+            }
+            Event::DevicesGet { request_id } | Event::DeviceUnlink { request_id, .. } => {
+                self.refuse_request(reply.conn, ErrorCode::UnknownDevice, request_id)
+            }
             Event::Authenticated { .. } | Event::Closed { .. } => {}
         }
     }
@@ -273,6 +296,13 @@ impl<S: Storage> ShardCore<S> {
     pub(super) fn refuse_local(&mut self, conn: ConnId, code: ErrorCode, client_msg_id: u64) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session.refuse_from_shard(code, client_msg_id);
+        }
+        self.flush_replies(conn);
+    }
+
+    pub(super) fn refuse_request(&mut self, conn: ConnId, code: ErrorCode, request_id: u64) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.refuse_request(code, request_id);
         }
         self.flush_replies(conn);
     }
@@ -454,6 +484,30 @@ impl<S: Storage> ShardCore<S> {
                 code,
                 client_msg_id,
             } => return self.refuse_local(conn, code, client_msg_id),
+            ToConn::RefusedRequest { code, request_id } => {
+                return self.refuse_request(conn, code, request_id);
+            }
+            ToConn::GroupChanged {
+                seq,
+                request_id,
+                group,
+                change,
+                actor,
+                members,
+            } => {
+                if seq != 0 {
+                    self.stats.messages_delivered += 1;
+                }
+                let g = GroupChangedHeader {
+                    request_id,
+                    group,
+                    change,
+                    actor,
+                    members: &members,
+                    seq,
+                };
+                self.encoder.group_changed(&g)
+            }
         };
         self.write_frame(conn, frame);
     }

@@ -3,9 +3,10 @@
 
 use bytes::Bytes;
 use queue_engine::{Accepted, DeviceRef, NewMessage, QueueError, Storage, read_message};
-use shard_router::{ConnRef, DeviceKey, Target};
+use shard_router::{ConnRef, DeviceKey, GroupId, Target};
 use wire_format::fb::{self, ErrorCode};
 
+use super::groups::{NOTICE_GROUP, notice_note};
 use super::{Cursor, Meta, Note, ShardCore, ToConn, ToHome, Waiting, device_key, device_ref};
 
 impl<S: Storage> ShardCore<S> {
@@ -21,7 +22,27 @@ impl<S: Storage> ShardCore<S> {
                 client_msg_id,
                 ttl_s,
                 payload,
-            } => self.store_message(now_ms, reply, from, to, client_msg_id, ttl_s, &payload),
+            } => match to {
+                Target::Group(group) => {
+                    self.group_send(now_ms, reply, from, group, client_msg_id, ttl_s, &payload)
+                }
+                _ => self.store_message(now_ms, reply, from, to, client_msg_id, ttl_s, &payload),
+            },
+            ToHome::Group {
+                reply,
+                request_id,
+                request,
+            } => self.group_request(now_ms, from, reply, request_id, request),
+            ToHome::GroupCopy(copy) => self.group_copy(now_ms, from, copy),
+            ToHome::CopyStored { token } => self.group_part_done(now_ms, token),
+            ToHome::GroupNotice { notice, users } => {
+                let Target::User(user) = to else {
+                    return self.anomaly("a group notice routed to a non-user");
+                };
+                let group = notice_group(&notice);
+                debug_assert!(users.contains(&user));
+                self.store_notice(now_ms, from, group, &notice, &users);
+            }
             ToHome::StoreReceipt(r) => self.receipt_at_home(from, to, r),
             ToHome::ReceiptStored { ack } => self.receipt_stored(now_ms, from, ack),
             ToHome::Resume { reply, after_seq } => self.resume(now_ms, reply, from, after_seq),
@@ -267,6 +288,13 @@ impl<S: Storage> ShardCore<S> {
             None => self.read_back(device, position)?,
         };
         let note = match meta.receipt {
+            Some(kind) if kind.0 == NOTICE_GROUP => {
+                let Some(note) = notice_note(&payload, seq, device, meta.from) else {
+                    self.anomaly("a stored group notice does not decode");
+                    return None;
+                };
+                note
+            }
             None => ToConn::Message {
                 seq,
                 message_id: meta.message_id,
@@ -309,9 +337,13 @@ impl<S: Storage> ShardCore<S> {
             .receipt
             .then(|| stored.payload.first().map(|k| fb::ReceiptKind(*k)))
             .flatten();
+        let to = match stored.group {
+            0 => Target::User(device.user),
+            group => Target::Group(GroupId(group)),
+        };
         let meta = Meta {
             from: device_key(stored.sender),
-            to: Target::User(device.user),
+            to,
             message_id: stored.message_id,
             at_ms: stored.accepted_ms,
             receipt,
@@ -340,6 +372,14 @@ impl<S: Storage> ShardCore<S> {
         }
         Some(m)
     }
+}
+
+/// The group a stored notice is about.
+fn notice_group(notice: &[u8]) -> GroupId {
+    let id = notice
+        .get(1..9)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    GroupId(id)
 }
 
 /// The message ids in a stored receipt's payload (kind byte, then ids).

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `edge.rs` | the connection edge: sockets' inputs, session events to notes, notes to frames |
 //! | `home.rs` | this shard as a device's home: store, resume, the delivery pump, reading records back |
+//! | `groups.rs` | groups: this shard as a group's home (changes, the group's order, copies to members' homes) and as a member's home |
 //! | `receipts.rs` | acks and receipts: ✓✓ to the senders' homes, tombstones once those are durable, receipts a full queue refused |
 //! | `time.rs` | the timer heap of session deadlines, TTL expiry, housekeeping |
 //! | `reply.rs` | encoding a session's replies |
@@ -50,6 +51,7 @@
 //! 4. sleeps until the next input or [`ShardCore::poll_timeout`].
 
 mod edge;
+mod groups;
 mod home;
 mod note;
 mod receipts;
@@ -97,6 +99,11 @@ pub struct ShardConfig {
     /// Batches held for full rings to other shards past which the shard
     /// stops reading its sockets until they drain.
     pub peer_held_batches_max: usize,
+    /// Most members a group may have.
+    pub group_members_max: usize,
+    /// Seeds the group ids this shard gives out (the shell passes a random
+    /// value; tests a fixed one).
+    pub id_seed: u64,
 }
 
 /// A per-shard budget that, once spent, stops the shard reading sockets.
@@ -128,6 +135,8 @@ impl Default for ShardConfig {
             conns_max: 100_000,
             log_unsynced_bytes_max: 64 << 20,
             peer_held_batches_max: 1024,
+            group_members_max: shard_router::GROUP_MEMBERS_MAX_DEFAULT,
+            id_seed: 0,
         }
     }
 }
@@ -155,6 +164,11 @@ pub struct Stats {
     pub receipts_stored: u64,
     /// Receipts kept for a retry because a recipient's queue was full.
     pub receipts_deferred: u64,
+    /// Group changes stored (this shard as the group's home).
+    pub group_changes: u64,
+    /// Member devices a group message or change skipped: their queue was
+    /// full.
+    pub group_skipped: u64,
     /// Errors sent, by code.
     pub errors: FxHashMap<u16, u64>,
     /// Internal errors: broken invariants that were counted and logged
@@ -215,6 +229,15 @@ enum Waiting {
     Pump(DeviceKey),
     /// A receipt for this ack is durable: tell the acking device's home.
     Confirm(AckRef),
+    /// Send a note to a home (a group's copies and notices leave the
+    /// group's home only once what they follow is durable).
+    Home {
+        from: DeviceKey,
+        to: Target,
+        note: ToHome,
+    },
+    /// This shard's part of a group send is durable.
+    GroupPart(u64),
 }
 
 /// A device's ack waiting for its receipts to be durable. `id` tells
@@ -285,6 +308,12 @@ pub struct ShardCore<S> {
     receipts_in: Vec<receipts::Coalesced>,
     /// The open record in `receipts_in` of each (from, to, kind).
     receipts_open: FxHashMap<(DeviceKey, Target, fb::ReceiptKind), usize>,
+    /// Group sends (this shard as the group's home) waiting for parts.
+    group_sends: FxHashMap<u64, groups::GroupSend>,
+    /// The next group send's token.
+    next_token: u64,
+    /// The state of the group id sequence.
+    group_ids: u64,
     draining: bool,
     /// The log failed (fail-stop: the shell exits); why.
     failed: Option<String>,
@@ -329,7 +358,18 @@ pub fn address(t: Target) -> Address {
 impl<S: Storage> ShardCore<S> {
     /// Shard `router.shard()` with its engine (already opened and
     /// recovered) and `reader`, a read handle on the same log.
-    pub fn new(router: RouterCore<Note>, engine: Engine, reader: S, config: ShardConfig) -> Self {
+    pub fn new(
+        mut router: RouterCore<Note>,
+        engine: Engine,
+        reader: S,
+        config: ShardConfig,
+    ) -> Self {
+        for bytes in engine.group_records() {
+            match shard_router::GroupRecord::decode(bytes) {
+                Some(record) => router.replay_group_record(&record),
+                None => tracing::error!("a group record in the log does not decode"),
+            }
+        }
         let mut devices: FxHashMap<UserId, Vec<DeviceId>> = FxHashMap::default();
         for d in engine.devices() {
             devices
@@ -339,6 +379,7 @@ impl<S: Storage> ShardCore<S> {
         }
         Self {
             shard: router.shard(),
+            group_ids: config.id_seed ^ (u64::from(router.shard().0) << 48),
             config,
             router,
             engine,
@@ -357,6 +398,8 @@ impl<S: Storage> ShardCore<S> {
             deferred: VecDeque::new(),
             receipts_in: Vec::new(),
             receipts_open: FxHashMap::default(),
+            group_sends: FxHashMap::default(),
+            next_token: 1,
             draining: false,
             failed: None,
             now_ms: 0,
@@ -410,7 +453,7 @@ impl<S: Storage> ShardCore<S> {
         Internals {
             meta: self.meta.len(),
             cursors: self.cursors.len(),
-            waiting: self.waiting.len(),
+            waiting: self.waiting.len() + self.group_sends.len(),
             acks: self.acks.len(),
             receipted: self.receipted.len(),
             deferred: self.deferred.len() + self.receipts_in.len(),
@@ -530,6 +573,8 @@ impl<S: Storage> ShardCore<S> {
                     let to = Target::Device(ack.device);
                     self.send_home(now_ms, ack.device, to, note);
                 }
+                Waiting::Home { from, to, note } => self.send_home(now_ms, from, to, note),
+                Waiting::GroupPart(token) => self.group_part_done(now_ms, token),
             }
         }
         self.run_effects(now_ms);

@@ -3,7 +3,7 @@
 //! connection. [`Note`] is the router's message type and carries either.
 
 use bytes::Bytes;
-use shard_router::ConnRef;
+use shard_router::{ConnRef, GroupRequest, UserId};
 use wire_format::fb::{self, ErrorCode};
 
 use super::AckRef;
@@ -61,6 +61,50 @@ pub enum ToHome {
         /// The connection.
         reply: ConnRef,
     },
+    /// To a group's home: a change the device asks for.
+    Group {
+        /// The requesting connection.
+        reply: ConnRef,
+        /// The client's id for the request.
+        request_id: u64,
+        /// The change.
+        request: GroupRequest,
+    },
+    /// From a group's home to a member's home: queue this group message
+    /// for `users`' devices (the note comes from the sending device).
+    GroupCopy(GroupCopy),
+    /// To a group's home: the copy `token` is durable at a member's home.
+    CopyStored {
+        /// The group send it belongs to.
+        token: u64,
+    },
+    /// From a group's home to a member's home: queue this group change
+    /// for `users`' devices (the note comes from the requesting device).
+    GroupNotice {
+        /// The stored notice (see `groups.rs`).
+        notice: Bytes,
+        /// The users to queue it for.
+        users: Vec<UserId>,
+    },
+}
+
+/// A group message on its way from the group's home to a member's home.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupCopy {
+    /// The group.
+    pub group: u64,
+    /// The group send at the group's home, for [`ToHome::CopyStored`].
+    pub token: u64,
+    /// The id the group's home gave it.
+    pub message_id: u64,
+    /// The sender's id for it (the member's home dedups on it too).
+    pub client_msg_id: u64,
+    /// Requested TTL in seconds.
+    pub ttl_s: u32,
+    /// The opaque payload.
+    pub payload: Bytes,
+    /// The members whose home is the destination.
+    pub users: Vec<UserId>,
 }
 
 /// A receipt on its way to the home of the user it is for.
@@ -127,6 +171,29 @@ pub enum ToConn {
         /// Where the queue resumes: the device's resume point, or 0 if
         /// that was past the queue's end.
         resume_seq: u64,
+    },
+    /// A group change (queued at `seq`; 0: answered directly, nothing
+    /// changed).
+    GroupChanged {
+        /// Its seq in the device's queue, or 0.
+        seq: u64,
+        /// The request it answers, on the requesting device; else 0.
+        request_id: u64,
+        /// The group.
+        group: u64,
+        /// What changed.
+        change: fb::GroupChange,
+        /// Who changed it.
+        actor: u64,
+        /// The users it is about.
+        members: Vec<u64>,
+    },
+    /// A refused group or device request.
+    RefusedRequest {
+        /// Why.
+        code: ErrorCode,
+        /// The request.
+        request_id: u64,
     },
     /// Relayed to online devices only.
     Typing {

@@ -46,10 +46,12 @@ pub fn encode_reply(
         Reply::Error {
             code,
             client_msg_id,
+            request_id,
             fatal,
-        } => e.error(
+        } => e.error_about(
             code,
             client_msg_id,
+            request_id,
             fatal,
             code.variant_name().unwrap_or(""),
         ),
