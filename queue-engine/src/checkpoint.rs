@@ -3,13 +3,14 @@
 //! live state, not with history).
 //!
 //! ```text
-//! magic "QECKPT01" | u64 position | u64 live_bytes | u64 live_records
+//! magic "QECKPT02" | u64 position | u64 live_bytes | u64 live_records
 //! u32 n, n × queue   (device 12 | next_seq 8 | u32 m | m × entry 24)
 //! u32 n, n × shared  (position 8 | refs 4 | record_len 4)
 //! u32 n, n × window  (device 12 | high 8 | bits 8 | record_at 8)
 //! u32 n, n × known   (device 12 | client id 8 | message id 8 | position 8 | accepted 8)
 //! u32 n, n × group   (order 8 | u32 len | bytes)
 //! u32 n, n × device record (device 12 | position 8 | len 8)
+//! u32 n, n × device life (device 12 | linked 8 | active 8 | unlinked 8 | position 8 | len 8)
 //! u32 crc32c of everything before it
 //! ```
 //!
@@ -23,9 +24,11 @@ use std::collections::VecDeque;
 
 use crate::dedup::Known;
 use crate::engine::{Engine, Entry, Queue, Shared};
-use crate::record::DeviceRef;
+use crate::record::{DeviceLife, DeviceRef};
 
-const MAGIC: &[u8; 8] = b"QECKPT01";
+/// Version 02 added device lives; a version-01 file is not read (a full
+/// replay, which is always correct).
+const MAGIC: &[u8; 8] = b"QECKPT02";
 
 /// Little-endian writer.
 struct W(Vec<u8>);
@@ -119,6 +122,13 @@ impl Engine {
             w.u64(*position);
             w.u64(*len);
         }
+        w.len(self.lives.len());
+        for (l, position, len) in self.lives.values() {
+            w.device(l.device);
+            for v in [l.linked_ms, l.active_ms, l.unlinked_ms, *position, *len] {
+                w.u64(v);
+            }
+        }
         let crc = crc32c::crc32c(&w.0);
         w.u32(crc);
         (position, w.0)
@@ -183,6 +193,15 @@ impl Engine {
         for _ in 0..r.len()? {
             let device = r.device()?;
             self.device_records.insert(device, (r.u64()?, r.u64()?));
+        }
+        for _ in 0..r.len()? {
+            let life = DeviceLife {
+                device: r.device()?,
+                linked_ms: r.u64()?,
+                active_ms: r.u64()?,
+                unlinked_ms: r.u64()?,
+            };
+            self.lives.insert(life.device, (life, r.u64()?, r.u64()?));
         }
         r.0.is_empty().then_some(position)
     }

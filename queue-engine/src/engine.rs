@@ -32,8 +32,8 @@ use crate::dedup::{Seen, SenderWindows};
 use crate::log::{Flush, Log, LogConfig};
 use crate::recent::RecentPayloads;
 use crate::record::{
-    DeathReason, DeviceRef, MessageRecord, Recipient, Record, Tombstone, WINDOW_RECORD_LEN,
-    WindowRecord,
+    DeathReason, DeviceLife, DeviceRef, MessageRecord, Recipient, Record, Tombstone,
+    WINDOW_RECORD_LEN, WindowRecord,
 };
 use crate::recovery::{Recovered, RecoveryError, recover};
 use crate::split_map::SplitMap;
@@ -321,6 +321,8 @@ pub struct Engine {
     pub(crate) group_records: std::collections::BTreeMap<u64, Vec<u8>>,
     /// The latest device record of each device: (position, length).
     pub(crate) device_records: FxHashMap<DeviceRef, (u64, u64)>,
+    /// Each device's latest life record, with its position and length.
+    pub(crate) lives: FxHashMap<DeviceRef, (DeviceLife, u64, u64)>,
     /// Bytes of records still needed: live messages, and device, group and
     /// dedup records (the latest copy of each).
     pub(crate) live_bytes: u64,
@@ -387,6 +389,7 @@ impl Engine {
             expiry_filed: 0,
             group_records: std::collections::BTreeMap::new(),
             device_records: FxHashMap::default(),
+            lives: FxHashMap::default(),
             live_bytes: 0,
             recent: RecentPayloads::new(config.payload_cache_bytes),
         }
@@ -542,6 +545,22 @@ impl Engine {
             next_seq,
         };
         self.append(&record)
+    }
+
+    /// Records `life` as the device's latest (linked, active, unlinked).
+    pub fn set_life(&mut self, life: DeviceLife) -> u64 {
+        self.append(&Record::Life(life))
+    }
+
+    /// The device's latest life record, if it has one (devices linked
+    /// before life records existed have none).
+    pub fn life(&self, device: DeviceRef) -> Option<DeviceLife> {
+        self.lives.get(&device).map(|l| l.0)
+    }
+
+    /// Every device's latest life record.
+    pub fn lives(&self) -> impl Iterator<Item = DeviceLife> + '_ {
+        self.lives.values().map(|l| l.0)
     }
 
     /// Appends an opaque group membership record (the router's).
@@ -766,6 +785,11 @@ impl Engine {
                 self.live_bytes -= len;
                 let at = self.log.append(record);
                 self.live_bytes += self.log.head() - at;
+            }
+            Record::Life(l) => {
+                if self.lives.get(&l.device).is_some_and(|r| r.1 == position) {
+                    self.append(record);
+                }
             }
             // Carried by window records (`window_leaving`).
             Record::Dedup(_) | Record::Window(_) => {}
@@ -1014,6 +1038,11 @@ impl Engine {
                     bits: 1,
                 };
                 self.windows.apply_record(0, &w);
+            }
+            Record::Life(l) => {
+                if let Some((_, _, old)) = self.lives.insert(l.device, (*l, position, len)) {
+                    self.live_bytes -= old; // superseded
+                }
             }
             Record::Window(w) => {
                 if self.windows.recorded(w.sender, position) {

@@ -6,7 +6,8 @@
 //! u8  kind     1 message, 2 tombstone, 3 device, 4 group, 5 dedup (read,
 //!              no longer written), 6 receipt (a message record the server
 //!              made: never deduped), 7 sender window, 8 group message
-//!              (the group's id, then a message body)
+//!              (the group's id, then a message body), 9 device life
+//!              (linked, last active, unlinked)
 //! body         a fixed header per kind (little-endian), then variable bytes
 //! ```
 //!
@@ -118,6 +119,20 @@ pub struct WindowRecord {
 /// Bytes of a window record.
 pub const WINDOW_RECORD_LEN: u64 = (LEN_BYTES + CRC_BYTES + 1 + 12 + 8 + 8) as u64;
 
+/// A device's life as a linked device of its user: the latest record of
+/// a device supersedes the earlier ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceLife {
+    /// The device.
+    pub device: DeviceRef,
+    /// When it was linked (first authenticated), ms since the Unix epoch.
+    pub linked_ms: u64,
+    /// When it was last connected, ms since the Unix epoch.
+    pub active_ms: u64,
+    /// When it was unlinked, or 0 while it is linked.
+    pub unlinked_ms: u64,
+}
+
 /// One record, borrowed from the bytes it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
@@ -149,6 +164,8 @@ pub enum Record<'a> {
     Dedup(DedupRecord),
     /// A sender's dedup window.
     Window(WindowRecord),
+    /// A device's life (kind 9).
+    Life(DeviceLife),
 }
 
 /// Why bytes are not a valid record.
@@ -199,6 +216,7 @@ pub fn encoded_len(record: &Record<'_>) -> usize {
         Record::Group { bytes, .. } => 8 + bytes.len(),
         Record::Dedup(_) => 12 + 8 + 8 + 8,
         Record::Window(_) => 12 + 8 + 8,
+        Record::Life(_) => 12 + 8 + 8 + 8,
     };
     LEN_BYTES + CRC_BYTES + 1 + body
 }
@@ -245,6 +263,13 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
             out.push(5);
             put_device(d.sender, out);
             for v in [d.client_msg_id, d.message_id, d.expires_ms] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        Record::Life(l) => {
+            out.push(9);
+            put_device(l.device, out);
+            for v in [l.linked_ms, l.active_ms, l.unlinked_ms] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -390,6 +415,12 @@ fn parse(kind: u8, body: &[u8]) -> Option<Record<'_>> {
             message_id: b.u64()?,
             expires_ms: b.u64()?,
         }),
+        9 => Record::Life(DeviceLife {
+            device: b.device()?,
+            linked_ms: b.u64()?,
+            active_ms: b.u64()?,
+            unlinked_ms: b.u64()?,
+        }),
         7 => Record::Window(WindowRecord {
             sender: b.device()?,
             high: b.u64()?,
@@ -484,6 +515,12 @@ mod tests {
                 client_msg_id: 1,
                 message_id: 2,
                 expires_ms: 3,
+            }),
+            Record::Life(DeviceLife {
+                device,
+                linked_ms: 5,
+                active_ms: 6,
+                unlinked_ms: 7,
             }),
             Record::Window(WindowRecord {
                 sender: device,

@@ -41,6 +41,15 @@ fn traffic(e: &mut Engine, disk: &mut SimDisk, ids: std::ops::Range<u64>) {
             1 => send(e, id, &[BOB_PHONE], 50),
             _ => send(e, id, &[BOB_LAPTOP], 0),
         }
+        if id % 7 == 0 {
+            // A device's life, superseded now and then.
+            e.set_life(DeviceLife {
+                device: BOB_LAPTOP,
+                linked_ms: 1,
+                active_ms: id,
+                unlinked_ms: 0,
+            });
+        }
         flush_all(e, disk).unwrap();
         if id % 5 == 0 {
             let end = e.queue_end(BOB_PHONE);
@@ -70,8 +79,10 @@ fn digest(e: &Engine) -> String {
         })
         .collect();
     let groups: Vec<&[u8]> = e.group_records().collect();
+    let mut lives: Vec<DeviceLife> = e.lives().collect();
+    lives.sort_by_key(|l| l.device);
     format!(
-        "{queues:?} live {} msgs {} dedup {:?} groups {groups:?} log {:?}",
+        "{queues:?} live {} msgs {} dedup {:?} groups {groups:?} lives {lives:?} log {:?}",
         e.live_bytes(),
         e.live_messages(),
         e.dedup_entries(),
