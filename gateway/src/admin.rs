@@ -3,7 +3,11 @@
 //! runs), `GET /ready` (every shard listens, no drain started and no
 //! shard's log failed),
 //! `POST /drain` (GoAway to every connection, stop accepting, exit once
-//! they are gone or at the drain deadline).
+//! they are gone or at the drain deadline), `GET /devices?user=U` (the
+//! user's linked devices, JSON) and `POST /unlink?user=U&device=D`
+//! (unlink a device: its queue is deleted, its session closed, its tokens
+//! refused). Device requests go to the user's home shard, whose ticker
+//! answers them within about 100 ms.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use tiny_http::{Header, Method, Response, Server};
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-use crate::server::Control;
+use crate::server::{AdminAnswer, AdminJob, Control};
 
 /// Binds the endpoint; returns the bound address (port 0 picks one).
 pub fn start(
@@ -75,12 +79,75 @@ fn answer(
             control.drain.store(true, Ordering::SeqCst);
             text(202, "draining\n".into())
         }
+        (method, url) if url.starts_with("/devices?") || url.starts_with("/unlink?") => {
+            let (status, body) = device_request(method, url, shards, control);
+            let header = Header::from_bytes("Content-Type", "application/json").expect("valid");
+            text(status, body).with_header(header)
+        }
         (_, "/metrics" | "/health" | "/ready" | "/drain") => {
             text(405, "method not allowed\n".into())
         }
         _ => text(
             404,
-            "not found: try /metrics, /health, /ready, POST /drain\n".into(),
+            "not found: try /metrics, /health, /ready, POST /drain, GET /devices?user=U, POST /unlink?user=U&device=D\n".into(),
         ),
+    }
+}
+
+/// `GET /devices?user=U` or `POST /unlink?user=U&device=D`: (status, JSON).
+fn device_request(method: &Method, url: &str, shards: usize, control: &Control) -> (u16, String) {
+    let error =
+        |status, message: &str| (status, serde_json::json!({ "error": message }).to_string());
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let Some(user) = param("user") else {
+        return error(400, "user=<id> is required");
+    };
+    let unlink = match (method, path) {
+        (Method::Get, "/devices") => None,
+        (Method::Post, "/unlink") => match param("device").and_then(|d| u32::try_from(d).ok()) {
+            Some(device) => Some(device),
+            None => return error(400, "device=<number> is required"),
+        },
+        _ => return error(405, "GET /devices or POST /unlink"),
+    };
+    let shard_count = u16::try_from(shards).expect("few shards");
+    let placement = shard_router::Placement::single_node(shard_count);
+    let home = placement.user_shard(shard_router::UserId(user)).0 as usize;
+    let (reply, answer) = std::sync::mpsc::channel();
+    control.submit(
+        home,
+        AdminJob {
+            user,
+            unlink,
+            reply,
+        },
+    );
+    match answer.recv_timeout(std::time::Duration::from_secs(5)) {
+        Ok(AdminAnswer::Devices(devices)) => {
+            let list: Vec<serde_json::Value> = devices
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "device": d.device(),
+                        "linked_ms": d.linked_ms(),
+                        "last_active_ms": d.last_active_ms(),
+                        "online": d.online(),
+                    })
+                })
+                .collect();
+            (
+                200,
+                serde_json::json!({ "user": user, "devices": list }).to_string(),
+            )
+        }
+        Ok(AdminAnswer::Unlinked) => (200, serde_json::json!({ "unlinked": true }).to_string()),
+        Ok(AdminAnswer::UnknownDevice) => error(404, "no such linked device"),
+        Err(_) => error(503, "the user's home shard did not answer in 5 s"),
     }
 }

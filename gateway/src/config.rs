@@ -82,6 +82,10 @@ pub struct Settings {
     pub peer_held_batches_max: usize,
     /// Most members a group may have.
     pub group_members_max: usize,
+    /// Most linked devices a user may have.
+    pub devices_per_user_max: usize,
+    /// A device not connected for this long is unlinked, seconds.
+    pub device_idle_s: u64,
 }
 
 impl Default for Settings {
@@ -119,6 +123,8 @@ impl Default for Settings {
             log_unsynced_bytes_max: shard.log_unsynced_bytes_max,
             peer_held_batches_max: shard.peer_held_batches_max,
             group_members_max: shard.group_members_max,
+            devices_per_user_max: shard.devices_per_user_max,
+            device_idle_s: shard.device_idle_ms / 1000,
         }
     }
 }
@@ -228,6 +234,10 @@ overrides! {
     peer_held_batches_max: usize,
     /// Most members per group [default: 1024].
     group_members_max: usize,
+    /// Most linked devices per user [default: 5].
+    devices_per_user_max: usize,
+    /// Unlink a device not connected for this long, seconds [default: 2592000].
+    device_idle_s: u64,
 }
 
 impl Overrides {
@@ -290,6 +300,9 @@ impl Settings {
         if !(2..=shard_router::GROUP_MEMBERS_MAX_LIMIT).contains(&self.group_members_max) {
             return bad("group_members_max must be within 2..=8192");
         }
+        if self.devices_per_user_max == 0 || self.device_idle_s == 0 {
+            return bad("devices_per_user_max and device_idle_s must be positive");
+        }
         if self.out_bytes_max < self.frame_bytes_max as usize {
             return bad("out_bytes_max must hold at least one frame");
         }
@@ -322,6 +335,8 @@ impl Settings {
             log_unsynced_bytes_max: self.log_unsynced_bytes_max,
             peer_held_batches_max: self.peer_held_batches_max,
             group_members_max: self.group_members_max,
+            devices_per_user_max: self.devices_per_user_max,
+            device_idle_ms: self.device_idle_s.saturating_mul(1000),
             id_seed: 0,
         }
     }

@@ -26,13 +26,14 @@
 //! replays the log, and nothing unsynced was ✓'d).
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWriteExt, FutureExt};
@@ -106,6 +107,31 @@ pub struct Control {
     pub failed: AtomicUsize,
     /// Each shard's [`Stage`], for the start-up watchdog.
     stages: Vec<AtomicU8>,
+    /// Operator requests for each shard (a user's home), taken by its
+    /// ticker.
+    jobs: Vec<Mutex<VecDeque<AdminJob>>>,
+}
+
+/// An operator's request about one user, for the user's home shard.
+#[derive(Debug)]
+pub struct AdminJob {
+    /// The user.
+    pub user: u64,
+    /// `Some(device)`: unlink it; `None`: list the user's devices.
+    pub unlink: Option<u32>,
+    /// Where the answer goes.
+    pub reply: std::sync::mpsc::Sender<AdminAnswer>,
+}
+
+/// The answer to an [`AdminJob`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdminAnswer {
+    /// The user's linked devices.
+    Devices(Vec<wire_format::fb::DeviceInfo>),
+    /// The device was unlinked.
+    Unlinked,
+    /// The user has no such linked device.
+    UnknownDevice,
 }
 
 /// Where a shard is in its start-up.
@@ -132,10 +158,19 @@ impl Stage {
 }
 
 impl Control {
+    /// Queues an operator's request for `shard`'s ticker.
+    pub fn submit(&self, shard: usize, job: AdminJob) {
+        self.jobs[shard]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push_back(job);
+    }
+
     /// Flags for `shards` shards, all [`Stage::Starting`].
     pub fn new(shards: usize) -> Self {
         Self {
             stages: (0..shards).map(|_| AtomicU8::new(0)).collect(),
+            jobs: (0..shards).map(|_| Mutex::default()).collect(),
             ..Self::default()
         }
     }
@@ -517,6 +552,7 @@ async fn ticker(shard: Rc<Shard>) {
             shard.core.borrow_mut().start_drain(now, 1_000);
             info!(shard = shard.id, "draining");
         }
+        run_admin_jobs(&shard, now);
         shard.kick();
         let (stats, gauges, conns) = {
             let core = shard.core.borrow();
@@ -539,6 +575,28 @@ async fn ticker(shard: Rc<Shard>) {
             control.drained.fetch_add(1, Ordering::SeqCst);
             return;
         }
+    }
+}
+
+/// Answers the operator's requests for users homed on this shard.
+fn run_admin_jobs(shard: &Shard, now: Now) {
+    let jobs: Vec<AdminJob> = {
+        let mut queue = shard.spec.control.jobs[shard.id as usize]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        queue.drain(..).collect()
+    };
+    let mut core = shard.core.borrow_mut();
+    for job in jobs {
+        let answer = match job.unlink {
+            None => AdminAnswer::Devices(core.linked_devices(job.user)),
+            Some(device) => match core.admin_unlink(now, job.user, device) {
+                true => AdminAnswer::Unlinked,
+                false => AdminAnswer::UnknownDevice,
+            },
+        };
+        // The admin thread may have given up waiting: nothing to tell.
+        drop(job.reply.send(answer));
     }
 }
 

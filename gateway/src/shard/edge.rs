@@ -49,6 +49,7 @@ impl<S: Storage> ShardCore<S> {
             device: None,
             out: Vec::new(),
             held: Some(Vec::new()),
+            early: Vec::new(),
             ready: false,
             timer_at: u64::MAX,
         };
@@ -200,7 +201,10 @@ impl<S: Storage> ShardCore<S> {
                 }
                 self.mark_ready(conn);
             }
-            (event, Some(device)) => self.on_device_event(now_ms, reply, device, event),
+            (event, Some(device)) => match self.conns.get_mut(&conn) {
+                Some(c) if c.held.is_some() => c.early.push(event),
+                _ => self.on_device_event(now_ms, reply, device, event),
+            },
             // The session emits device events only once authenticated.
             (_, None) => self.anomaly("a device event before authentication"),
         }
@@ -286,8 +290,20 @@ impl<S: Storage> ShardCore<S> {
                 };
                 self.send_home(now_ms, device, Target::Group(group), note);
             }
-            Event::DevicesGet { request_id } | Event::DeviceUnlink { request_id, .. } => {
-                self.refuse_request(reply.conn, ErrorCode::UnknownDevice, request_id)
+            Event::DevicesGet { request_id } => {
+                let note = ToHome::Devices { reply, request_id };
+                self.send_home(now_ms, device, Target::User(device.user), note);
+            }
+            Event::DeviceUnlink {
+                request_id,
+                device: unlink,
+            } => {
+                let note = ToHome::Unlink {
+                    reply,
+                    request_id,
+                    device: unlink,
+                };
+                self.send_home(now_ms, device, Target::User(device.user), note);
             }
             Event::Authenticated { .. } | Event::Closed { .. } => {}
         }
@@ -473,10 +489,18 @@ impl<S: Storage> ShardCore<S> {
                 };
                 // Welcome goes out first, then what waited for it.
                 let held = c.held.take();
+                let early = std::mem::take(&mut c.early);
                 c.session.welcome(backlog_count, resume_seq);
                 self.flush_replies(conn);
                 if let (Some(c), Some(held)) = (self.conns.get_mut(&conn), held) {
                     c.out.extend_from_slice(&held);
+                }
+                let reply = ConnRef {
+                    shard: self.shard,
+                    conn,
+                };
+                for event in early {
+                    self.on_device_event(self.now_ms, reply, from, event);
                 }
                 return;
             }
@@ -484,6 +508,19 @@ impl<S: Storage> ShardCore<S> {
                 code,
                 client_msg_id,
             } => return self.refuse_local(conn, code, client_msg_id),
+            ToConn::Devices {
+                request_id,
+                devices,
+            } => self.encoder.devices(request_id, &devices),
+            ToConn::DeviceChanged {
+                seq,
+                request_id,
+                device,
+                change,
+            } => {
+                self.stats.messages_delivered += 1;
+                self.encoder.device_changed(request_id, device, change, seq)
+            }
             ToConn::RefusedRequest { code, request_id } => {
                 return self.refuse_request(conn, code, request_id);
             }

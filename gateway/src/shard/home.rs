@@ -6,6 +6,7 @@ use queue_engine::{Accepted, DeviceRef, NewMessage, QueueError, Storage, read_me
 use shard_router::{ConnRef, DeviceKey, GroupId, Target};
 use wire_format::fb::{self, ErrorCode};
 
+use super::devices::{NOTICE_DEVICE, device_notice_note};
 use super::groups::{NOTICE_GROUP, notice_note};
 use super::{Cursor, Meta, Note, ShardCore, ToConn, ToHome, Waiting, device_key, device_ref};
 
@@ -55,8 +56,17 @@ impl<S: Storage> ShardCore<S> {
                 // A connection the device already replaced leaves its cursor.
                 if self.cursors.get(&from).is_some_and(|c| c.conn == reply) {
                     self.cursors.remove(&from);
+                    self.touch_device(now_ms, from);
                 }
             }
+            ToHome::Devices { reply, request_id } => {
+                self.devices_request(now_ms, from, reply, request_id)
+            }
+            ToHome::Unlink {
+                reply,
+                request_id,
+                device,
+            } => self.unlink_request(now_ms, from, reply, request_id, device),
         }
     }
 
@@ -206,12 +216,12 @@ impl<S: Storage> ShardCore<S> {
         device: DeviceKey,
         after_seq: u64,
     ) {
-        if !self.is_registered(device) {
-            self.engine.register_device(now_ms, device_ref(device));
-            self.devices
-                .entry(device.user)
-                .or_default()
-                .push(device.device);
+        if let Err(code) = self.admit_device(now_ms, device) {
+            let note = ToConn::Refused {
+                code,
+                client_msg_id: 0,
+            };
+            return self.send_conn(now_ms, reply, device, Target::Device(device), note);
         }
         let dref = device_ref(device);
         // A resume point past the queue's end is no ack (the client's state
@@ -288,6 +298,13 @@ impl<S: Storage> ShardCore<S> {
             None => self.read_back(device, position)?,
         };
         let note = match meta.receipt {
+            Some(kind) if kind.0 == NOTICE_DEVICE => {
+                let Some(note) = device_notice_note(&payload, seq, device, meta.from) else {
+                    self.anomaly("a stored device notice does not decode");
+                    return None;
+                };
+                note
+            }
             Some(kind) if kind.0 == NOTICE_GROUP => {
                 let Some(note) = notice_note(&payload, seq, device, meta.from) else {
                     self.anomaly("a stored group notice does not decode");

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `edge.rs` | the connection edge: sockets' inputs, session events to notes, notes to frames |
 //! | `home.rs` | this shard as a device's home: store, resume, the delivery pump, reading records back |
+//! | `devices.rs` | linked devices at their user's home: the limit, listing, unlinking (by request, operator or idleness) |
 //! | `groups.rs` | groups: this shard as a group's home (changes, the group's order, copies to members' homes) and as a member's home |
 //! | `receipts.rs` | acks and receipts: ✓✓ to the senders' homes, tombstones once those are durable, receipts a full queue refused |
 //! | `time.rs` | the timer heap of session deadlines, TTL expiry, housekeeping |
@@ -50,6 +51,7 @@
 //!    returns, delete the segment and call `segment_deleted`;
 //! 4. sleeps until the next input or [`ShardCore::poll_timeout`].
 
+mod devices;
 mod edge;
 mod groups;
 mod home;
@@ -74,7 +76,7 @@ use wire_format::{
 };
 
 use crate::clock::Now;
-use crate::session::{Session, SessionConfig};
+use crate::session::{Event, Session, SessionConfig};
 
 pub use note::{Note, Receipt, ToConn, ToHome};
 use reply::append;
@@ -101,6 +103,10 @@ pub struct ShardConfig {
     pub peer_held_batches_max: usize,
     /// Most members a group may have.
     pub group_members_max: usize,
+    /// Most linked devices a user may have.
+    pub devices_per_user_max: usize,
+    /// A device not connected for this long is unlinked, ms.
+    pub device_idle_ms: u64,
     /// Seeds the group ids this shard gives out (the shell passes a random
     /// value; tests a fixed one).
     pub id_seed: u64,
@@ -136,6 +142,8 @@ impl Default for ShardConfig {
             log_unsynced_bytes_max: 64 << 20,
             peer_held_batches_max: 1024,
             group_members_max: shard_router::GROUP_MEMBERS_MAX_DEFAULT,
+            devices_per_user_max: 5,
+            device_idle_ms: 30 * 24 * 3600 * 1000,
             id_seed: 0,
         }
     }
@@ -169,6 +177,8 @@ pub struct Stats {
     /// Member devices a group message or change skipped: their queue was
     /// full.
     pub group_skipped: u64,
+    /// Devices unlinked (by request, operator or idleness).
+    pub devices_unlinked: u64,
     /// Errors sent, by code.
     pub errors: FxHashMap<u16, u64>,
     /// Internal errors: broken invariants that were counted and logged
@@ -272,6 +282,10 @@ struct Conn {
     /// Frames that arrived before `Welcome` was written: the client sees
     /// `Welcome` first, whichever shard answers first.
     held: Option<Vec<u8>>,
+    /// What the device asked for before its home let it in (`Welcome`):
+    /// acted on only then, so a refused (unlinked, over the limit) device
+    /// never sends anything.
+    early: Vec<Event>,
     ready: bool,
     /// The deadline of its live entry in the timer heap (`u64::MAX`: none).
     timer_at: u64,
@@ -323,6 +337,8 @@ pub struct ShardCore<S> {
     timers: BinaryHeap<Reverse<(u64, ConnId)>>,
     /// When TTL expiry and deferred receipts are next looked at (monotonic).
     housekeeping_at: u64,
+    /// When idle devices are next looked for (monotonic).
+    idle_scan_at: u64,
     stats: Stats,
 }
 
@@ -371,7 +387,8 @@ impl<S: Storage> ShardCore<S> {
             }
         }
         let mut devices: FxHashMap<UserId, Vec<DeviceId>> = FxHashMap::default();
-        for d in engine.devices() {
+        let unlinked = |d: DeviceRef| engine.life(d).is_some_and(|l| l.unlinked_ms != 0);
+        for d in engine.devices().filter(|d| !unlinked(*d)) {
             devices
                 .entry(UserId(d.user))
                 .or_default()
@@ -405,6 +422,7 @@ impl<S: Storage> ShardCore<S> {
             now_ms: 0,
             timers: BinaryHeap::new(),
             housekeeping_at: 0,
+            idle_scan_at: 0,
             stats: Stats::default(),
         }
     }

@@ -61,6 +61,22 @@ pub enum ToHome {
         /// The connection.
         reply: ConnRef,
     },
+    /// To the user's home: list the user's linked devices.
+    Devices {
+        /// The requesting connection.
+        reply: ConnRef,
+        /// The client's id for the request.
+        request_id: u64,
+    },
+    /// To the user's home: unlink one of the user's devices.
+    Unlink {
+        /// The requesting connection.
+        reply: ConnRef,
+        /// The client's id for the request.
+        request_id: u64,
+        /// The device to unlink.
+        device: u32,
+    },
     /// To a group's home: a change the device asks for.
     Group {
         /// The requesting connection.
@@ -187,6 +203,24 @@ pub enum ToConn {
         actor: u64,
         /// The users it is about.
         members: Vec<u64>,
+    },
+    /// The answer to a `DevicesGet`.
+    Devices {
+        /// The request.
+        request_id: u64,
+        /// The user's linked devices.
+        devices: Vec<fb::DeviceInfo>,
+    },
+    /// A queued device change.
+    DeviceChanged {
+        /// Its seq in the device's queue.
+        seq: u64,
+        /// The request it answers, on the requesting device; else 0.
+        request_id: u64,
+        /// The device it is about.
+        device: u32,
+        /// What changed.
+        change: fb::DeviceChange,
     },
     /// A refused group or device request.
     RefusedRequest {

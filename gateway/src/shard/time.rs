@@ -49,6 +49,10 @@ impl<S: Storage> ShardCore<S> {
             self.retry_deferred(now.wall_ms);
             self.run_effects(now.wall_ms);
         }
+        if now.mono_ms >= self.idle_scan_at {
+            self.idle_scan_at = now.mono_ms + super::devices::IDLE_SCAN_MS;
+            self.unlink_idle(now.wall_ms);
+        }
     }
 
     /// Keeps `conn`'s earliest session deadline in the heap.
