@@ -966,8 +966,15 @@ impl Engine {
         self.queues.entry(device).or_default()
     }
 
-    /// Whether `device`'s queue has room: messages and receipts each have
-    /// their own budget, so receipts never crowd out messages.
+    /// Whether a send of `sender` with `client_msg_id` is already stored
+    /// (a retry would be answered as a duplicate).
+    pub fn was_stored(&self, sender: DeviceRef, client_msg_id: u64) -> bool {
+        matches!(
+            self.windows.check(sender, client_msg_id),
+            Seen::Duplicate { .. } | Seen::Forgotten
+        )
+    }
+
     /// Whether `device`'s queue has room for a message of `payload_len`
     /// bytes (or a receipt).
     pub fn has_room(&self, device: DeviceRef, payload_len: u64, receipt: bool) -> bool {
@@ -984,6 +991,8 @@ impl Engine {
         }
     }
 
+    /// Whether `device`'s queue has room: messages and receipts each have
+    /// their own budget, so receipts never crowd out messages.
     fn check_room(
         &mut self,
         device: DeviceRef,

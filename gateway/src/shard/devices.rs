@@ -153,15 +153,17 @@ impl<S: Storage> ShardCore<S> {
         if !self.is_registered(device) {
             return Err(ErrorCode::UnknownDevice);
         }
-        self.drop_queue(device);
         let dref = device_ref(device);
         let linked_ms = self.engine.life(dref).map_or(0, |l| l.linked_ms);
-        self.engine.set_life(DeviceLife {
+        let position = self.engine.set_life(DeviceLife {
             device: dref,
             linked_ms,
             active_ms: now_ms,
             unlinked_ms: now_ms,
         });
+        // After the life record: a durable tombstone implies a durable
+        // unlink (a restart finishes an unlink whose tombstone was lost).
+        self.drop_queue(device);
         if let Some(devices) = self.devices.get_mut(&device.user) {
             devices.retain(|d| *d != device.device);
             if devices.is_empty() {
@@ -174,12 +176,27 @@ impl<S: Storage> ShardCore<S> {
                 code: ErrorCode::DeviceUnlinked,
                 client_msg_id: 0,
             };
-            self.send_conn(now_ms, cursor.conn, device, Target::Device(device), note);
+            // Told once it is durable: a crash before never unlinked it.
+            self.ack_when_durable(now_ms, cursor.conn, device, position, note);
         }
         let (requester, request_id) = request.unwrap_or((device, 0));
         self.store_device_notice(now_ms, requester, device, request_id);
         self.run_effects(now_ms);
         Ok(())
+    }
+
+    /// At start: an unlink whose life record was durable and whose
+    /// tombstone was not leaves a queue behind; delete it now.
+    pub(super) fn finish_unlinks(&mut self) {
+        let unlinked: Vec<DeviceKey> = self
+            .engine
+            .lives()
+            .filter(|l| l.unlinked_ms != 0 && self.engine.queue_len(l.device).0 > 0)
+            .map(|l| device_key(l.device))
+            .collect();
+        for device in unlinked {
+            self.drop_queue(device);
+        }
     }
 
     /// Deletes everything queued for `device` that no ack has taken yet

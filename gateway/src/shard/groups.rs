@@ -230,16 +230,19 @@ impl<S: Storage> ShardCore<S> {
             let note = refuse(ErrorCode::StorageUnavailable);
             return self.send_conn(now_ms, reply, from, Target::Device(from), note);
         }
-        let Some(members) = self
-            .router
-            .groups()
-            .members(group)
-            .filter(|m| m.contains_key(&from.user))
-        else {
+        let members = self.router.groups().members(group);
+        let member = members.is_some_and(|m| m.contains_key(&from.user));
+        // A retry of a stored send is answered as one even if the sender
+        // has left since: it was stored, so no refusal may say otherwise.
+        if !member && !self.engine.was_stored(device_ref(from), client_msg_id) {
             let note = refuse(ErrorCode::UnknownGroup);
             return self.send_conn(now_ms, reply, from, Target::Device(from), note);
-        };
-        let homes = self.by_home(members.keys().copied());
+        }
+        let users: Vec<UserId> = members
+            .into_iter()
+            .flat_map(|m| m.keys().copied())
+            .collect();
+        let homes = self.by_home(users.into_iter());
         let here: Vec<UserId> = homes
             .iter()
             .find(|(s, _)| *s == self.shard)

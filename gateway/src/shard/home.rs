@@ -182,7 +182,7 @@ impl<S: Storage> ShardCore<S> {
 
     /// ✓ for the record at `position`, at once if it is durable, else when
     /// the log passes it.
-    fn ack_when_durable(
+    pub(super) fn ack_when_durable(
         &mut self,
         now_ms: u64,
         reply: ConnRef,
@@ -221,7 +221,9 @@ impl<S: Storage> ShardCore<S> {
                 code,
                 client_msg_id: 0,
             };
-            return self.send_conn(now_ms, reply, device, Target::Device(device), note);
+            // Refused for what the log says, once it says so durably.
+            let end = self.engine.log().head().saturating_sub(1);
+            return self.ack_when_durable(now_ms, reply, device, end, note);
         }
         let dref = device_ref(device);
         // A resume point past the queue's end is no ack (the client's state

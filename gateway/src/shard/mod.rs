@@ -394,7 +394,7 @@ impl<S: Storage> ShardCore<S> {
                 .or_default()
                 .push(DeviceId(d.device));
         }
-        Self {
+        let mut core = Self {
             shard: router.shard(),
             group_ids: config.id_seed ^ (u64::from(router.shard().0) << 48),
             config,
@@ -424,7 +424,9 @@ impl<S: Storage> ShardCore<S> {
             housekeeping_at: 0,
             idle_scan_at: 0,
             stats: Stats::default(),
-        }
+        };
+        core.finish_unlinks();
+        core
     }
 
     /// Every input passes the time first.

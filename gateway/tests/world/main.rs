@@ -26,7 +26,11 @@ fn env(name: &str, default: u64) -> u64 {
 
 /// One random run: `steps` steps, a full check every `every`.
 fn run(seed: u64, steps: u64, every: u64) -> World {
-    let mut world = World::new(seed, Shape::default());
+    let shape = Shape {
+        groups: std::env::var_os("WORLD_NO_GROUPS").is_none(),
+        ..Shape::default()
+    };
+    let mut world = World::new(seed, shape);
     world.flush_ms = seed % 3;
     for i in 1..=steps {
         world.step();
@@ -462,4 +466,45 @@ fn a_refusal_right_after_hello_waits_for_welcome() {
         })
         .collect();
     assert_eq!(kinds, ["Refused", "Welcome"]);
+}
+
+// ---- groups and linked devices (issue #15) ------------------------------------
+
+/// A device not connected for `device_idle_ms` is unlinked: what it had
+/// queued goes, its next `Hello` is refused, and the user's other device
+/// is told.
+#[test]
+fn an_idle_device_is_unlinked_and_its_user_told() {
+    let mut shape = Shape::default();
+    shape.shard.device_idle_ms = 10 * 60_000;
+    let phone: sim::Dev = (1, 0);
+    let tablet: sim::Dev = (1, 1);
+    let mut w = world_with(shape, &[phone, B]);
+    w.send(B, user(phone), 10); // queued for the tablet too
+    w.settle();
+    for _ in 0..12 {
+        w.advance(60_000);
+        w.connect(phone); // the phone stays active; reconnecting says so
+        w.settle();
+        w.ack(phone);
+        w.settle();
+    }
+    let told = w.devices[&phone].events.iter().any(|e| {
+        matches!(
+            e,
+            client::ClientEvent::DeviceChanged {
+                device: 1,
+                request_id: 0,
+                ..
+            }
+        )
+    });
+    assert!(told, "the phone is told the tablet was unlinked");
+    w.connect(tablet);
+    w.settle();
+    let refused = client::ClientEvent::Closed {
+        code: Some(ErrorCode::DeviceUnlinked),
+    };
+    assert_eq!(w.devices[&tablet].events.last(), Some(&refused));
+    assert_eq!(w.anomalies(), 0);
 }

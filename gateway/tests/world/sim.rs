@@ -56,6 +56,9 @@ pub struct Shape {
     pub shard: ShardConfig,
     /// The queue engine's.
     pub engine: EngineConfig,
+    /// One group of every user (user 1 its admin), with random sends to
+    /// it, members removed and added again, and devices unlinked.
+    pub groups: bool,
 }
 
 impl Default for Shape {
@@ -79,6 +82,7 @@ impl Default for Shape {
             devices: 2,
             shard,
             engine,
+            groups: false,
         }
     }
 }
@@ -89,6 +93,37 @@ struct Sent {
     to: Address,
     /// The server's id, once ✓'d.
     message_id: Option<u64>,
+    /// To the group: what the world knew of its members when it was sent
+    /// and when it was ✓'d.
+    views: Option<(GroupView, Option<GroupView>)>,
+}
+
+/// The world's knowledge of the group's members at one moment.
+#[derive(Debug, Clone, PartialEq)]
+struct GroupView {
+    members: BTreeSet<u64>,
+    /// Per user, how many changes about it were asked for or confirmed.
+    epochs: BTreeMap<u64, u64>,
+    /// A user whose change is asked for and not yet confirmed.
+    uncertain: Option<u64>,
+}
+
+impl GroupView {
+    /// Whether `user` was surely a member (`Some(true)`), surely not
+    /// (`Some(false)`), or is being changed (`None`).
+    fn member(&self, user: u64) -> Option<bool> {
+        (self.uncertain != Some(user)).then(|| self.members.contains(&user))
+    }
+}
+
+/// The world's group: its id, members, and the one change in flight.
+#[derive(Debug, Clone, Default)]
+struct GroupModel {
+    id: u64,
+    view: Option<GroupView>,
+    /// A membership change asked for: (request id, user, adding).
+    flip: Option<(u64, u64, bool)>,
+    next_request: u64,
 }
 
 /// One device as the world sees it: its client state and what it got.
@@ -175,6 +210,10 @@ pub struct World {
     sent: BTreeMap<(Dev, u64), Sent>,
     /// Message id → (sender, client id).
     ids: BTreeMap<u64, (Dev, u64)>,
+    /// The group, if the shape has one.
+    group: GroupModel,
+    /// Devices unlinked (asked for), and whether it was confirmed.
+    unlinked: BTreeMap<Dev, bool>,
     /// Crashes so far.
     pub crashes: u64,
     /// Segments reclaimed (deleted once their copies were durable).
@@ -250,6 +289,8 @@ impl World {
             ghosts: Vec::new(),
             sent: BTreeMap::new(),
             ids: BTreeMap::new(),
+            group: GroupModel::default(),
+            unlinked: BTreeMap::new(),
             crashes: 0,
             reclaimed: 0,
             deleting: vec![None; shards],
@@ -268,11 +309,106 @@ impl World {
             world.connect(*dev);
         }
         world.settle();
+        if shape.groups {
+            world.create_group();
+        }
         for dev in all {
             world.disconnect(dev);
         }
         world.settle();
         world
+    }
+
+    /// User 1's first device creates a group of every user.
+    fn create_group(&mut self) {
+        let admin = (1, 0);
+        let members: Vec<u64> = (2..=self.shape.users).collect();
+        self.group.next_request = 100;
+        let client = self.client(admin);
+        client.group_create(1, &members);
+        self.pump_client(admin);
+        self.settle();
+        if self.group.view.is_none() {
+            self.fail("the group was not created");
+        }
+    }
+
+    fn client(&mut self, dev: Dev) -> &mut ClientCore {
+        let d = self.devices.get_mut(&dev).expect("known");
+        d.client.as_mut().expect("connected")
+    }
+
+    /// The admin asks to remove a member, or to add a removed user back.
+    fn flip_member(&mut self) {
+        let admin = (1, 0);
+        let Some(view) = self.group.view.clone() else {
+            return;
+        };
+        if self.group.flip.is_some() || !self.online(admin) {
+            return;
+        }
+        let user = 2 + self.rng.below(self.shape.users - 1);
+        let adding = !view.members.contains(&user);
+        let request = self.group.next_request;
+        self.group.next_request += 1;
+        let id = self.group.id;
+        let client = self.client(admin);
+        match adding {
+            true => client.group_add(request, id, &[user]),
+            false => client.group_remove(request, id, &[user]),
+        }
+        self.group.flip = Some((request, user, adding));
+        let view = self.group.view.as_mut().expect("checked");
+        *view.epochs.entry(user).or_default() += 1;
+        view.uncertain = Some(user);
+        self.pump_client(admin);
+    }
+
+    /// A group change reached `dev`.
+    fn on_group_changed(&mut self, dev: Dev, request_id: u64, group: u64, members: &[u64]) {
+        if dev != (1, 0) || request_id == 0 {
+            return;
+        }
+        if request_id == 1 && self.group.view.is_none() {
+            self.group.id = group;
+            let mut all: BTreeSet<u64> = members.iter().copied().collect();
+            all.insert(1);
+            self.group.view = Some(GroupView {
+                members: all,
+                epochs: BTreeMap::new(),
+                uncertain: None,
+            });
+            return;
+        }
+        let Some((request, user, adding)) = self.group.flip else {
+            return;
+        };
+        if request != request_id {
+            return;
+        }
+        self.group.flip = None;
+        let view = self.group.view.as_mut().expect("a group");
+        match adding {
+            true => view.members.insert(user),
+            false => view.members.remove(&user),
+        };
+        *view.epochs.entry(user).or_default() += 1;
+        view.uncertain = None;
+    }
+
+    /// Device 0 of a user unlinks the user's device 1 (for good).
+    fn unlink_one(&mut self, user: u64) {
+        let (by, gone) = ((user, 0), (user, 1));
+        if self.shape.devices < 2 || self.unlinked.contains_key(&gone) || !self.online(by) {
+            return;
+        }
+        self.client(by).device_unlink(7, 1);
+        self.unlinked.insert(gone, false);
+        self.pump_client(by);
+    }
+
+    fn is_unlinked(&self, dev: Dev) -> bool {
+        self.unlinked.contains_key(&dev)
     }
 
     fn fail(&self, what: impl std::fmt::Display) -> ! {
@@ -317,6 +453,8 @@ impl World {
             }
         }
         self.ghosts.clear();
+        // An unlink not confirmed may not have been durable.
+        self.unlinked.retain(|_, confirmed| *confirmed);
         self.start();
     }
 
@@ -417,11 +555,16 @@ impl World {
         let got = client.send(to, 0, payload(dev, id, pad));
         assert_eq!(got, id, "the world and the client agree on ids");
         d.next_id = id + 1;
+        let views = (to.kind() == AddressKind::Group)
+            .then(|| self.group.view.clone())
+            .flatten()
+            .map(|v| (v, None));
         self.sent.insert(
             (dev, id),
             Sent {
                 to,
                 message_id: None,
+                views,
             },
         );
         self.pump_client(dev);
@@ -807,12 +950,20 @@ impl World {
         };
         if first && self.devices[&dev].welcomed {
             self.fail(format!("{dev:?}: a second Welcome"));
-        } else if first && !matches!(event, ClientEvent::Welcome { .. }) {
+        } else if first
+            && !matches!(event, ClientEvent::Welcome { .. })
+            // A refused (unlinked) device never gets its Welcome: what
+            // waited for it (a drain's GoAway) comes before the Error.
+            && !(self.is_unlinked(dev) && matches!(event, ClientEvent::GoAway { .. }))
+        {
             self.fail(format!("{dev:?}: {event:?} before Welcome"));
         }
         self.devices.get_mut(&dev).expect("known").welcomed |= first;
         match event {
             ClientEvent::Welcome { resume_seq, .. } => {
+                if self.unlinked.get(&dev) == Some(&true) {
+                    self.fail(format!("{dev:?} was welcomed after it was unlinked"));
+                }
                 let floor = self.devices[&dev].floor;
                 if *resume_seq > floor {
                     self.fail(format!("{dev:?} resumed after {resume_seq} > {floor}"));
@@ -845,6 +996,7 @@ impl World {
                     self.fail(format!("message id {message_id} names two messages"));
                 }
                 self.ids.insert(*message_id, (sender, id));
+                self.check_group_member(dev, sender, id);
                 self.on_entry(dev, *seq, *message_id);
                 self.devices
                     .get_mut(&dev)
@@ -866,6 +1018,35 @@ impl World {
                     }
                 }
             }
+            ClientEvent::GroupChanged {
+                seq,
+                request_id,
+                group,
+                members,
+                ..
+            } => {
+                if *seq != 0 {
+                    self.on_entry(dev, *seq, u64::MAX);
+                }
+                let (r, g, m) = (*request_id, *group, members.clone());
+                self.on_group_changed(dev, r, g, &m);
+            }
+            ClientEvent::DeviceChanged {
+                seq,
+                request_id,
+                device,
+                ..
+            } => {
+                self.on_entry(dev, *seq, u64::MAX);
+                if *request_id == 7 && dev.1 == 0 {
+                    self.unlinked.insert((dev.0, *device), true);
+                }
+            }
+            ClientEvent::Closed {
+                code: Some(ErrorCode::DeviceUnlinked),
+            } => {
+                self.unlinked.insert(dev, true);
+            }
             ClientEvent::Refused {
                 code: ErrorCode::Draining,
                 ..
@@ -886,6 +1067,21 @@ impl World {
         }
     }
 
+    /// A group message reached `dev`: its user must not have been surely
+    /// out of the group from the send until now.
+    fn check_group_member(&self, dev: Dev, sender: Dev, id: u64) {
+        let Some((at_send, _)) = self.sent.get(&(sender, id)).and_then(|s| s.views.as_ref()) else {
+            return;
+        };
+        let Some(now) = &self.group.view else { return };
+        let unchanged = at_send.epochs.get(&dev.0) == now.epochs.get(&dev.0);
+        if unchanged && at_send.member(dev.0) == Some(false) && now.member(dev.0) == Some(false) {
+            self.fail(format!(
+                "{dev:?} got {sender:?}/{id}, sent to a group it had left"
+            ));
+        }
+    }
+
     fn on_acked(&mut self, dev: Dev, client_msg_id: u64, message_id: u64) {
         let Some(sent) = self.sent.get_mut(&(dev, client_msg_id)) else {
             self.fail(format!("{dev:?} got ✓ for {client_msg_id}, never sent"));
@@ -894,6 +1090,11 @@ impl World {
             self.fail(format!("{dev:?}/{client_msg_id}: ✓ with two message ids"));
         }
         sent.message_id = Some(message_id);
+        if let Some((_, acked)) = sent.views.as_mut()
+            && acked.is_none()
+        {
+            *acked = self.group.view.clone();
+        }
         self.ids.insert(message_id, (dev, client_msg_id));
     }
 
@@ -927,7 +1128,34 @@ impl World {
     }
 
     /// The devices a ✓'d message must reach.
-    fn recipients(&self, sender: Dev, to: &Address) -> Vec<Dev> {
+    fn recipients(&self, sender: Dev, sent: &Sent) -> Vec<Dev> {
+        let to = &sent.to;
+        let devices = |user: u64| (0..self.shape.devices).map(move |d| (user, d));
+        let all = match to.kind() {
+            AddressKind::Group => {
+                let Some((at_send, Some(at_ack))) = &sent.views else {
+                    return Vec::new();
+                };
+                // Surely a member from the send until ✓.
+                let sure = |u: &u64| {
+                    at_send.member(*u) == Some(true)
+                        && at_ack.member(*u) == Some(true)
+                        && at_send.epochs.get(u) == at_ack.epochs.get(u)
+                };
+                at_send
+                    .members
+                    .iter()
+                    .filter(|u| sure(u))
+                    .flat_map(|u| devices(*u))
+                    .filter(|d| *d != sender && self.devices.contains_key(d))
+                    .collect()
+            }
+            _ => self.direct_recipients(sender, to),
+        };
+        all.into_iter().filter(|d| !self.is_unlinked(*d)).collect()
+    }
+
+    fn direct_recipients(&self, sender: Dev, to: &Address) -> Vec<Dev> {
         match to.kind() {
             AddressKind::User => (0..self.shape.devices)
                 .map(|d| (to.id(), d))
@@ -952,28 +1180,37 @@ impl World {
         self.settle();
         let all: Vec<Dev> = self.devices.keys().copied().collect();
         for round in 0.. {
+            let live: Vec<Dev> = all
+                .iter()
+                .copied()
+                .filter(|d| !self.is_unlinked(*d))
+                .collect();
             if round == 200 {
                 self.fail("no quiescence after 200 rounds");
             }
             let crashes = self.crashes;
-            for dev in &all {
+            for dev in &live {
                 if !self.online(*dev) {
                     self.disconnect(*dev);
                     self.connect(*dev);
                 }
             }
             self.settle();
-            for dev in &all {
+            for dev in &live {
                 self.ack(*dev);
             }
             self.settle();
             let deferred = self.cores.iter().any(|c| c.internals().deferred > 0);
             let pending = deferred
-                || self.devices.iter().any(|(dev, d)| {
-                    !self.online(*dev)
-                        || d.client.as_ref().is_some_and(|c| !c.pending().is_empty())
-                        || d.last_seq > d.client.as_ref().map_or(0, ClientCore::last_acked_seq)
-                });
+                || self
+                    .devices
+                    .iter()
+                    .filter(|(dev, _)| !self.is_unlinked(**dev))
+                    .any(|(dev, d)| {
+                        !self.online(*dev)
+                            || d.client.as_ref().is_some_and(|c| !c.pending().is_empty())
+                            || d.last_seq > d.client.as_ref().map_or(0, ClientCore::last_acked_seq)
+                    });
             if !pending && round > 0 && crashes == self.crashes {
                 break;
             }
@@ -1008,14 +1245,17 @@ impl World {
     fn check_arrivals(&self) {
         for ((sender, id), sent) in &self.sent {
             let Some(mid) = sent.message_id else { continue };
-            for r in self.recipients(*sender, &sent.to) {
+            for r in self.recipients(*sender, sent) {
                 if !self.devices[&r].got.contains(&mid) {
                     self.fail(format!(
                         "{sender:?}/{id} (message {mid}) never reached {r:?}"
                     ));
                 }
                 for s in (0..self.shape.devices).map(|d| (sender.0, d)) {
-                    if s != r && !self.devices[&s].receipts.contains(&(mid, r)) {
+                    if s != r
+                        && !self.is_unlinked(s)
+                        && !self.devices[&s].receipts.contains(&(mid, r))
+                    {
                         self.fail(format!("{s:?} never got ✓✓ for {mid} from {r:?}"));
                     }
                 }
@@ -1094,6 +1334,13 @@ impl World {
             480..510 => self.disconnect(dev),
             510..580 if self.devices[&dev].conn.is_none() => self.random_connect(dev),
             580..590 => self.random_connect(dev), // replaces a live connection
+            590..615 if self.shape.groups && self.online(dev) => {
+                let to = wire_format::group_address(self.group.id);
+                let pad = usize::try_from(self.rng.below(200)).expect("small");
+                self.send(dev, to, pad);
+            }
+            615..620 if self.shape.groups => self.flip_member(),
+            620..622 if self.shape.groups => self.unlink_one(dev.0),
             590..760 => {
                 self.deliver_one_batch();
             }
