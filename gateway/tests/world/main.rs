@@ -492,7 +492,7 @@ fn an_idle_device_is_unlinked_and_its_user_told() {
     let told = w.devices[&phone].events.iter().any(|e| {
         matches!(
             e,
-            client::ClientEvent::DeviceChanged {
+            ClientEvent::DeviceChanged {
                 device: 1,
                 request_id: 0,
                 ..
@@ -502,7 +502,7 @@ fn an_idle_device_is_unlinked_and_its_user_told() {
     assert!(told, "the phone is told the tablet was unlinked");
     w.connect(tablet);
     w.settle();
-    let refused = client::ClientEvent::Closed {
+    let refused = ClientEvent::Closed {
         code: Some(ErrorCode::DeviceUnlinked),
     };
     assert_eq!(w.devices[&tablet].events.last(), Some(&refused));
