@@ -56,6 +56,9 @@ pub struct Metrics {
     duplicates: Counters,
     receipts_stored: Counters,
     receipts_deferred: Counters,
+    group_changes: Counters,
+    group_skipped: Counters,
+    devices_unlinked: Counters,
     anomalies: Counters,
     log_failures: Counters,
     errors: Family<ErrorLabel, Counter>,
@@ -99,6 +102,9 @@ impl Metrics {
             duplicates: Counters::default(),
             receipts_stored: Counters::default(),
             receipts_deferred: Counters::default(),
+            group_changes: Counters::default(),
+            group_skipped: Counters::default(),
+            devices_unlinked: Counters::default(),
             anomalies: Counters::default(),
             log_failures: Counters::default(),
             errors: Family::default(),
@@ -155,6 +161,21 @@ impl Metrics {
             "receipts_deferred",
             "Receipts kept for a retry because a recipient's queue was full",
             m.receipts_deferred.clone(),
+        );
+        r.register(
+            "group_changes",
+            "Group membership changes stored (at the group's home)",
+            m.group_changes.clone(),
+        );
+        r.register(
+            "group_skipped",
+            "Member devices a group message or change skipped because their queue was full",
+            m.group_skipped.clone(),
+        );
+        r.register(
+            "devices_unlinked",
+            "Devices unlinked (by another device, the operator or idleness)",
+            m.devices_unlinked.clone(),
         );
         r.register(
             "internal_errors",
@@ -288,6 +309,13 @@ impl Metrics {
             &self.receipts_deferred,
             now.receipts_deferred,
             last.receipts_deferred,
+        );
+        add(&self.group_changes, now.group_changes, last.group_changes);
+        add(&self.group_skipped, now.group_skipped, last.group_skipped);
+        add(
+            &self.devices_unlinked,
+            now.devices_unlinked,
+            last.devices_unlinked,
         );
         add(&self.anomalies, now.anomalies, last.anomalies);
         for (code, n) in &now.errors {

@@ -6,7 +6,7 @@ mod support;
 
 use bytes::Bytes;
 use client::{ClientCore, ClientEvent, Connection};
-use support::{Gateway, next, run, temp_dir};
+use support::{Gateway, metric, next, run, temp_dir};
 use wire_format::fb::{DeviceChange, ErrorCode};
 use wire_format::user_address;
 
@@ -141,5 +141,8 @@ fn devices_are_listed_unlinked_and_limited_and_it_survives_sigkill() {
             } => assert_eq!((request_id, device), (0, 2)),
             other => panic!("expected DeviceChanged, got {other:?}"),
         }
+        // Only the operator's unlink is in this process's counters.
+        let body = gw.metrics_when(|m| metric(m, "gateway_devices_unlinked_total") == 1);
+        assert_eq!(metric(&body, "gateway_internal_errors_total"), 0);
     });
 }

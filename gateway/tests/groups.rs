@@ -8,7 +8,7 @@ mod support;
 
 use bytes::Bytes;
 use client::{ClientEvent, Connection};
-use support::{Gateway, next, run, temp_dir};
+use support::{Gateway, metric, next, run, temp_dir};
 use wire_format::fb::{ErrorCode, GroupChange, ReceiptKind};
 use wire_format::{Address, device_address, group_address, user_address};
 
@@ -184,6 +184,9 @@ fn create_add_remove_and_leave_follow_the_admin_rules_and_the_limit() {
             } => assert_eq!((code, client_msg_id), (ErrorCode::UnknownGroup, id)),
             other => panic!("expected a refusal, got {other:?}"),
         }
+        // Created, Carol added, Bob left, Carol removed.
+        let body = gw.metrics_when(|m| metric(m, "gateway_group_changes_total") == 4);
+        assert_eq!(metric(&body, "gateway_internal_errors_total"), 0);
     });
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use client::ClientEvent;
-use support::{Gateway, next, run, temp_dir};
+use support::{Gateway, metric, next, run, temp_dir};
 use wire_format::fb::{ErrorCode, ReceiptKind};
 use wire_format::{device_address, user_address};
 
@@ -495,14 +495,6 @@ fn the_default_command_serves_and_sigterm_drains() {
     );
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM drains and exits 0: {status}");
-}
-
-/// The sum of one `/metrics` series over the shards.
-fn metric(body: &str, name: &str) -> u64 {
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 #[test]

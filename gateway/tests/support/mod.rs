@@ -269,3 +269,11 @@ pub fn run<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static) -> T 
         .join()
         .unwrap()
 }
+
+/// The sum of one `/metrics` series over the shards.
+pub fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
