@@ -10,6 +10,7 @@
 mod chat;
 mod conns;
 mod gate;
+mod group;
 mod live;
 mod offline;
 mod plot;
@@ -127,30 +128,12 @@ enum Scenario {
     /// resume if the gateway restarts. Reports send→✓, send→delivered and
     /// send→✓✓.
     Chat(ChatArgs),
-    /// Groups of --size members with --senders each sending to the group.
-    /// Needs group messaging in the gateway, which is not built yet: the
-    /// scenario checks whether the gateway accepts a group send and stops
-    /// with a clear message if not.
-    Group {
-        /// Groups.
-        #[arg(long, default_value_t = 100)]
-        groups: u64,
-        /// Members per group.
-        #[arg(long, default_value_t = 32)]
-        size: u64,
-        /// Members of each group that send.
-        #[arg(long, default_value_t = 1)]
-        senders: u64,
-        /// Messages per second per sender (omit for closed loop).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Payload bytes.
-        #[arg(long, default_value_t = 100)]
-        payload: usize,
-        /// How long senders send.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-    },
+    /// Groups of --size members, --senders of each sending stamped
+    /// messages to the group; every online member device verifies it gets
+    /// each ✓'d message once and in order. Reports send→delivered (every
+    /// member device) and send→last member (every message); --offline
+    /// members are linked first and stay away.
+    Group(GroupArgs),
     /// Reconnect storm: --devices devices log in once and leave; senders
     /// queue --messages for each; then every device reconnects at once.
     /// Reports the time until every backlog was read, verified.
@@ -216,6 +199,41 @@ enum Scenario {
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
+}
+
+/// The `group` scenario's flags.
+#[derive(Debug, Clone, Args)]
+struct GroupArgs {
+    /// Groups in the run.
+    #[arg(long, default_value_t = 4)]
+    groups: u64,
+    /// Members per group, the creator included.
+    #[arg(long, default_value_t = 256)]
+    size: u64,
+    /// Members of each group that send.
+    #[arg(long, default_value_t = 1)]
+    senders: u64,
+    /// Members of each group that link their device and stay offline.
+    #[arg(long, default_value_t = 0)]
+    offline: u64,
+    /// Unanswered sends per sender (closed loop), or the cap in open loop.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    /// Messages per second per sender (open loop). Omit for closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Messages per sender at most.
+    #[arg(long, default_value_t = u64::MAX)]
+    messages: u64,
+    /// Payload bytes (at least 32).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// How long senders send.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// After sending stops, how long to wait for ✓ and deliveries.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain: Duration,
 }
 
 /// The `chat` scenario's flags.
@@ -310,7 +328,7 @@ fn run(cli: &Cli) -> Result<Report, String> {
     epoch_ns(Instant::now());
     match &cli.scenario {
         Scenario::Chat(args) => Ok(run_chat(c, spec, args)),
-        Scenario::Group { .. } => group_probe(c, spec),
+        Scenario::Group(args) => run_group(c, spec, args),
         Scenario::Offline { .. } => Ok(run_offline(c, spec, &cli.scenario)),
         Scenario::Idle { .. } => Ok(run_idle(c, spec, &cli.scenario)),
         Scenario::Churn {
@@ -586,43 +604,37 @@ fn measure_idle(pid: Option<u32>, markers: &[PathBuf], conns: u64) -> Vec<(Strin
     }
 }
 
-/// Checks whether the gateway takes group sends yet.
-fn group_probe(c: &Common, spec: TargetSpec) -> Result<Report, String> {
-    let user = c.user_base;
-    let refused = glommio::LocalExecutor::default().run(async move {
-        let target = Target::new(spec, 0);
-        let live = Live::new(1);
-        let rec = RefCell::new(Recorder::new("group", Latency::Delivered, live, 0));
-        let give_up = Instant::now() + Duration::from_secs(10);
-        let (mut conn, _) = target
-            .open(|| target.core(user, 0), &rec, give_up, false)
-            .await
-            .map_err(|e| e.0)?;
-        conn.core().send(
-            wire_format::group_address(1),
-            0,
-            bytes::Bytes::from_static(b"probe"),
-        );
-        loop {
-            match conn.next_event_within(Duration::from_secs(10)).await {
-                Ok(Some(client::ClientEvent::Refused { code, .. })) => return Ok(Some(code)),
-                Ok(Some(client::ClientEvent::Acked { .. })) => return Ok(None),
-                Ok(Some(_)) => {}
-                other => return Err(format!("group probe: {other:?}")),
-            }
-        }
-    })?;
-    match refused {
-        Some(code) => Err(format!(
-            "the gateway refuses group sends ({code:?}): group messaging is not built yet, \
-             so the group scenario cannot run"
-        )),
-        None => Err(
-            "the gateway accepts group sends: the group scenario's driver is the \
-                     next step (see loadgen --help group)"
-                .into(),
-        ),
+fn run_group(c: &Common, spec: TargetSpec, a: &GroupArgs) -> Result<Report, String> {
+    if a.size < 2 || a.senders == 0 || a.senders + a.offline > a.size {
+        return Err("group: --size ≥ 2, --senders ≥ 1, --senders + --offline ≤ --size".into());
     }
+    let plan = group::GroupPlan {
+        first_group: 0,
+        groups: a.groups,
+        size: a.size,
+        senders: a.senders,
+        offline: a.offline,
+        window: a.window,
+        rate_per_sender: a.rate,
+        messages: a.messages,
+        payload: a.payload.max(verify::HEADER),
+        duration: a.duration,
+        drain: a.drain,
+        user_base: c.user_base,
+        run: 0,
+    };
+    let mut r = on_workers(c, spec, "group", Latency::Delivered, move |t, rec, part| {
+        let (first_group, groups) = part.share(plan.groups);
+        let plan = group::GroupPlan {
+            first_group,
+            groups,
+            run: part.run,
+            ..plan
+        };
+        Box::pin(group::run(t, plan, rec))
+    });
+    r.send_s = a.duration.as_secs_f64();
+    Ok(r)
 }
 
 /// Runs `--procs` copies of this command as worker processes and merges

@@ -110,16 +110,19 @@ pub enum Latency {
     Connect,
     /// Reconnect storm start → this device's whole backlog read.
     Backlog,
+    /// Send → delivered to the last online member of the group.
+    LastMember,
 }
 
 impl Latency {
     /// Every latency, in report order.
-    pub const ALL: [Latency; 5] = [
+    pub const ALL: [Latency; 6] = [
         Latency::Ack,
         Latency::Delivered,
         Latency::Receipt,
         Latency::Connect,
         Latency::Backlog,
+        Latency::LastMember,
     ];
 
     /// Its JSON name (and `.hgrm` file name).
@@ -130,6 +133,7 @@ impl Latency {
             Latency::Receipt => "send_to_receipt",
             Latency::Connect => "connect",
             Latency::Backlog => "storm_to_backlog_read",
+            Latency::LastMember => "send_to_last_member",
         }
     }
 }

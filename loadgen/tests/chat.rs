@@ -178,3 +178,31 @@ fn worker_processes_merge_into_one_verified_report() {
     assert_eq!(merged["workers"].as_u64(), Some(2));
     assert_eq!(merged["verdict"]["ok"], true, "{table}");
 }
+
+/// `group`: every online member device gets each ✓'d group message once
+/// and in order; send→last member is recorded once per message.
+#[test]
+fn a_short_verified_group_run_passes() {
+    let gw = Gateway::start("group");
+    let report_dir = gw.dir.join("report");
+    let group = ["group", "--groups", "3", "--size", "8", "--senders", "2"];
+    let rest = ["--offline", "1", "--duration", "1s", "--window", "8"];
+    let out = gw.loadgen(
+        &report_dir,
+        &[&["--threads", "2"][..], &group, &rest].concat(),
+    );
+    drop(gw);
+    let table = passed(&out);
+    assert!(
+        table.contains("lost 0 duplicated 0 reordered 0 → PASS"),
+        "{table}"
+    );
+    let report = read_json(&report_dir.join("report.json"));
+    let counters = &report["counters"];
+    let acked = counters["acked"].as_u64().unwrap();
+    assert!(acked > 20, "messages flowed: {table}");
+    // 7 online members, less the sender itself.
+    assert_eq!(counters["delivered"].as_u64(), Some(6 * acked), "{table}");
+    let last = &report["latency_us"]["send_to_last_member"];
+    assert_eq!(last["count"].as_u64(), Some(acked), "{table}");
+}
