@@ -7,7 +7,8 @@
 //! messages queued, and are not waited for.
 //!
 //! Member `k` of group `g` is user `user_base + g × S + k`; member 0
-//! creates the group and senders are members `0..M`. A worker drives
+//! creates the group (adding members 256 at a time, a frame's limit) and
+//! senders are members `0..M`; they start 1 s after the group is complete. A worker drives
 //! whole groups, so a message's receivers are on the sender's executor.
 
 use std::cell::{Cell, RefCell};
@@ -24,6 +25,17 @@ use crate::live::Recorder;
 use crate::report::{Counter, Latency};
 use crate::target::Target;
 use crate::verify::{Link, Stamp, Stream, count_arrival};
+
+/// Most users one group frame names (the protocol's list limit).
+const ITEMS_MAX: usize = 256;
+
+/// How long after the group is complete its senders start.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// The request id of group `g`'s member additions.
+fn add_request(g: u64) -> u64 {
+    (g + 1) << 20
+}
 
 /// How a group run is shaped.
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +82,16 @@ impl GroupPlan {
 /// members that still have to receive it.
 #[derive(Default)]
 struct Shared {
+    /// The group, once every member is in it (0 before).
     id: Cell<u64>,
+    /// The group while members are being added (a frame names at most
+    /// 256 users), and the chunks still to add.
+    building: Cell<u64>,
+    adds: RefCell<Vec<Vec<u64>>>,
+    add_in_flight: Cell<bool>,
+    /// Once every member is in: when sending starts (a settle time, so
+    /// the members' `GroupChanged` deliveries are not what is measured).
+    ready_at: Cell<Option<Instant>>,
     /// (stream, counter) → (members still to receive it: the ✓ adds the
     /// online members, each arrival takes one; latest arrival, µs after
     /// the send).
@@ -123,7 +144,9 @@ async fn run_group(target: Rc<Target>, plan: GroupPlan, g: u64, rec: Rc<RefCell<
     }
     let shared = Rc::new(Shared::default());
     let members: Vec<u64> = (1..plan.size).map(|m| plan.user(g, m)).collect();
-    links[0].core().group_create(g + 1, &members);
+    let (first, rest) = members.split_at(members.len().min(ITEMS_MAX - 1));
+    links[0].core().group_create(g + 1, first);
+    *shared.adds.borrow_mut() = rest.chunks(ITEMS_MAX).rev().map(<[u64]>::to_vec).collect();
     let mut tasks = Vec::new();
     let start = Instant::now();
     for (member, link) in (0..).zip(links) {
@@ -165,6 +188,9 @@ async fn member_task(
     let mut marked = false;
     loop {
         let now = Instant::now();
+        if member == 0 {
+            add_members(&mut link, &shared, g);
+        }
         let id = shared.id.get();
         if id != 0 && began.is_none() {
             began = Some(now);
@@ -223,6 +249,28 @@ async fn member_task(
     link.close().await;
 }
 
+/// The creator adds the next chunk of members once the last is in; the
+/// group is ready when none is left.
+fn add_members(link: &mut Link, shared: &Shared, g: u64) {
+    let building = shared.building.get();
+    if building == 0 || shared.id.get() != 0 || shared.add_in_flight.get() {
+        return;
+    }
+    if let Some(at) = shared.ready_at.get() {
+        if Instant::now() >= at {
+            shared.id.set(building);
+        }
+        return;
+    }
+    match shared.adds.borrow_mut().pop() {
+        Some(chunk) => {
+            link.core().group_add(add_request(g), building, &chunk);
+            shared.add_in_flight.set(true);
+        }
+        None => shared.ready_at.set(Some(Instant::now() + SETTLE)),
+    }
+}
+
 /// The sender of `stream` sends no more: each member's stream of it knows.
 fn mark_done(shared: &Shared, plan: &GroupPlan, stream: u64, sender: u64) {
     let mut streams = shared.streams.borrow_mut();
@@ -263,8 +311,13 @@ fn on_event(
         } => {
             *last_seq = (*last_seq).max(seq);
             if member == 0 && request_id == g + 1 {
-                shared.id.set(group);
+                shared.building.set(group);
+            } else if member == 0 && request_id == add_request(g) {
+                shared.add_in_flight.set(false);
             }
+        }
+        ClientEvent::RequestRefused { code, request_id } => {
+            panic!("group {g}: request {request_id} was refused: {code:?}")
         }
         ClientEvent::Receipt { seq, .. } => *last_seq = (*last_seq).max(seq),
         ClientEvent::Acked { client_msg_id, .. } => {
