@@ -8,7 +8,7 @@
 //! u32 n, n × shared  (position 8 | refs 4 | record_len 4)
 //! u32 n, n × window  (device 12 | high 8 | bits 8 | record_at 8)
 //! u32 n, n × known   (device 12 | client id 8 | message id 8 | position 8 | accepted 8)
-//! u32 n, n × group   (order 8 | u32 len | bytes)
+//! u32 n, n × group   (order 8 | position of its live copy 8 | u32 len | bytes)
 //! u32 n, n × device record (device 12 | position 8 | len 8)
 //! u32 n, n × device life (device 12 | linked 8 | active 8 | unlinked 8 | position 8 | len 8)
 //! u32 crc32c of everything before it
@@ -113,6 +113,7 @@ impl Engine {
         w.len(self.group_records.len());
         for (order, bytes) in &self.group_records {
             w.u64(*order);
+            w.u64(self.group_at.get(order).copied().unwrap_or(0));
             w.len(bytes.len());
             w.0.extend_from_slice(bytes);
         }
@@ -187,7 +188,9 @@ impl Engine {
         self.read_windows(&mut r)?;
         for _ in 0..r.len()? {
             let order = r.u64()?;
+            let at = r.u64()?;
             let len = r.len()?;
+            self.group_at.insert(order, at);
             self.group_records.insert(order, r.bytes(len)?);
         }
         for _ in 0..r.len()? {

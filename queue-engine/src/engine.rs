@@ -319,6 +319,9 @@ pub struct Engine {
     pub(crate) expiry_filed: usize,
     /// Group records by replay order.
     pub(crate) group_records: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Where the live copy of each group record is (by replay order):
+    /// reclaim copies only that one forward, so copies never multiply.
+    pub(crate) group_at: FxHashMap<u64, u64>,
     /// The latest device record of each device: (position, length).
     pub(crate) device_records: FxHashMap<DeviceRef, (u64, u64)>,
     /// Each device's latest life record, with its position and length.
@@ -388,6 +391,7 @@ impl Engine {
             expiry_visits: 0,
             expiry_filed: 0,
             group_records: std::collections::BTreeMap::new(),
+            group_at: FxHashMap::default(),
             device_records: FxHashMap::default(),
             lives: FxHashMap::default(),
             live_bytes: 0,
@@ -781,10 +785,12 @@ impl Engine {
                     });
                 }
             }
-            Record::Group { .. } => {
-                self.live_bytes -= len;
-                let at = self.log.append(record);
-                self.live_bytes += self.log.head() - at;
+            Record::Group { order, .. } => {
+                // The live copy moves forward; a stale one (left by a crash
+                // between a copy and its segment's deletion) is dropped.
+                if self.group_at.get(order) == Some(&position) {
+                    self.append(record);
+                }
             }
             Record::Life(l) => {
                 if self.lives.get(&l.device).is_some_and(|r| r.1 == position) {
@@ -1036,6 +1042,10 @@ impl Engine {
                 if self.group_records.insert(*order, bytes.to_vec()).is_some() {
                     self.live_bytes -= len; // a copy of one already replayed
                 }
+                // The newest copy is the live one (older ones go with
+                // their segments).
+                let at = self.group_at.entry(*order).or_insert(position);
+                *at = (*at).max(position);
             }
             // An older log's dedup entry: one stored id, its original
             // forgotten; the bytes are dead (reclaim writes a window).
