@@ -676,7 +676,7 @@ impl Engine {
             self.log.durable() >= self.log.segments()[1],
             "the segment is fully durable"
         );
-        for &(position, len) in records {
+        for &(position, _) in records {
             let at = usize::try_from(position - segment).expect("inside the segment");
             let (record, _) = crate::record::decode(&bytes[at..]).expect("scanned");
             if let Record::Tombstone(t) = &record {
@@ -685,7 +685,7 @@ impl Engine {
             if let Some(sender) = self.window_leaving(position, &record) {
                 state.senders.push(sender);
             }
-            if let Some(to) = self.copy_forward(position, len, &record) {
+            if let Some(to) = self.copy_forward(position, &record) {
                 state.moved.push((position, to));
             }
         }
@@ -762,7 +762,7 @@ impl Engine {
 
     /// Re-appends what is still needed of one old record; returns the new
     /// position of a message record.
-    fn copy_forward(&mut self, position: u64, len: u64, record: &Record<'_>) -> Option<u64> {
+    fn copy_forward(&mut self, position: u64, record: &Record<'_>) -> Option<u64> {
         match record {
             Record::Message(m) => return self.move_message(position, m),
             Record::Tombstone(_) => {}
