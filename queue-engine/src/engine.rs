@@ -881,7 +881,9 @@ impl Engine {
                 let from = q.entries.partition_point(|e| e.seq <= after_seq);
                 q.entries.range(from..)
             })
-            .filter(move |e| e.position < durable)
+            // Stop at the first entry not durable (a record reclaim just
+            // copied forward can sit before durable ones): never skip it.
+            .take_while(move |e| e.position < durable)
             .map(|e| (e.seq, e.position))
     }
 

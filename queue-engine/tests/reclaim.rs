@@ -218,3 +218,33 @@ fn group_records_are_copied_once_whatever_the_crashes() {
     );
     assert!(e.log_bytes() <= 2 * e.live_bytes() + 2 * (16 << 10));
 }
+
+/// An entry whose record reclaim copied forward is not durable again until
+/// the copy is: the backlog stops there rather than skip to a later seq
+/// (which a cumulative ack would then take past the skipped one).
+#[test]
+fn the_backlog_waits_for_a_moved_entry_and_never_skips_it() {
+    let mut disk = SimDisk::new(5);
+    let (mut e, _) = Engine::open(&mut disk, config(), 0).unwrap();
+    let first = send(&mut e, 1, OFFLINE);
+    let mut id = 1;
+    while e.log().segments().len() < 3 {
+        id += 1;
+        let seq = send(&mut e, id, SENDER);
+        e.ack(SENDER, seq, true).unwrap();
+    }
+    let second = send(&mut e, id + 1, OFFLINE);
+    flush_all(&mut e, &mut disk).unwrap();
+    let segment = e.reclaim_due().expect("the first segment is mostly dead");
+    let bytes = disk.read(segment).unwrap();
+    e.reclaim(segment, &bytes).unwrap();
+    // The copy of `first` is not durable yet; `second` is.
+    let visible: Vec<u64> = e.backlog(OFFLINE, 0).map(|(seq, _)| seq).collect();
+    assert_eq!(
+        visible,
+        Vec::<u64>::new(),
+        "seq {second} must not overtake {first}"
+    );
+    flush_all(&mut e, &mut disk).unwrap();
+    assert_eq!(seqs(&e, OFFLINE), [first, second]);
+}

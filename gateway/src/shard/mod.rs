@@ -248,6 +248,9 @@ enum Waiting {
     },
     /// This shard's part of a group send is durable.
     GroupPart(u64),
+    /// Records reclaim copied forward are durable: pump every connected
+    /// device (its next entry may have been one of them).
+    PumpConnected,
 }
 
 /// A device's ack waiting for its receipts to be durable. `id` tells
@@ -554,10 +557,17 @@ impl<S: Storage> ShardCore<S> {
     pub fn reclaim_finish(&mut self, segment: u64, state: ReclaimState) -> u64 {
         let reclaimed = self.engine.reclaim_finish(segment, state);
         // What is known of a record follows it to its copy.
+        let moved = !reclaimed.moved.is_empty();
         for (old, new) in reclaimed.moved {
             if let Some(meta) = self.meta.remove(&old) {
                 self.meta.insert(new, meta);
             }
+        }
+        // A connected device's pump stops at an entry whose copy is not
+        // durable yet: it goes on once the copies are.
+        if moved && reclaimed.after > 0 {
+            self.waiting
+                .push_back((reclaimed.after - 1, Waiting::PumpConnected));
         }
         reclaimed.after
     }
@@ -595,6 +605,12 @@ impl<S: Storage> ShardCore<S> {
                 }
                 Waiting::Home { from, to, note } => self.send_home(now_ms, from, to, note),
                 Waiting::GroupPart(token) => self.group_part_done(now_ms, token),
+                Waiting::PumpConnected => {
+                    let devices: Vec<DeviceKey> = self.cursors.keys().copied().collect();
+                    for device in devices {
+                        self.pump(now_ms, device);
+                    }
+                }
             }
         }
         self.run_effects(now_ms);

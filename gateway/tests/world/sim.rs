@@ -1248,7 +1248,8 @@ impl World {
             for r in self.recipients(*sender, sent) {
                 if !self.devices[&r].got.contains(&mid) {
                     self.fail(format!(
-                        "{sender:?}/{id} (message {mid}) never reached {r:?}"
+                        "{sender:?}/{id} (message {mid}, to {:?}) never reached {r:?}",
+                        sent.to
                     ));
                 }
                 for s in (0..self.shape.devices).map(|d| (sender.0, d)) {
