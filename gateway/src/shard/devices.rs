@@ -10,11 +10,11 @@
 //! devices: a server record whose payload is [`NOTICE_DEVICE`], then the
 //! change.
 
-use queue_engine::{Accepted, DeviceLife, DeviceRef, NewMessage, Storage};
+use queue_engine::{DeviceLife, DeviceRef, Storage};
 use shard_router::{ConnRef, DeviceId, DeviceKey, Target, UserId};
 use wire_format::fb::{self, ErrorCode};
 
-use super::{Meta, ShardCore, ToConn, device_key, device_ref};
+use super::{ShardCore, ToConn, device_key, device_ref};
 use crate::clock::Now;
 
 /// First byte of a stored device notice.
@@ -261,30 +261,13 @@ impl<S: Storage> ShardCore<S> {
         payload.extend_from_slice(&device.device.0.to_le_bytes());
         payload.push(fb::DeviceChange::Unlinked.0);
         payload.extend_from_slice(&request_id.to_le_bytes());
-        let message_id = self.next_message_id();
-        let m = NewMessage {
-            message_id,
-            sender: device_ref(requester),
-            client_msg_id: 0,
-            recipients: &recipients,
-            ttl_ms: 0,
-            payload: &payload,
-            receipt: true,
-            group: 0,
-        };
-        match self.engine.append_message(now_ms, &m) {
-            Ok(Accepted::Stored { position, seqs }) => {
-                let meta = Meta {
-                    from: requester,
-                    to: Target::User(user),
-                    message_id,
-                    at_ms: now_ms,
-                    receipt: Some(fb::ReceiptKind(NOTICE_DEVICE)),
-                    pending: u32::try_from(seqs.len()).expect("a bounded set of devices"),
-                };
-                self.stored(position, meta, &seqs);
-            }
-            _ => self.anomaly("a device notice with room was refused"),
+        let kind = fb::ReceiptKind(NOTICE_DEVICE);
+        let to = Target::User(user);
+        if self
+            .store_server_record(now_ms, requester, to, kind, &payload, &recipients, now_ms)
+            .is_err()
+        {
+            self.anomaly("a device notice with room was refused");
         }
     }
 

@@ -516,30 +516,13 @@ impl<S: Storage> ShardCore<S> {
         if devices.is_empty() {
             return;
         }
-        let message_id = self.next_message_id();
-        let m = NewMessage {
-            message_id,
-            sender: device_ref(from),
-            client_msg_id: 0,
-            recipients: &devices,
-            ttl_ms: 0,
-            payload: notice,
-            receipt: true,
-            group: 0,
-        };
-        match self.engine.append_message(now_ms, &m) {
-            Ok(Accepted::Stored { position, seqs }) => {
-                let meta = Meta {
-                    from,
-                    to: Target::Group(group),
-                    message_id,
-                    at_ms: now_ms,
-                    receipt: Some(fb::ReceiptKind(NOTICE_GROUP)),
-                    pending: u32::try_from(seqs.len()).expect("at most 65,535 recipients"),
-                };
-                self.stored(position, meta, &seqs);
-            }
-            _ => self.anomaly("a group notice with room was refused"),
+        let kind = fb::ReceiptKind(NOTICE_GROUP);
+        let to = Target::Group(group);
+        if self
+            .store_server_record(now_ms, from, to, kind, notice, &devices, now_ms)
+            .is_err()
+        {
+            self.anomaly("a group notice with room was refused");
         }
     }
 }

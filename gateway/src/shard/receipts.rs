@@ -128,25 +128,52 @@ impl<S: Storage> ShardCore<S> {
             Target::Device(d) => self.recipients(from, Target::User(d.user)),
             _ => self.recipients(from, to),
         };
-        let message_id = self.next_message_id();
         let mut payload = Vec::with_capacity(1 + 8 * message_ids.len());
         payload.push(kind.0);
         for id in message_ids {
             payload.extend_from_slice(&id.to_le_bytes());
         }
+        match self.store_server_record(now_ms, from, to, kind, &payload, &recipients, at_ms) {
+            Ok(position) => {
+                self.stats.receipts_stored += 1;
+                Receipted::Stored(position)
+            }
+            Err(QueueError::QueueFull { .. }) => Receipted::Full,
+            Err(QueueError::NoRecipient) => Receipted::Nobody,
+            Err(_) => {
+                self.anomaly("a receipt was deduped, refused as an ack or too large");
+                Receipted::Nobody
+            }
+        }
+    }
+
+    /// Appends a record the server makes (a receipt, or a group or device
+    /// notice: `kind` is its first payload byte) for `recipients`, and
+    /// keeps its meta; returns its position.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn store_server_record(
+        &mut self,
+        now_ms: u64,
+        from: DeviceKey,
+        to: Target,
+        kind: fb::ReceiptKind,
+        payload: &[u8],
+        recipients: &[queue_engine::DeviceRef],
+        at_ms: u64,
+    ) -> Result<u64, QueueError> {
+        let message_id = self.next_message_id();
         let m = NewMessage {
             message_id,
             sender: device_ref(from),
             client_msg_id: 0,
-            recipients: &recipients,
+            recipients,
             ttl_ms: 0,
-            payload: &payload,
+            payload,
             receipt: true,
             group: 0,
         };
-        match self.engine.append_message(now_ms, &m) {
-            Ok(Accepted::Stored { position, seqs }) => {
-                self.stats.receipts_stored += 1;
+        match self.engine.append_message(now_ms, &m)? {
+            Accepted::Stored { position, seqs } => {
                 let meta = Meta {
                     from,
                     to,
@@ -156,19 +183,10 @@ impl<S: Storage> ShardCore<S> {
                     pending: u32::try_from(seqs.len()).expect("at most 65,535 recipients"),
                 };
                 self.stored(position, meta, &seqs);
-                Receipted::Stored(position)
+                Ok(position)
             }
-            Err(QueueError::QueueFull { .. }) => Receipted::Full,
-            Err(QueueError::NoRecipient) => Receipted::Nobody,
-            Ok(Accepted::Duplicate { .. } | Accepted::Forgotten)
-            | Err(
-                QueueError::NotDelivered { .. }
-                | QueueError::TooLarge { .. }
-                | QueueError::Stale { .. },
-            ) => {
-                self.anomaly("a receipt was deduped, refused as an ack or too large");
-                Receipted::Nobody
-            }
+            // Server records are never deduped.
+            Accepted::Duplicate { .. } | Accepted::Forgotten => Err(QueueError::NoRecipient),
         }
     }
 
