@@ -952,9 +952,9 @@ impl World {
             self.fail(format!("{dev:?}: a second Welcome"));
         } else if first
             && !matches!(event, ClientEvent::Welcome { .. })
-            // A refused (unlinked) device never gets its Welcome: what
-            // waited for it (a drain's GoAway) comes before the Error.
-            && !(self.is_unlinked(dev) && matches!(event, ClientEvent::GoAway { .. }))
+            // A connection closed before its Welcome came (replaced,
+            // drained, or its device refused) gets its GoAway instead.
+            && !matches!(event, ClientEvent::GoAway { .. })
         {
             self.fail(format!("{dev:?}: {event:?} before Welcome"));
         }
