@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Group fan-out figures, each against a fresh gateway (`loadgen group`,
 # every online member device verified once and in order):
-#   1. closed loop: GROUPS groups of 256 members, all online, one sender
+#   1. closed loop: NGROUPS groups of 256 members, all online, one sender
 #      each with 32 unanswered sends, for 10 s: member deliveries per
 #      second and send→last member;
 #   2. one message to a 1,024-member group with half its members offline:
@@ -9,15 +9,15 @@
 # Each runs RUNS times; the lines are each run's, the median is yours.
 #
 #   benchmarks/groups.sh
-#   RUNS=5 GROUPS=8 benchmarks/groups.sh
+#   RUNS=5 NGROUPS=8 benchmarks/groups.sh
 #
-# Knobs (environment): RUNS (3), GROUPS (4), SHARDS (2), BIN (directory
+# Knobs (environment): RUNS (3), NGROUPS (4), SHARDS (2), BIN (directory
 # holding gateway and loadgen; default: build them), WORK (a directory for
 # data, reports and logs; default: a fresh temporary one).
 set -euo pipefail
 
 RUNS=${RUNS:-3}
-GROUPS=${GROUPS:-4}
+NGROUPS=${NGROUPS:-4}
 SHARDS=${SHARDS:-2}
 root=$(cd "$(dirname "$0")/.." && pwd)
 if [[ -z "${BIN:-}" ]]; then
@@ -50,7 +50,7 @@ run() {
 }
 
 for i in $(seq 1 "$RUNS"); do
-    run "256-$i" --groups "$GROUPS" --size 256 --senders 1 --window 32 --duration 10s
+    run "256-$i" --groups "$NGROUPS" --size 256 --senders 1 --window 32 --duration 10s
 done
 for i in $(seq 1 "$RUNS"); do
     run "1024-$i" --groups 1 --size 1024 --offline 512 --messages 1 --duration 10s
