@@ -347,11 +347,16 @@ impl Report {
 
     /// Lost, duplicated, reordered: each must be zero.
     pub fn verdict(&self) -> Verdict {
-        let failures: Vec<String> = [Counter::Lost, Counter::Duplicated, Counter::Reordered]
+        let mut failures: Vec<String> = [Counter::Lost, Counter::Duplicated, Counter::Reordered]
             .into_iter()
             .filter(|c| self.count(*c) > 0)
             .map(|c| format!("{} {}", self.count(c), c.name()))
             .collect();
+        // A messaging run that sent nothing verified nothing.
+        let sends = matches!(self.scenario.as_str(), "chat" | "group" | "offline");
+        if sends && self.count(Counter::Sent) == 0 {
+            failures.push("nothing was sent".into());
+        }
         Verdict {
             ok: failures.is_empty(),
             failures,
@@ -501,7 +506,11 @@ impl Report {
             self.count(Counter::Lost),
             self.count(Counter::Duplicated),
             self.count(Counter::Reordered),
-            if v.ok { "PASS" } else { "FAIL" }
+            if v.ok {
+                "PASS".to_owned()
+            } else {
+                format!("FAIL ({})", v.failures.join(", "))
+            }
         );
         t
     }
@@ -562,6 +571,7 @@ mod tests {
 
     fn sample(scale: u64) -> Report {
         let mut r = Report::new("chat", Latency::Delivered);
+        r.counters[Counter::Sent as usize] = 10 * scale;
         r.counters[Counter::Acked as usize] = 10 * scale;
         r.counters[Counter::Lost as usize] = scale - 1;
         for v in 1..=100 {
@@ -593,6 +603,16 @@ mod tests {
         assert_eq!(from_json.series.len(), 2);
         assert_eq!(from_json.workers, 2);
         assert_eq!(from_json.verdict().failures, vec!["1 lost".to_owned()]);
+    }
+
+    #[test]
+    fn a_messaging_run_that_sent_nothing_fails() {
+        let mut r = sample(1);
+        assert!(r.verdict().ok, "{:?}", r.verdict().failures);
+        r.counters[Counter::Sent as usize] = 0;
+        assert_eq!(r.verdict().failures, vec!["nothing was sent".to_owned()]);
+        let idle = Report::new("idle", Latency::Connect);
+        assert!(idle.verdict().ok, "a connection scenario sends nothing");
     }
 
     #[test]
