@@ -79,6 +79,11 @@ fn notice_bytes(record: &GroupRecord, request_id: u64) -> Vec<u8> {
     out
 }
 
+/// The little-endian `u64` at `at` in `bytes`, if it is all there.
+fn le_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
 /// The frame note for a stored notice delivered at `seq` to `device`;
 /// `requester` is the device that asked for the change.
 pub(super) fn notice_note(
@@ -88,7 +93,7 @@ pub(super) fn notice_note(
     requester: DeviceKey,
 ) -> Option<ToConn> {
     let body = payload.strip_prefix(&[NOTICE_GROUP])?;
-    let u64_at = |i: usize| Some(u64::from_le_bytes(body.get(i..i + 8)?.try_into().ok()?));
+    let u64_at = |i: usize| le_u64(body, i);
     let group = u64_at(0)?;
     let change = fb::GroupChange(*body.get(8)?);
     let actor = u64_at(9)?;
@@ -500,6 +505,23 @@ impl<S: Storage> ShardCore<S> {
                 self.send_home(now_ms, from, home, done);
             }
         }
+    }
+
+    /// A group notice from the group's home for members homed here.
+    pub(super) fn group_notice(
+        &mut self,
+        now_ms: u64,
+        from: DeviceKey,
+        notice: &[u8],
+        users: &[UserId],
+    ) {
+        let Some(group) = notice
+            .strip_prefix(&[NOTICE_GROUP])
+            .and_then(|b| le_u64(b, 0))
+        else {
+            return self.anomaly("a group notice without its group");
+        };
+        self.store_notice(now_ms, from, GroupId(group), notice, users);
     }
 
     /// Queues a group notice for the devices of `users` (homed here),

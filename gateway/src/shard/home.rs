@@ -37,12 +37,7 @@ impl<S: Storage> ShardCore<S> {
             ToHome::GroupCopy(copy) => self.group_copy(now_ms, from, copy),
             ToHome::CopyStored { token } => self.group_part_done(now_ms, token),
             ToHome::GroupNotice { notice, users } => {
-                let Target::User(user) = to else {
-                    return self.anomaly("a group notice routed to a non-user");
-                };
-                let group = notice_group(&notice);
-                debug_assert!(users.contains(&user));
-                self.store_notice(now_ms, from, group, &notice, &users);
+                self.group_notice(now_ms, from, &notice, &users)
             }
             ToHome::StoreReceipt(r) => self.receipt_at_home(from, to, r),
             ToHome::ReceiptStored { ack } => self.receipt_stored(now_ms, from, ack),
@@ -391,14 +386,6 @@ impl<S: Storage> ShardCore<S> {
         }
         Some(m)
     }
-}
-
-/// The group a stored notice is about.
-fn notice_group(notice: &[u8]) -> GroupId {
-    let id = notice
-        .get(1..9)
-        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-    GroupId(id)
 }
 
 /// The message ids in a stored receipt's payload (kind byte, then ids).
