@@ -472,6 +472,22 @@ impl<M: Clone> RouterCore<M> {
         self.run_local(now_ms);
     }
 
+    /// Validates `actor`'s change of a group homed here and applies it;
+    /// the record still has to be made durable before anyone is told.
+    pub fn change_group(
+        &mut self,
+        actor: UserId,
+        request: &GroupRequest,
+    ) -> Result<GroupRecord, GroupError> {
+        let record = match request {
+            GroupRequest::Create { group, members } => self.groups.create(*group, actor, members),
+            GroupRequest::Add { group, members } => self.groups.add(*group, actor, members),
+            GroupRequest::Remove { group, members } => self.groups.remove(*group, actor, members),
+        }?;
+        self.groups.apply(&record);
+        Ok(record)
+    }
+
     /// Replays a durable group record at startup (this shard is its home).
     pub fn replay_group_record(&mut self, record: &GroupRecord) {
         self.groups.apply(record);
@@ -747,13 +763,8 @@ impl<M: Clone> RouterCore<M> {
         request_id: u64,
         request: GroupRequest,
     ) {
-        let result = match &request {
-            GroupRequest::Create { group, members } => self.groups.create(*group, actor, members),
-            GroupRequest::Add { group, members } => self.groups.add(*group, actor, members),
-            GroupRequest::Remove { group, members } => self.groups.remove(*group, actor, members),
-        };
+        let result = self.change_group(actor, &request);
         if let Ok(record) = &result {
-            self.groups.apply(record);
             self.effects.push_back(Effect::Record(record.clone()));
         }
         let reply = ShardMsg::GroupReply {

@@ -409,13 +409,7 @@ impl<S: Storage> ShardCore<S> {
             return self.send_conn(now_ms, reply, from, Target::Device(from), note);
         }
         let actor = from.user;
-        let groups = self.router.groups();
-        let result = match &request {
-            GroupRequest::Create { group, members } => groups.create(*group, actor, members),
-            GroupRequest::Add { group, members } => groups.add(*group, actor, members),
-            GroupRequest::Remove { group, members } => groups.remove(*group, actor, members),
-        };
-        let record = match result {
+        let record = match self.router.change_group(actor, &request) {
             Ok(record) => record,
             Err(GroupError::NoChange) => {
                 // Nothing changed (a repeated request): said at once,
@@ -434,7 +428,6 @@ impl<S: Storage> ShardCore<S> {
         // Everyone who is a member after the change, and whoever it removed.
         let group = record.group();
         let mut audience: Vec<UserId> = record.members().to_vec();
-        self.router.replay_group_record(&record);
         if let Some(members) = self.router.groups().members(group) {
             audience.extend(members.keys().copied());
         }
