@@ -3,7 +3,7 @@
 //! live state, not with history).
 //!
 //! ```text
-//! magic "QECKPT02" | u64 position | u64 live_bytes | u64 live_records
+//! magic "QECKPT03" | u64 position | u64 live_bytes | u64 live_records
 //! u32 n, n × queue   (device 12 | next_seq 8 | u32 m | m × entry 24)
 //! u32 n, n × shared  (position 8 | refs 4 | record_len 4)
 //! u32 n, n × window  (device 12 | high 8 | bits 8 | record_at 8)
@@ -11,6 +11,7 @@
 //! u32 n, n × group   (order 8 | position of its live copy 8 | u32 len | bytes)
 //! u32 n, n × device record (device 12 | position 8 | len 8)
 //! u32 n, n × device life (device 12 | linked 8 | active 8 | unlinked 8 | position 8 | len 8)
+//! u32 n, n × setting (user 8 | device 4 | name 4 | position 8 | len 8 | u32 vlen | value)
 //! u32 crc32c of everything before it
 //! ```
 //!
@@ -24,11 +25,11 @@ use std::collections::VecDeque;
 
 use crate::dedup::Known;
 use crate::engine::{Engine, Entry, Queue, Shared};
-use crate::record::{DeviceLife, DeviceRef};
+use crate::record::{DeviceLife, DeviceRef, SettingKey};
 
-/// Version 02 added device lives; a version-01 file is not read (a full
-/// replay, which is always correct).
-const MAGIC: &[u8; 8] = b"QECKPT02";
+/// Version 02 added device lives, 03 settings; an older file is not read
+/// (a full replay, which is always correct).
+const MAGIC: &[u8; 8] = b"QECKPT03";
 
 /// Little-endian writer.
 struct W(Vec<u8>);
@@ -130,6 +131,16 @@ impl Engine {
                 w.u64(v);
             }
         }
+        w.len(self.settings.len());
+        for (key, (value, position, len)) in &self.settings {
+            w.u64(key.user);
+            w.u32(key.device);
+            w.u32(u32::from(key.name));
+            w.u64(*position);
+            w.u64(*len);
+            w.len(value.len());
+            w.0.extend_from_slice(value);
+        }
         let crc = crc32c::crc32c(&w.0);
         w.u32(crc);
         (position, w.0)
@@ -205,6 +216,16 @@ impl Engine {
                 unlinked_ms: r.u64()?,
             };
             self.lives.insert(life.device, (life, r.u64()?, r.u64()?));
+        }
+        for _ in 0..r.len()? {
+            let key = SettingKey {
+                user: r.u64()?,
+                device: r.u32()?,
+                name: u8::try_from(r.u32()?).ok()?,
+            };
+            let (at, len) = (r.u64()?, r.u64()?);
+            let vlen = r.len()?;
+            self.settings.insert(key, (r.bytes(vlen)?, at, len));
         }
         r.0.is_empty().then_some(position)
     }

@@ -32,7 +32,7 @@ use crate::dedup::{Seen, SenderWindows};
 use crate::log::{Flush, Log, LogConfig};
 use crate::recent::RecentPayloads;
 use crate::record::{
-    DeathReason, DeviceLife, DeviceRef, MessageRecord, Recipient, Record, Tombstone,
+    DeathReason, DeviceLife, DeviceRef, MessageRecord, Recipient, Record, SettingKey, Tombstone,
     WINDOW_RECORD_LEN, WindowRecord,
 };
 use crate::recovery::{Recovered, RecoveryError, recover};
@@ -326,6 +326,8 @@ pub struct Engine {
     pub(crate) device_records: FxHashMap<DeviceRef, (u64, u64)>,
     /// Each device's latest life record, with its position and length.
     pub(crate) lives: FxHashMap<DeviceRef, (DeviceLife, u64, u64)>,
+    /// Each setting's latest value, with its position and length.
+    pub(crate) settings: FxHashMap<SettingKey, (Vec<u8>, u64, u64)>,
     /// Bytes of records still needed: live messages, and device, group and
     /// dedup records (the latest copy of each).
     pub(crate) live_bytes: u64,
@@ -394,6 +396,7 @@ impl Engine {
             group_at: FxHashMap::default(),
             device_records: FxHashMap::default(),
             lives: FxHashMap::default(),
+            settings: FxHashMap::default(),
             live_bytes: 0,
             recent: RecentPayloads::new(config.payload_cache_bytes),
         }
@@ -565,6 +568,22 @@ impl Engine {
     /// Every device's latest life record.
     pub fn lives(&self) -> impl Iterator<Item = DeviceLife> + '_ {
         self.lives.values().map(|l| l.0)
+    }
+
+    /// Records `value` as the latest of setting `key` (durable once the
+    /// log passes the returned position).
+    pub fn set_setting(&mut self, key: SettingKey, value: &[u8]) -> u64 {
+        self.append(&Record::Setting { key, value })
+    }
+
+    /// The latest value of setting `key`, if it was ever set.
+    pub fn setting(&self, key: SettingKey) -> Option<&[u8]> {
+        self.settings.get(&key).map(|s| s.0.as_slice())
+    }
+
+    /// Every setting's latest value.
+    pub fn settings(&self) -> impl Iterator<Item = (SettingKey, &[u8])> + '_ {
+        self.settings.iter().map(|(k, s)| (*k, s.0.as_slice()))
     }
 
     /// Appends an opaque group membership record (the router's).
@@ -794,6 +813,11 @@ impl Engine {
             }
             Record::Life(l) => {
                 if self.lives.get(&l.device).is_some_and(|r| r.1 == position) {
+                    self.append(record);
+                }
+            }
+            Record::Setting { key, .. } => {
+                if self.settings.get(key).is_some_and(|s| s.1 == position) {
                     self.append(record);
                 }
             }
@@ -1062,6 +1086,12 @@ impl Engine {
             }
             Record::Life(l) => {
                 if let Some((_, _, old)) = self.lives.insert(l.device, (*l, position, len)) {
+                    self.live_bytes -= old; // superseded
+                }
+            }
+            Record::Setting { key, value } => {
+                let latest = (value.to_vec(), position, len);
+                if let Some((_, _, old)) = self.settings.insert(*key, latest) {
                     self.live_bytes -= old; // superseded
                 }
             }

@@ -25,7 +25,7 @@ pub use engine::{
     StoredMessage, TTL_MAX_MS, flush_all, read_message, reclaim_all, reclaim_scan, write_flush,
 };
 pub use log::{Flush, Log, LogConfig};
-pub use record::{DeviceLife, DeviceRef};
+pub use record::{DeviceLife, DeviceRef, SETTING_VALUE_BYTES_MAX, SettingKey};
 pub use recovery::{Recovered, RecoveryError};
 pub use storage::{
     CHECKPOINT_FILE, FsStorage, NullStorage, SimDisk, SimOp, SimRng, Storage, segment_file_name,

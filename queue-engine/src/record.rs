@@ -7,7 +7,9 @@
 //!              no longer written), 6 receipt (a message record the server
 //!              made: never deduped), 7 sender window, 8 group message
 //!              (the group's id, then a message body), 9 device life
-//!              (linked, last active, unlinked)
+//!              (linked, last active, unlinked), 10 setting (a user's or a
+//!              device's named value, opaque here: the latest per key
+//!              supersedes the earlier ones)
 //! body         a fixed header per kind (little-endian), then variable bytes
 //! ```
 //!
@@ -133,6 +135,27 @@ pub struct DeviceLife {
     pub unlinked_ms: u64,
 }
 
+/// Whose setting, and which: a user's (`device` is [`SettingKey::USER`])
+/// or one device's. `name` is the shell's; the engine keeps the latest
+/// value per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SettingKey {
+    /// The user.
+    pub user: u64,
+    /// The device, or [`SettingKey::USER`] for a user-wide setting.
+    pub device: u32,
+    /// Which setting (the shell's numbering).
+    pub name: u8,
+}
+
+impl SettingKey {
+    /// The `device` of a user-wide setting.
+    pub const USER: u32 = u32::MAX;
+}
+
+/// Largest value of a setting record.
+pub const SETTING_VALUE_BYTES_MAX: usize = 1024;
+
 /// One record, borrowed from the bytes it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
@@ -166,6 +189,14 @@ pub enum Record<'a> {
     Window(WindowRecord),
     /// A device's life (kind 9).
     Life(DeviceLife),
+    /// A user's or device's setting (kind 10), at most
+    /// [`SETTING_VALUE_BYTES_MAX`] bytes.
+    Setting {
+        /// Whose and which.
+        key: SettingKey,
+        /// Its value (opaque here).
+        value: &'a [u8],
+    },
 }
 
 /// Why bytes are not a valid record.
@@ -217,6 +248,7 @@ pub fn encoded_len(record: &Record<'_>) -> usize {
         Record::Dedup(_) => 12 + 8 + 8 + 8,
         Record::Window(_) => 12 + 8 + 8,
         Record::Life(_) => 12 + 8 + 8 + 8,
+        Record::Setting { value, .. } => 12 + 1 + value.len(),
     };
     LEN_BYTES + CRC_BYTES + 1 + body
 }
@@ -272,6 +304,14 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
             for v in [l.linked_ms, l.active_ms, l.unlinked_ms] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
+        }
+        Record::Setting { key, value } => {
+            assert!(value.len() <= SETTING_VALUE_BYTES_MAX, "setting too large");
+            out.push(10);
+            out.extend_from_slice(&key.user.to_le_bytes());
+            out.extend_from_slice(&key.device.to_le_bytes());
+            out.push(key.name);
+            out.extend_from_slice(value);
         }
         Record::Window(w) => {
             out.push(7);
@@ -421,6 +461,19 @@ fn parse(kind: u8, body: &[u8]) -> Option<Record<'_>> {
             active_ms: b.u64()?,
             unlinked_ms: b.u64()?,
         }),
+        10 => {
+            let device = b.device()?;
+            let key = SettingKey {
+                user: device.user,
+                device: device.device,
+                name: b.u8()?,
+            };
+            let value = b.rest();
+            if value.len() > SETTING_VALUE_BYTES_MAX {
+                return None;
+            }
+            Record::Setting { key, value }
+        }
         7 => Record::Window(WindowRecord {
             sender: b.device()?,
             high: b.u64()?,
@@ -527,14 +580,34 @@ mod tests {
                 high: 70,
                 bits: 0b1011,
             }),
+            Record::Setting {
+                key: SettingKey {
+                    user: 6,
+                    device: SettingKey::USER,
+                    name: 3,
+                },
+                value: b"until",
+            },
+            Record::Setting {
+                key: SettingKey {
+                    user: 6,
+                    device: 1,
+                    name: 4,
+                },
+                value: b"",
+            },
         ];
         let mut out = Vec::new();
         let sizes: Vec<usize> = records.iter().map(|r| encode(r, &mut out)).collect();
         let predicted: Vec<usize> = records.iter().map(encoded_len).collect();
         assert_eq!(predicted, sizes, "encoded_len agrees with encode");
+        let window_at = records
+            .iter()
+            .position(|r| matches!(r, Record::Window(_)))
+            .unwrap();
         assert_eq!(
-            sizes.last().copied(),
-            Some(usize::try_from(WINDOW_RECORD_LEN).unwrap())
+            sizes[window_at],
+            usize::try_from(WINDOW_RECORD_LEN).unwrap()
         );
         let mut at = 0;
         for (record, size) in records.iter().zip(sizes) {

@@ -49,6 +49,14 @@ fn traffic(e: &mut Engine, disk: &mut SimDisk, ids: std::ops::Range<u64>) {
                 active_ms: id,
                 unlinked_ms: 0,
             });
+            // A user's setting and a device's, superseded now and then.
+            let key = |device, name| SettingKey {
+                user: 2,
+                device,
+                name,
+            };
+            e.set_setting(key(SettingKey::USER, 1), &id.to_le_bytes());
+            e.set_setting(key(1, 4), &[id as u8; 40]);
         }
         flush_all(e, disk).unwrap();
         if id % 5 == 0 {
@@ -81,8 +89,10 @@ fn digest(e: &Engine) -> String {
     let groups: Vec<&[u8]> = e.group_records().collect();
     let mut lives: Vec<DeviceLife> = e.lives().collect();
     lives.sort_by_key(|l| l.device);
+    let mut settings: Vec<(SettingKey, &[u8])> = e.settings().collect();
+    settings.sort();
     format!(
-        "{queues:?} live {} msgs {} dedup {:?} groups {groups:?} lives {lives:?} log {:?}",
+        "{queues:?} live {} msgs {} dedup {:?} groups {groups:?} lives {lives:?} settings {settings:?} log {:?}",
         e.live_bytes(),
         e.live_messages(),
         e.dedup_entries(),
