@@ -68,8 +68,25 @@ impl OutFrame {
     }
 }
 
-/// The fields of a `GroupChanged` frame.
-#[derive(Debug, Clone, Copy)]
+/// The fields of an `Error` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorHeader<'a> {
+    /// Why.
+    pub code: fb::ErrorCode,
+    /// The `Send` it is about, or 0.
+    pub client_msg_id: u64,
+    /// The request it is about, or 0.
+    pub request_id: u64,
+    /// Whether the sender closes the connection after it.
+    pub fatal: bool,
+    /// Detail for logs.
+    pub message: &'a str,
+    /// Try again no sooner than this, ms (0: does not apply).
+    pub retry_after_ms: u64,
+}
+
+/// The fields of a `GroupChanged` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupChangedHeader<'a> {
     /// The request it answers (on the requesting device), else 0.
     pub request_id: u64,
@@ -266,13 +283,27 @@ impl Encoder {
         fatal: bool,
         message: &str,
     ) -> Result<OutFrame, WireError> {
-        let message = Some(self.fbb.create_string(message));
-        let args = fb::ErrorArgs {
+        let e = ErrorHeader {
             code,
             client_msg_id,
+            request_id,
             fatal,
             message,
-            request_id,
+            retry_after_ms: 0,
+        };
+        self.error_full(&e)
+    }
+
+    /// `Error` with every field, `retry_after_ms` included.
+    pub fn error_full(&mut self, e: &ErrorHeader<'_>) -> Result<OutFrame, WireError> {
+        let message = Some(self.fbb.create_string(e.message));
+        let args = fb::ErrorArgs {
+            code: e.code,
+            client_msg_id: e.client_msg_id,
+            fatal: e.fatal,
+            message,
+            request_id: e.request_id,
+            retry_after_ms: e.retry_after_ms,
         };
         let body = fb::Error::create(&mut self.fbb, &args).as_union_value();
         self.finish(FrameKind::Error, body, Bytes::new())
@@ -325,6 +356,80 @@ impl Encoder {
         };
         let body = fb::DeviceChanged::create(&mut self.fbb, &args).as_union_value();
         self.finish(FrameKind::DeviceChanged, body, Bytes::new())
+    }
+
+    /// `SettingsSet` (client): `Unchanged` leaves a setting as it is.
+    pub fn settings_set(
+        &mut self,
+        request_id: u64,
+        last_seen: fb::LastSeenVisibility,
+        read_receipts: fb::Switch,
+    ) -> Result<OutFrame, WireError> {
+        let args = fb::SettingsSetArgs {
+            request_id,
+            last_seen,
+            read_receipts,
+        };
+        let body = fb::SettingsSet::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::SettingsSet, body, Bytes::new())
+    }
+
+    /// `Settings` (server): the user's settings as stored.
+    pub fn settings(
+        &mut self,
+        request_id: u64,
+        last_seen: fb::LastSeenVisibility,
+        read_receipts: fb::Switch,
+    ) -> Result<OutFrame, WireError> {
+        let args = fb::SettingsArgs {
+            request_id,
+            last_seen,
+            read_receipts,
+        };
+        let body = fb::Settings::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::Settings, body, Bytes::new())
+    }
+
+    /// `PushRegister` (client): this device's push `token` (empty: none).
+    pub fn push_register(
+        &mut self,
+        request_id: u64,
+        token: &[u8],
+        platform: &str,
+    ) -> Result<OutFrame, WireError> {
+        let token = Some(self.fbb.create_vector(token));
+        let platform = Some(self.fbb.create_string(platform));
+        let args = fb::PushRegisterArgs {
+            request_id,
+            token,
+            platform,
+        };
+        let body = fb::PushRegister::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::PushRegister, body, Bytes::new())
+    }
+
+    /// `Done` (server): request `request_id` took effect.
+    pub fn done(&mut self, request_id: u64) -> Result<OutFrame, WireError> {
+        let args = fb::DoneArgs { request_id };
+        let body = fb::Done::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::Done, body, Bytes::new())
+    }
+
+    /// `Gap` (server): what this device missed, queued at `seq`.
+    pub fn gap(
+        &mut self,
+        cause: fb::GapCause,
+        senders: &[fb::GapSender],
+        seq: u64,
+    ) -> Result<OutFrame, WireError> {
+        let senders = Some(self.fbb.create_vector(senders));
+        let args = fb::GapArgs {
+            cause,
+            senders,
+            seq,
+        };
+        let body = fb::Gap::create(&mut self.fbb, &args).as_union_value();
+        self.finish(FrameKind::Gap, body, Bytes::new())
     }
 
     /// Any frame from the owned object API. `header.payload_len` is ignored:

@@ -114,6 +114,9 @@ pub fn is_fatal(code: ErrorCode) -> bool {
             | ErrorCode::GroupFull
             | ErrorCode::TtlTooLong
             | ErrorCode::PayloadTooLarge
+            | ErrorCode::ConversationLimit
+            | ErrorCode::RecipientRateLimit
+            | ErrorCode::GroupCreateLimit
             | ErrorCode::StorageUnavailable
             | ErrorCode::Draining
     )

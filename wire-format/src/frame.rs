@@ -76,6 +76,11 @@ frame_kinds! {
     Devices => body_as_devices,
     DeviceUnlink => body_as_device_unlink,
     DeviceChanged => body_as_device_changed,
+    SettingsSet => body_as_settings_set,
+    Settings => body_as_settings,
+    PushRegister => body_as_push_register,
+    Done => body_as_done,
+    Gap => body_as_gap,
 }
 
 impl FrameKind {

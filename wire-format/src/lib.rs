@@ -57,7 +57,7 @@ pub mod fb {
 }
 
 pub use decode::{FrameDecoder, decode_exact};
-pub use encode::{DeliverHeader, Encoder, GroupChangedHeader, OutFrame};
+pub use encode::{DeliverHeader, Encoder, ErrorHeader, GroupChangedHeader, OutFrame};
 pub use error::{WireError, is_fatal};
 pub use fb::{Address, AddressKind, ErrorCode};
 pub use frame::{Body, Frame, FrameKind};

@@ -214,13 +214,14 @@ fn body() -> impl Strategy<Value = BodyT> {
             BodyT::GoAway
         ),
         boxed(
-            (any::<u16>(), any::<[u64; 2]>(), any::<bool>(), text(256)).prop_map(
-                |(code, [client_msg_id, request_id], fatal, message)| ErrorT {
+            (any::<u16>(), any::<[u64; 3]>(), any::<bool>(), text(256)).prop_map(
+                |(code, [client_msg_id, request_id, retry_after_ms], fatal, message)| ErrorT {
                     code: ErrorCode(code),
                     client_msg_id,
                     fatal,
                     message,
                     request_id,
+                    retry_after_ms,
                 }
             ),
             BodyT::Error
@@ -264,6 +265,60 @@ fn body() -> impl Strategy<Value = BodyT> {
                 }
             }),
             BodyT::DeviceChanged
+        ),
+        boxed(
+            (any::<u64>(), 0u8..3, 0u8..3).prop_map(|(request_id, l, r)| SettingsSetT {
+                request_id,
+                last_seen: LastSeenVisibility(l),
+                read_receipts: Switch(r),
+            }),
+            BodyT::SettingsSet
+        ),
+        boxed(
+            (any::<u64>(), 0u8..3, 0u8..3).prop_map(|(request_id, l, r)| SettingsT {
+                request_id,
+                last_seen: LastSeenVisibility(l),
+                read_receipts: Switch(r),
+            }),
+            BodyT::Settings
+        ),
+        boxed(
+            (any::<u64>(), vec(any::<u8>(), 0..512), text(32)).prop_map(
+                |(request_id, token, platform)| PushRegisterT {
+                    request_id,
+                    token: Some(token),
+                    platform,
+                }
+            ),
+            BodyT::PushRegister
+        ),
+        boxed(
+            any::<u64>().prop_map(|request_id| DoneT { request_id }),
+            BodyT::Done
+        ),
+        boxed(
+            (
+                0u8..2,
+                vec(any::<([u64; 3], [u32; 2])>(), 0..16),
+                any::<u64>()
+            )
+                .prop_map(|(cause, senders, seq)| GapT {
+                    cause: GapCause(cause),
+                    senders: Some(
+                        senders
+                            .into_iter()
+                            .map(|([first_ms, last_ms, user], [count, device])| GapSenderT {
+                                first_ms,
+                                last_ms,
+                                user,
+                                count,
+                                device,
+                            })
+                            .collect()
+                    ),
+                    seq,
+                }),
+            BodyT::Gap
         ),
     ]
 }
@@ -314,13 +369,14 @@ fn encode_fast(enc: &mut Encoder, header: &FrameT, payload: Bytes) -> Option<Out
         BodyT::Presence(p) => enc.presence(p.user, p.state, p.last_seen_ms),
         BodyT::Ping(p) => enc.ping(p.nonce),
         BodyT::Pong(p) => enc.pong(p.nonce),
-        BodyT::Error(e) => enc.error_about(
-            e.code,
-            e.client_msg_id,
-            e.request_id,
-            e.fatal,
-            e.message.as_deref().unwrap_or(""),
-        ),
+        BodyT::Error(e) => enc.error_full(&crate::ErrorHeader {
+            code: e.code,
+            client_msg_id: e.client_msg_id,
+            request_id: e.request_id,
+            fatal: e.fatal,
+            message: e.message.as_deref().unwrap_or(""),
+            retry_after_ms: e.retry_after_ms,
+        }),
         BodyT::GroupChanged(g) => enc.group_changed(&crate::GroupChangedHeader {
             request_id: g.request_id,
             group: g.group,
@@ -334,6 +390,18 @@ fn encode_fast(enc: &mut Encoder, header: &FrameT, payload: Bytes) -> Option<Out
             enc.devices(d.request_id, &list)
         }
         BodyT::DeviceChanged(d) => enc.device_changed(d.request_id, d.device, d.change, d.seq),
+        BodyT::SettingsSet(s) => enc.settings_set(s.request_id, s.last_seen, s.read_receipts),
+        BodyT::Settings(s) => enc.settings(s.request_id, s.last_seen, s.read_receipts),
+        BodyT::PushRegister(p) => enc.push_register(
+            p.request_id,
+            p.token.as_deref().unwrap_or(&[]),
+            p.platform.as_deref().unwrap_or(""),
+        ),
+        BodyT::Done(d) => enc.done(d.request_id),
+        BodyT::Gap(g) => {
+            let list: Vec<_> = g.senders.iter().flatten().map(GapSenderT::pack).collect();
+            enc.gap(g.cause, &list, g.seq)
+        }
         _ => return None,
     };
     Some(out.unwrap())
@@ -370,6 +438,13 @@ fn with_present_fields(header: &FrameT) -> FrameT {
         BodyT::Devices(d) => {
             d.devices.get_or_insert_with(Vec::new);
         }
+        BodyT::PushRegister(p) => {
+            p.token.get_or_insert_with(Vec::new);
+            p.platform.get_or_insert_with(String::new);
+        }
+        BodyT::Gap(g) => {
+            g.senders.get_or_insert_with(Vec::new);
+        }
         _ => {}
     }
     header
@@ -397,6 +472,11 @@ fn fast_encoders_match_the_object_api_on_zero_values() {
         BodyT::GroupChanged(Box::default()),
         BodyT::Devices(Box::default()),
         BodyT::DeviceChanged(Box::default()),
+        BodyT::SettingsSet(Box::default()),
+        BodyT::Settings(Box::default()),
+        BodyT::PushRegister(Box::default()),
+        BodyT::Done(Box::default()),
+        BodyT::Gap(Box::default()),
     ];
     for body in bodies {
         let header = FrameT {

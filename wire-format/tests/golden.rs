@@ -133,6 +133,43 @@ fn error() {
 }
 
 #[test]
+fn error_limit() {
+    let frame = decode_valid(golden!("error_limit"));
+    let Body::Error(e) = frame.body() else {
+        panic!("{frame:?}")
+    };
+    assert_eq!(e.code(), ErrorCode::RecipientRateLimit);
+    assert_eq!((e.client_msg_id(), e.fatal()), (9, false));
+    assert_eq!(e.retry_after_ms(), 750);
+}
+
+#[test]
+fn settings_set() {
+    let frame = decode_valid(golden!("settings_set"));
+    let Body::SettingsSet(s) = frame.body() else {
+        panic!("{frame:?}")
+    };
+    assert_eq!(s.request_id(), 3);
+    assert_eq!(s.last_seen(), fb::LastSeenVisibility::Nobody);
+    assert_eq!(s.read_receipts(), fb::Switch::Unchanged);
+}
+
+#[test]
+fn gap() {
+    let frame = decode_valid(golden!("gap"));
+    let Body::Gap(g) = frame.body() else {
+        panic!("{frame:?}")
+    };
+    assert_eq!((g.cause(), g.seq()), (fb::GapCause::Expired, 12));
+    let senders: Vec<_> = g.senders().unwrap().iter().copied().collect();
+    assert_eq!(senders, [gap_sender()]);
+}
+
+fn gap_sender() -> fb::GapSender {
+    fb::GapSender::new(1_767_225_600_000, 1_767_225_660_000, 42, 17, 1)
+}
+
+#[test]
 fn ping() {
     let frame = decode_valid(golden!("ping"));
     let Body::Ping(p) = frame.body() else {
@@ -288,6 +325,25 @@ fn vectors() -> Vec<Vector> {
         .unwrap()
         .to_vec();
     let ping = enc.ping(0x0102_0304_0506_0708).unwrap().to_vec();
+    let error_limit = enc
+        .error_full(&wire_format::ErrorHeader {
+            code: ErrorCode::RecipientRateLimit,
+            client_msg_id: 9,
+            request_id: 0,
+            fatal: false,
+            message: "messages per recipient per second",
+            retry_after_ms: 750,
+        })
+        .unwrap()
+        .to_vec();
+    let settings_set = enc
+        .settings_set(3, fb::LastSeenVisibility::Nobody, fb::Switch::Unchanged)
+        .unwrap()
+        .to_vec();
+    let gap = enc
+        .gap(fb::GapCause::Expired, &[gap_sender()], 12)
+        .unwrap()
+        .to_vec();
 
     let truncated = send[..send.len() - 10].to_vec();
     let mut oversized = ping.clone();
@@ -340,6 +396,24 @@ fn vectors() -> Vec<Vector> {
             "Error RecipientQueueFull (302) about client_msg_id 7, not fatal",
             "valid",
             error,
+        ),
+        v(
+            "error_limit",
+            "Error RecipientRateLimit (313) about client_msg_id 9, not fatal, retry after 750 ms",
+            "valid",
+            error_limit,
+        ),
+        v(
+            "settings_set",
+            "SettingsSet request 3: last seen Nobody, read receipts unchanged",
+            "valid",
+            settings_set,
+        ),
+        v(
+            "gap",
+            "Gap (Expired) at seq 12: 17 messages from device 42/1 accepted between two times",
+            "valid",
+            gap,
         ),
         v("ping", "Ping nonce 0x0102030405060708", "valid", ping),
         v(

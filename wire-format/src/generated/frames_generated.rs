@@ -631,6 +631,273 @@ impl<'a> ::flatbuffers::Verifiable for DeviceChange {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for DeviceChange {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_LAST_SEEN_VISIBILITY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_LAST_SEEN_VISIBILITY: u8 = 2;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_LAST_SEEN_VISIBILITY: [LastSeenVisibility; 3] = [
+  LastSeenVisibility::Unchanged,
+  LastSeenVisibility::Everyone,
+  LastSeenVisibility::Nobody,
+];
+
+/// A setting's new value in `SettingsSet`; `Unchanged` leaves it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct LastSeenVisibility(pub u8);
+#[allow(non_upper_case_globals)]
+impl LastSeenVisibility {
+  pub const Unchanged: Self = Self(0);
+  /// Everyone who watches the user sees when it was last online.
+  pub const Everyone: Self = Self(1);
+  /// Nobody does (watchers still see online and offline).
+  pub const Nobody: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Unchanged,
+    Self::Everyone,
+    Self::Nobody,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Unchanged => Some("Unchanged"),
+      Self::Everyone => Some("Everyone"),
+      Self::Nobody => Some("Nobody"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for LastSeenVisibility {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for LastSeenVisibility {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for LastSeenVisibility {
+    type Output = LastSeenVisibility;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for LastSeenVisibility {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for LastSeenVisibility {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for LastSeenVisibility {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_SWITCH: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_SWITCH: u8 = 2;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_SWITCH: [Switch; 3] = [
+  Switch::Unchanged,
+  Switch::On,
+  Switch::Off,
+];
+
+/// A switch in `SettingsSet`; `Unchanged` leaves it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Switch(pub u8);
+#[allow(non_upper_case_globals)]
+impl Switch {
+  pub const Unchanged: Self = Self(0);
+  pub const On: Self = Self(1);
+  pub const Off: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Unchanged,
+    Self::On,
+    Self::Off,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Unchanged => Some("Unchanged"),
+      Self::On => Some("On"),
+      Self::Off => Some("Off"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for Switch {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for Switch {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for Switch {
+    type Output = Switch;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for Switch {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Switch {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Switch {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_GAP_CAUSE: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_GAP_CAUSE: u8 = 1;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_GAP_CAUSE: [GapCause; 2] = [
+  GapCause::Expired,
+  GapCause::QueueFull,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct GapCause(pub u8);
+#[allow(non_upper_case_globals)]
+impl GapCause {
+  /// Their TTL ran out before this device fetched them.
+  pub const Expired: Self = Self(0);
+  /// This device's queue was full (group messages skip a full member
+  /// device rather than hold the group back).
+  pub const QueueFull: Self = Self(1);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 1;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Expired,
+    Self::QueueFull,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Expired => Some("Expired"),
+      Self::QueueFull => Some("QueueFull"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for GapCause {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for GapCause {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for GapCause {
+    type Output = GapCause;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for GapCause {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for GapCause {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for GapCause {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_GO_AWAY_REASON: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_GO_AWAY_REASON: u8 = 1;
@@ -722,7 +989,7 @@ pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 pub const ENUM_MAX_ERROR_CODE: u16 = 503;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 35] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 40] = [
   ErrorCode::Unspecified,
   ErrorCode::FrameTooLarge,
   ErrorCode::Truncated,
@@ -742,6 +1009,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 35] = [
   ErrorCode::RetryTooOld,
   ErrorCode::DeviceUnlinked,
   ErrorCode::UnknownDevice,
+  ErrorCode::Banned,
+  ErrorCode::Kicked,
   ErrorCode::RateLimited,
   ErrorCode::TooManyConnections,
   ErrorCode::RecipientQueueFull,
@@ -754,6 +1023,9 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 35] = [
   ErrorCode::TtlTooLong,
   ErrorCode::PayloadTooLarge,
   ErrorCode::TooManyDevices,
+  ErrorCode::ConversationLimit,
+  ErrorCode::RecipientRateLimit,
+  ErrorCode::GroupCreateLimit,
   ErrorCode::Internal,
   ErrorCode::StorageUnavailable,
   ErrorCode::ShuttingDown,
@@ -787,6 +1059,10 @@ impl ErrorCode {
   pub const RetryTooOld: Self = Self(209);
   pub const DeviceUnlinked: Self = Self(210);
   pub const UnknownDevice: Self = Self(211);
+  /// The user is banned until `Error.retry_after_ms` from now (0: for good).
+  pub const Banned: Self = Self(212);
+  /// An operator closed this session.
+  pub const Kicked: Self = Self(213);
   pub const RateLimited: Self = Self(300);
   pub const TooManyConnections: Self = Self(301);
   pub const RecipientQueueFull: Self = Self(302);
@@ -799,6 +1075,12 @@ impl ErrorCode {
   pub const TtlTooLong: Self = Self(309);
   pub const PayloadTooLarge: Self = Self(310);
   pub const TooManyDevices: Self = Self(311);
+  /// Per sender device: too many new conversations this hour.
+  pub const ConversationLimit: Self = Self(312);
+  /// Per sender device: too many messages to one recipient this second.
+  pub const RecipientRateLimit: Self = Self(313);
+  /// Per sender device: too many groups created today.
+  pub const GroupCreateLimit: Self = Self(314);
   pub const Internal: Self = Self(500);
   pub const StorageUnavailable: Self = Self(501);
   pub const ShuttingDown: Self = Self(502);
@@ -826,6 +1108,8 @@ impl ErrorCode {
     Self::RetryTooOld,
     Self::DeviceUnlinked,
     Self::UnknownDevice,
+    Self::Banned,
+    Self::Kicked,
     Self::RateLimited,
     Self::TooManyConnections,
     Self::RecipientQueueFull,
@@ -838,6 +1122,9 @@ impl ErrorCode {
     Self::TtlTooLong,
     Self::PayloadTooLarge,
     Self::TooManyDevices,
+    Self::ConversationLimit,
+    Self::RecipientRateLimit,
+    Self::GroupCreateLimit,
     Self::Internal,
     Self::StorageUnavailable,
     Self::ShuttingDown,
@@ -865,6 +1152,8 @@ impl ErrorCode {
       Self::RetryTooOld => Some("RetryTooOld"),
       Self::DeviceUnlinked => Some("DeviceUnlinked"),
       Self::UnknownDevice => Some("UnknownDevice"),
+      Self::Banned => Some("Banned"),
+      Self::Kicked => Some("Kicked"),
       Self::RateLimited => Some("RateLimited"),
       Self::TooManyConnections => Some("TooManyConnections"),
       Self::RecipientQueueFull => Some("RecipientQueueFull"),
@@ -877,6 +1166,9 @@ impl ErrorCode {
       Self::TtlTooLong => Some("TtlTooLong"),
       Self::PayloadTooLarge => Some("PayloadTooLarge"),
       Self::TooManyDevices => Some("TooManyDevices"),
+      Self::ConversationLimit => Some("ConversationLimit"),
+      Self::RecipientRateLimit => Some("RecipientRateLimit"),
+      Self::GroupCreateLimit => Some("GroupCreateLimit"),
       Self::Internal => Some("Internal"),
       Self::StorageUnavailable => Some("StorageUnavailable"),
       Self::ShuttingDown => Some("ShuttingDown"),
@@ -938,10 +1230,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 22;
+pub const ENUM_MAX_BODY: u8 = 27;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 23] = [
+pub const ENUM_VALUES_BODY: [Body; 28] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -965,6 +1257,11 @@ pub const ENUM_VALUES_BODY: [Body; 23] = [
   Body::Devices,
   Body::DeviceUnlink,
   Body::DeviceChanged,
+  Body::SettingsSet,
+  Body::Settings,
+  Body::PushRegister,
+  Body::Done,
+  Body::Gap,
 ];
 
 /// The frame kinds. The numeric value is the frame kind on the wire.
@@ -996,9 +1293,14 @@ impl Body {
   pub const Devices: Self = Self(20);
   pub const DeviceUnlink: Self = Self(21);
   pub const DeviceChanged: Self = Self(22);
+  pub const SettingsSet: Self = Self(23);
+  pub const Settings: Self = Self(24);
+  pub const PushRegister: Self = Self(25);
+  pub const Done: Self = Self(26);
+  pub const Gap: Self = Self(27);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 22;
+  pub const ENUM_MAX: u8 = 27;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -1023,6 +1325,11 @@ impl Body {
     Self::Devices,
     Self::DeviceUnlink,
     Self::DeviceChanged,
+    Self::SettingsSet,
+    Self::Settings,
+    Self::PushRegister,
+    Self::Done,
+    Self::Gap,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -1050,6 +1357,11 @@ impl Body {
       Self::Devices => Some("Devices"),
       Self::DeviceUnlink => Some("DeviceUnlink"),
       Self::DeviceChanged => Some("DeviceChanged"),
+      Self::SettingsSet => Some("SettingsSet"),
+      Self::Settings => Some("Settings"),
+      Self::PushRegister => Some("PushRegister"),
+      Self::Done => Some("Done"),
+      Self::Gap => Some("Gap"),
       _ => None,
     }
   }
@@ -1133,6 +1445,11 @@ pub enum BodyT {
   Devices(alloc::boxed::Box<DevicesT>),
   DeviceUnlink(alloc::boxed::Box<DeviceUnlinkT>),
   DeviceChanged(alloc::boxed::Box<DeviceChangedT>),
+  SettingsSet(alloc::boxed::Box<SettingsSetT>),
+  Settings(alloc::boxed::Box<SettingsT>),
+  PushRegister(alloc::boxed::Box<PushRegisterT>),
+  Done(alloc::boxed::Box<DoneT>),
+  Gap(alloc::boxed::Box<GapT>),
 }
 impl Default for BodyT {
   fn default() -> Self {
@@ -1165,6 +1482,11 @@ impl BodyT {
       Self::Devices(_) => Body::Devices,
       Self::DeviceUnlink(_) => Body::DeviceUnlink,
       Self::DeviceChanged(_) => Body::DeviceChanged,
+      Self::SettingsSet(_) => Body::SettingsSet,
+      Self::Settings(_) => Body::Settings,
+      Self::PushRegister(_) => Body::PushRegister,
+      Self::Done(_) => Body::Done,
+      Self::Gap(_) => Body::Gap,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -1192,6 +1514,11 @@ impl BodyT {
       Self::Devices(v) => Some(v.pack(fbb).as_union_value()),
       Self::DeviceUnlink(v) => Some(v.pack(fbb).as_union_value()),
       Self::DeviceChanged(v) => Some(v.pack(fbb).as_union_value()),
+      Self::SettingsSet(v) => Some(v.pack(fbb).as_union_value()),
+      Self::Settings(v) => Some(v.pack(fbb).as_union_value()),
+      Self::PushRegister(v) => Some(v.pack(fbb).as_union_value()),
+      Self::Done(v) => Some(v.pack(fbb).as_union_value()),
+      Self::Gap(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned HelloT, setting the union to NONE.
@@ -1656,6 +1983,111 @@ impl BodyT {
   pub fn as_device_changed_mut(&mut self) -> Option<&mut DeviceChangedT> {
     if let Self::DeviceChanged(v) = self { Some(v.as_mut()) } else { None }
   }
+  /// If the union variant matches, return the owned SettingsSetT, setting the union to NONE.
+  pub fn take_settings_set(&mut self) -> Option<alloc::boxed::Box<SettingsSetT>> {
+    if let Self::SettingsSet(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::SettingsSet(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the SettingsSetT.
+  pub fn as_settings_set(&self) -> Option<&SettingsSetT> {
+    if let Self::SettingsSet(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the SettingsSetT.
+  pub fn as_settings_set_mut(&mut self) -> Option<&mut SettingsSetT> {
+    if let Self::SettingsSet(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned SettingsT, setting the union to NONE.
+  pub fn take_settings(&mut self) -> Option<alloc::boxed::Box<SettingsT>> {
+    if let Self::Settings(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::Settings(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the SettingsT.
+  pub fn as_settings(&self) -> Option<&SettingsT> {
+    if let Self::Settings(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the SettingsT.
+  pub fn as_settings_mut(&mut self) -> Option<&mut SettingsT> {
+    if let Self::Settings(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned PushRegisterT, setting the union to NONE.
+  pub fn take_push_register(&mut self) -> Option<alloc::boxed::Box<PushRegisterT>> {
+    if let Self::PushRegister(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::PushRegister(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the PushRegisterT.
+  pub fn as_push_register(&self) -> Option<&PushRegisterT> {
+    if let Self::PushRegister(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the PushRegisterT.
+  pub fn as_push_register_mut(&mut self) -> Option<&mut PushRegisterT> {
+    if let Self::PushRegister(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DoneT, setting the union to NONE.
+  pub fn take_done(&mut self) -> Option<alloc::boxed::Box<DoneT>> {
+    if let Self::Done(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::Done(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DoneT.
+  pub fn as_done(&self) -> Option<&DoneT> {
+    if let Self::Done(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DoneT.
+  pub fn as_done_mut(&mut self) -> Option<&mut DoneT> {
+    if let Self::Done(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned GapT, setting the union to NONE.
+  pub fn take_gap(&mut self) -> Option<alloc::boxed::Box<GapT>> {
+    if let Self::Gap(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::Gap(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the GapT.
+  pub fn as_gap(&self) -> Option<&GapT> {
+    if let Self::Gap(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the GapT.
+  pub fn as_gap_mut(&mut self) -> Option<&mut GapT> {
+    if let Self::Gap(v) = self { Some(v.as_mut()) } else { None }
+  }
 }
 /// A destination or an origin. Fixed size, stored inline (no offsets).
 // struct Address, aligned to 8
@@ -2060,6 +2492,264 @@ impl DeviceInfoT {
       self.last_active_ms,
       self.device,
       self.online,
+    )
+  }
+}
+
+/// What a device missed from one sender.
+// struct GapSender, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct GapSender(pub [u8; 32]);
+impl Default for GapSender { 
+  fn default() -> Self { 
+    Self([0; 32])
+  }
+}
+impl ::core::fmt::Debug for GapSender {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("GapSender")
+      .field("first_ms", &self.first_ms())
+      .field("last_ms", &self.last_ms())
+      .field("user", &self.user())
+      .field("count", &self.count())
+      .field("device", &self.device())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for GapSender {}
+impl<'a> ::flatbuffers::Follow<'a> for GapSender {
+  type Inner = &'a GapSender;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a GapSender>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a GapSender {
+  type Inner = &'a GapSender;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<GapSender>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for GapSender {
+    type Output = GapSender;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const GapSender as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for GapSender {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> GapSender {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    first_ms: u64,
+    last_ms: u64,
+    user: u64,
+    count: u32,
+    device: u32,
+  ) -> Self {
+    let mut s = Self([0; 32]);
+    s.set_first_ms(first_ms);
+    s.set_last_ms(last_ms);
+    s.set_user(user);
+    s.set_count(count);
+    s.set_device(device);
+    s
+  }
+
+  /// The first and last missed message's acceptance time, ms since the
+  /// Unix epoch.
+  pub fn first_ms(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_first_ms(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn last_ms(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_last_ms(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// The sending device's user.
+  pub fn user(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[16..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_user(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[16..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// How many of its messages were dropped.
+  pub fn count(&self) -> u32 {
+    let mut mem = ::core::mem::MaybeUninit::<<u32 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[24..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_count(&mut self, x: u32) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[24..].as_mut_ptr(),
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// The sending device.
+  pub fn device(&self) -> u32 {
+    let mut mem = ::core::mem::MaybeUninit::<<u32 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[28..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_device(&mut self, x: u32) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[28..].as_mut_ptr(),
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn unpack(&self) -> GapSenderT {
+    GapSenderT {
+      first_ms: self.first_ms(),
+      last_ms: self.last_ms(),
+      user: self.user(),
+      count: self.count(),
+      device: self.device(),
+    }
+  }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GapSenderT {
+  pub first_ms: u64,
+  pub last_ms: u64,
+  pub user: u64,
+  pub count: u32,
+  pub device: u32,
+}
+impl GapSenderT {
+  pub fn pack(&self) -> GapSender {
+    GapSender::new(
+      self.first_ms,
+      self.last_ms,
+      self.user,
+      self.count,
+      self.device,
     )
   }
 }
@@ -5501,6 +6191,847 @@ impl DeviceChangedT {
     })
   }
 }
+pub enum SettingsSetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Client -> server: change this user's privacy settings (every field
+/// `Unchanged`: just read them). Answered with `Settings`.
+pub struct SettingsSet<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SettingsSet<'a> {
+  type Inner = SettingsSet<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SettingsSet<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LAST_SEEN: ::flatbuffers::VOffsetT = 6;
+  pub const VT_READ_RECEIPTS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SettingsSet { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SettingsSetArgs
+  ) -> ::flatbuffers::WIPOffset<SettingsSet<'bldr>> {
+    let mut builder = SettingsSetBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    builder.add_read_receipts(args.read_receipts);
+    builder.add_last_seen(args.last_seen);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> SettingsSetT {
+    let request_id = self.request_id();
+    let last_seen = self.last_seen();
+    let read_receipts = self.read_receipts();
+    SettingsSetT {
+      request_id,
+      last_seen,
+      read_receipts,
+    }
+  }
+
+  /// Echoed in the `Settings` answer.
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SettingsSet::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn last_seen(&self) -> LastSeenVisibility {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<LastSeenVisibility>(SettingsSet::VT_LAST_SEEN, Some(LastSeenVisibility::Unchanged)).unwrap()}
+  }
+  /// Off: this user's `Read` receipts are not relayed (the user still
+  /// gets other users' read receipts).
+  #[inline]
+  pub fn read_receipts(&self) -> Switch {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Switch>(SettingsSet::VT_READ_RECEIPTS, Some(Switch::Unchanged)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SettingsSet<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<LastSeenVisibility>("last_seen", Self::VT_LAST_SEEN, false)?
+     .visit_field::<Switch>("read_receipts", Self::VT_READ_RECEIPTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SettingsSetArgs {
+    pub request_id: u64,
+    pub last_seen: LastSeenVisibility,
+    pub read_receipts: Switch,
+}
+impl<'a> Default for SettingsSetArgs {
+  #[inline]
+  fn default() -> Self {
+    SettingsSetArgs {
+      request_id: 0,
+      last_seen: LastSeenVisibility::Unchanged,
+      read_receipts: Switch::Unchanged,
+    }
+  }
+}
+
+pub struct SettingsSetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SettingsSetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(SettingsSet::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_last_seen(&mut self, last_seen: LastSeenVisibility) {
+    self.fbb_.push_slot::<LastSeenVisibility>(SettingsSet::VT_LAST_SEEN, last_seen, LastSeenVisibility::Unchanged);
+  }
+  #[inline]
+  pub fn add_read_receipts(&mut self, read_receipts: Switch) {
+    self.fbb_.push_slot::<Switch>(SettingsSet::VT_READ_RECEIPTS, read_receipts, Switch::Unchanged);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SettingsSetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SettingsSetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SettingsSet<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SettingsSet<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SettingsSet");
+      ds.field("request_id", &self.request_id());
+      ds.field("last_seen", &self.last_seen());
+      ds.field("read_receipts", &self.read_receipts());
+      ds.finish()
+  }
+}
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsSetT {
+  pub request_id: u64,
+  pub last_seen: LastSeenVisibility,
+  pub read_receipts: Switch,
+}
+impl Default for SettingsSetT {
+  fn default() -> Self {
+    Self {
+      request_id: 0,
+      last_seen: LastSeenVisibility::Unchanged,
+      read_receipts: Switch::Unchanged,
+    }
+  }
+}
+impl SettingsSetT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<SettingsSet<'b>> {
+    let request_id = self.request_id;
+    let last_seen = self.last_seen;
+    let read_receipts = self.read_receipts;
+    SettingsSet::create(_fbb, &SettingsSetArgs{
+      request_id,
+      last_seen,
+      read_receipts,
+    })
+  }
+}
+pub enum SettingsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Server -> client: the user's settings, as stored (durable).
+pub struct Settings<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Settings<'a> {
+  type Inner = Settings<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Settings<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LAST_SEEN: ::flatbuffers::VOffsetT = 6;
+  pub const VT_READ_RECEIPTS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Settings { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SettingsArgs
+  ) -> ::flatbuffers::WIPOffset<Settings<'bldr>> {
+    let mut builder = SettingsBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    builder.add_read_receipts(args.read_receipts);
+    builder.add_last_seen(args.last_seen);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> SettingsT {
+    let request_id = self.request_id();
+    let last_seen = self.last_seen();
+    let read_receipts = self.read_receipts();
+    SettingsT {
+      request_id,
+      last_seen,
+      read_receipts,
+    }
+  }
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Settings::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  /// Everyone or Nobody (never Unchanged).
+  #[inline]
+  pub fn last_seen(&self) -> LastSeenVisibility {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<LastSeenVisibility>(Settings::VT_LAST_SEEN, Some(LastSeenVisibility::Unchanged)).unwrap()}
+  }
+  /// On or Off (never Unchanged).
+  #[inline]
+  pub fn read_receipts(&self) -> Switch {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Switch>(Settings::VT_READ_RECEIPTS, Some(Switch::Unchanged)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Settings<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<LastSeenVisibility>("last_seen", Self::VT_LAST_SEEN, false)?
+     .visit_field::<Switch>("read_receipts", Self::VT_READ_RECEIPTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SettingsArgs {
+    pub request_id: u64,
+    pub last_seen: LastSeenVisibility,
+    pub read_receipts: Switch,
+}
+impl<'a> Default for SettingsArgs {
+  #[inline]
+  fn default() -> Self {
+    SettingsArgs {
+      request_id: 0,
+      last_seen: LastSeenVisibility::Unchanged,
+      read_receipts: Switch::Unchanged,
+    }
+  }
+}
+
+pub struct SettingsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SettingsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(Settings::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_last_seen(&mut self, last_seen: LastSeenVisibility) {
+    self.fbb_.push_slot::<LastSeenVisibility>(Settings::VT_LAST_SEEN, last_seen, LastSeenVisibility::Unchanged);
+  }
+  #[inline]
+  pub fn add_read_receipts(&mut self, read_receipts: Switch) {
+    self.fbb_.push_slot::<Switch>(Settings::VT_READ_RECEIPTS, read_receipts, Switch::Unchanged);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SettingsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SettingsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Settings<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Settings<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Settings");
+      ds.field("request_id", &self.request_id());
+      ds.field("last_seen", &self.last_seen());
+      ds.field("read_receipts", &self.read_receipts());
+      ds.finish()
+  }
+}
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsT {
+  pub request_id: u64,
+  pub last_seen: LastSeenVisibility,
+  pub read_receipts: Switch,
+}
+impl Default for SettingsT {
+  fn default() -> Self {
+    Self {
+      request_id: 0,
+      last_seen: LastSeenVisibility::Unchanged,
+      read_receipts: Switch::Unchanged,
+    }
+  }
+}
+impl SettingsT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<Settings<'b>> {
+    let request_id = self.request_id;
+    let last_seen = self.last_seen;
+    let read_receipts = self.read_receipts;
+    Settings::create(_fbb, &SettingsArgs{
+      request_id,
+      last_seen,
+      read_receipts,
+    })
+  }
+}
+pub enum PushRegisterOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Client -> server: this device's push token (empty: forget it). While
+/// the device is offline, the server wakes it through the operator's push
+/// notifier with the token and a count, never any content.
+pub struct PushRegister<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PushRegister<'a> {
+  type Inner = PushRegister<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PushRegister<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TOKEN: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PLATFORM: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PushRegister { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PushRegisterArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PushRegister<'bldr>> {
+    let mut builder = PushRegisterBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.platform { builder.add_platform(x); }
+    if let Some(x) = args.token { builder.add_token(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> PushRegisterT {
+    let request_id = self.request_id();
+    let token = self.token().map(|x| {
+      x.into_iter().collect()
+    });
+    let platform = self.platform().map(|x| {
+      alloc::string::ToString::to_string(x)
+    });
+    PushRegisterT {
+      request_id,
+      token,
+      platform,
+    }
+  }
+
+  /// Echoed in the `Done` answer.
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PushRegister::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  /// The platform's token, opaque to the server, at most 512 bytes.
+  #[inline]
+  pub fn token(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PushRegister::VT_TOKEN, None)}
+  }
+  /// The push service it belongs to ("apns", "fcm", ...), at most 32 bytes.
+  #[inline]
+  pub fn platform(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PushRegister::VT_PLATFORM, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PushRegister<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("token", Self::VT_TOKEN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("platform", Self::VT_PLATFORM, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PushRegisterArgs<'a> {
+    pub request_id: u64,
+    pub token: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub platform: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for PushRegisterArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PushRegisterArgs {
+      request_id: 0,
+      token: None,
+      platform: None,
+    }
+  }
+}
+
+pub struct PushRegisterBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PushRegisterBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(PushRegister::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_token(&mut self, token: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PushRegister::VT_TOKEN, token);
+  }
+  #[inline]
+  pub fn add_platform(&mut self, platform: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PushRegister::VT_PLATFORM, platform);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PushRegisterBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PushRegisterBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PushRegister<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PushRegister<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PushRegister");
+      ds.field("request_id", &self.request_id());
+      ds.field("token", &self.token());
+      ds.field("platform", &self.platform());
+      ds.finish()
+  }
+}
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushRegisterT {
+  pub request_id: u64,
+  pub token: Option<alloc::vec::Vec<u8>>,
+  pub platform: Option<alloc::string::String>,
+}
+impl Default for PushRegisterT {
+  fn default() -> Self {
+    Self {
+      request_id: 0,
+      token: None,
+      platform: None,
+    }
+  }
+}
+impl PushRegisterT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<PushRegister<'b>> {
+    let request_id = self.request_id;
+    let token = self.token.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
+    let platform = self.platform.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    PushRegister::create(_fbb, &PushRegisterArgs{
+      request_id,
+      token,
+      platform,
+    })
+  }
+}
+pub enum DoneOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Server -> client: the request `request_id` took effect (and is durable).
+pub struct Done<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Done<'a> {
+  type Inner = Done<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Done<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Done { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DoneArgs
+  ) -> ::flatbuffers::WIPOffset<Done<'bldr>> {
+    let mut builder = DoneBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DoneT {
+    let request_id = self.request_id();
+    DoneT {
+      request_id,
+    }
+  }
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Done::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Done<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DoneArgs {
+    pub request_id: u64,
+}
+impl<'a> Default for DoneArgs {
+  #[inline]
+  fn default() -> Self {
+    DoneArgs {
+      request_id: 0,
+    }
+  }
+}
+
+pub struct DoneBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DoneBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(Done::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DoneBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DoneBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Done<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Done<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Done");
+      ds.field("request_id", &self.request_id());
+      ds.finish()
+  }
+}
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoneT {
+  pub request_id: u64,
+}
+impl Default for DoneT {
+  fn default() -> Self {
+    Self {
+      request_id: 0,
+    }
+  }
+}
+impl DoneT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<Done<'b>> {
+    let request_id = self.request_id;
+    Done::create(_fbb, &DoneArgs{
+      request_id,
+    })
+  }
+}
+pub enum GapOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Server -> client: messages for this device were dropped before it read
+/// them. Queued durably like a message; acknowledge it with `DeliveryAck`.
+/// The client may ask the senders (end to end) to send them again.
+pub struct Gap<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Gap<'a> {
+  type Inner = Gap<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Gap<'a> {
+  pub const VT_CAUSE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SENDERS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Gap { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GapArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Gap<'bldr>> {
+    let mut builder = GapBuilder::new(_fbb);
+    builder.add_seq(args.seq);
+    if let Some(x) = args.senders { builder.add_senders(x); }
+    builder.add_cause(args.cause);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> GapT {
+    let cause = self.cause();
+    let senders = self.senders().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    let seq = self.seq();
+    GapT {
+      cause,
+      senders,
+      seq,
+    }
+  }
+
+  #[inline]
+  pub fn cause(&self) -> GapCause {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<GapCause>(Gap::VT_CAUSE, Some(GapCause::Expired)).unwrap()}
+  }
+  /// Per sender, at most 256.
+  #[inline]
+  pub fn senders(&self) -> Option<::flatbuffers::Vector<'a, GapSender>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, GapSender>>>(Gap::VT_SENDERS, None)}
+  }
+  /// Its position in this device's queue.
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Gap::VT_SEQ, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Gap<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<GapCause>("cause", Self::VT_CAUSE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, GapSender>>>("senders", Self::VT_SENDERS, false)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GapArgs<'a> {
+    pub cause: GapCause,
+    pub senders: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, GapSender>>>,
+    pub seq: u64,
+}
+impl<'a> Default for GapArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GapArgs {
+      cause: GapCause::Expired,
+      senders: None,
+      seq: 0,
+    }
+  }
+}
+
+pub struct GapBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GapBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_cause(&mut self, cause: GapCause) {
+    self.fbb_.push_slot::<GapCause>(Gap::VT_CAUSE, cause, GapCause::Expired);
+  }
+  #[inline]
+  pub fn add_senders(&mut self, senders: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , GapSender>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Gap::VT_SENDERS, senders);
+  }
+  #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(Gap::VT_SEQ, seq, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GapBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GapBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Gap<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Gap<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Gap");
+      ds.field("cause", &self.cause());
+      ds.field("senders", &self.senders());
+      ds.field("seq", &self.seq());
+      ds.finish()
+  }
+}
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct GapT {
+  pub cause: GapCause,
+  pub senders: Option<alloc::vec::Vec<GapSenderT>>,
+  pub seq: u64,
+}
+impl Default for GapT {
+  fn default() -> Self {
+    Self {
+      cause: GapCause::Expired,
+      senders: None,
+      seq: 0,
+    }
+  }
+}
+impl GapT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<Gap<'b>> {
+    let cause = self.cause;
+    let senders = self.senders.as_ref().map(|x|{
+      let w: alloc::vec::Vec<_> = x.iter().map(|t| t.pack()).collect();_fbb.create_vector(&w)
+    });
+    let seq = self.seq;
+    Gap::create(_fbb, &GapArgs{
+      cause,
+      senders,
+      seq,
+    })
+  }
+}
 pub enum PingOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5925,6 +7456,7 @@ impl<'a> Error<'a> {
   pub const VT_FATAL: ::flatbuffers::VOffsetT = 8;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 10;
   pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 12;
+  pub const VT_RETRY_AFTER_MS: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5936,6 +7468,7 @@ impl<'a> Error<'a> {
     args: &'args ErrorArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Error<'bldr>> {
     let mut builder = ErrorBuilder::new(_fbb);
+    builder.add_retry_after_ms(args.retry_after_ms);
     builder.add_request_id(args.request_id);
     builder.add_client_msg_id(args.client_msg_id);
     if let Some(x) = args.message { builder.add_message(x); }
@@ -5952,12 +7485,14 @@ impl<'a> Error<'a> {
       alloc::string::ToString::to_string(x)
     });
     let request_id = self.request_id();
+    let retry_after_ms = self.retry_after_ms();
     ErrorT {
       code,
       client_msg_id,
       fatal,
       message,
       request_id,
+      retry_after_ms,
     }
   }
 
@@ -6001,6 +7536,15 @@ impl<'a> Error<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Error::VT_REQUEST_ID, Some(0)).unwrap()}
   }
+  /// Try again no sooner than this many ms from now (limits and bans);
+  /// 0 when it does not apply.
+  #[inline]
+  pub fn retry_after_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Error::VT_RETRY_AFTER_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Error<'_> {
@@ -6014,6 +7558,7 @@ impl ::flatbuffers::Verifiable for Error<'_> {
      .visit_field::<bool>("fatal", Self::VT_FATAL, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<u64>("retry_after_ms", Self::VT_RETRY_AFTER_MS, false)?
      .finish();
     Ok(())
   }
@@ -6024,6 +7569,7 @@ pub struct ErrorArgs<'a> {
     pub fatal: bool,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub request_id: u64,
+    pub retry_after_ms: u64,
 }
 impl<'a> Default for ErrorArgs<'a> {
   #[inline]
@@ -6034,6 +7580,7 @@ impl<'a> Default for ErrorArgs<'a> {
       fatal: false,
       message: None,
       request_id: 0,
+      retry_after_ms: 0,
     }
   }
 }
@@ -6064,6 +7611,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Error::VT_REQUEST_ID, request_id, 0);
   }
   #[inline]
+  pub fn add_retry_after_ms(&mut self, retry_after_ms: u64) {
+    self.fbb_.push_slot::<u64>(Error::VT_RETRY_AFTER_MS, retry_after_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ErrorBuilder {
@@ -6086,6 +7637,7 @@ impl ::core::fmt::Debug for Error<'_> {
       ds.field("fatal", &self.fatal());
       ds.field("message", &self.message());
       ds.field("request_id", &self.request_id());
+      ds.field("retry_after_ms", &self.retry_after_ms());
       ds.finish()
   }
 }
@@ -6097,6 +7649,7 @@ pub struct ErrorT {
   pub fatal: bool,
   pub message: Option<alloc::string::String>,
   pub request_id: u64,
+  pub retry_after_ms: u64,
 }
 impl Default for ErrorT {
   fn default() -> Self {
@@ -6106,6 +7659,7 @@ impl Default for ErrorT {
       fatal: false,
       message: None,
       request_id: 0,
+      retry_after_ms: 0,
     }
   }
 }
@@ -6121,12 +7675,14 @@ impl ErrorT {
       _fbb.create_string(x)
     });
     let request_id = self.request_id;
+    let retry_after_ms = self.retry_after_ms;
     Error::create(_fbb, &ErrorArgs{
       code,
       client_msg_id,
       fatal,
       message,
       request_id,
+      retry_after_ms,
     })
   }
 }
@@ -6278,6 +7834,31 @@ impl<'a> Frame<'a> {
       Body::DeviceChanged => BodyT::DeviceChanged(alloc::boxed::Box::new(
         self.body_as_device_changed()
             .expect("Invalid union table, expected `Body::DeviceChanged`.")
+            .unpack()
+      )),
+      Body::SettingsSet => BodyT::SettingsSet(alloc::boxed::Box::new(
+        self.body_as_settings_set()
+            .expect("Invalid union table, expected `Body::SettingsSet`.")
+            .unpack()
+      )),
+      Body::Settings => BodyT::Settings(alloc::boxed::Box::new(
+        self.body_as_settings()
+            .expect("Invalid union table, expected `Body::Settings`.")
+            .unpack()
+      )),
+      Body::PushRegister => BodyT::PushRegister(alloc::boxed::Box::new(
+        self.body_as_push_register()
+            .expect("Invalid union table, expected `Body::PushRegister`.")
+            .unpack()
+      )),
+      Body::Done => BodyT::Done(alloc::boxed::Box::new(
+        self.body_as_done()
+            .expect("Invalid union table, expected `Body::Done`.")
+            .unpack()
+      )),
+      Body::Gap => BodyT::Gap(alloc::boxed::Box::new(
+        self.body_as_gap()
+            .expect("Invalid union table, expected `Body::Gap`.")
             .unpack()
       )),
       _ => BodyT::NONE,
@@ -6642,6 +8223,81 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_settings_set(&self) -> Option<SettingsSet<'a>> {
+    if self.body_type() == Body::SettingsSet {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SettingsSet::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_settings(&self) -> Option<Settings<'a>> {
+    if self.body_type() == Body::Settings {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Settings::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_push_register(&self) -> Option<PushRegister<'a>> {
+    if self.body_type() == Body::PushRegister {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PushRegister::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_done(&self) -> Option<Done<'a>> {
+    if self.body_type() == Body::Done {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Done::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_gap(&self) -> Option<Gap<'a>> {
+    if self.body_type() == Body::Gap {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Gap::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -6674,6 +8330,11 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::Devices => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Devices>>("Body::Devices", pos),
           Body::DeviceUnlink => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeviceUnlink>>("Body::DeviceUnlink", pos),
           Body::DeviceChanged => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeviceChanged>>("Body::DeviceChanged", pos),
+          Body::SettingsSet => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SettingsSet>>("Body::SettingsSet", pos),
+          Body::Settings => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Settings>>("Body::Settings", pos),
+          Body::PushRegister => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PushRegister>>("Body::PushRegister", pos),
+          Body::Done => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Done>>("Body::Done", pos),
+          Body::Gap => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Gap>>("Body::Gap", pos),
           _ => Ok(()),
         }
      })?
@@ -6884,6 +8545,41 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::DeviceChanged => {
           if let Some(x) = self.body_as_device_changed() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::SettingsSet => {
+          if let Some(x) = self.body_as_settings_set() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Settings => {
+          if let Some(x) = self.body_as_settings() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::PushRegister => {
+          if let Some(x) = self.body_as_push_register() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Done => {
+          if let Some(x) = self.body_as_done() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Gap => {
+          if let Some(x) = self.body_as_gap() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
