@@ -75,6 +75,8 @@ pub enum ClientEvent {
         code: ErrorCode,
         /// The send it is about (0 if none).
         client_msg_id: u64,
+        /// For a limit (312–314): try again no sooner than this, ms.
+        retry_after_ms: u64,
     },
     /// A group we belong (or belonged) to changed. Queued like a message
     /// (acknowledge `seq`), except `seq` 0: the direct answer to a request
@@ -111,12 +113,51 @@ pub enum ClientEvent {
         /// What changed.
         change: fb::DeviceChange,
     },
-    /// A group or device request was refused; the connection stays.
+    /// A group, device, settings or push request was refused; the
+    /// connection stays.
     RequestRefused {
         /// Why.
         code: ErrorCode,
         /// The request.
         request_id: u64,
+        /// For a limit (`GroupCreateLimit`): try again no sooner, ms.
+        retry_after_ms: u64,
+    },
+    /// Our user's settings: the answer to [`ClientCore::settings_set`]
+    /// (naming its `request_id`), or a change another of our devices made
+    /// (`request_id` 0).
+    Settings {
+        /// Our request it answers, else 0.
+        request_id: u64,
+        /// Everyone or Nobody sees our last seen.
+        last_seen: fb::LastSeenVisibility,
+        /// Our read receipts are relayed (On) or not (Off).
+        read_receipts: fb::Switch,
+    },
+    /// A request took effect (durably): [`ClientCore::push_register`].
+    Done {
+        /// Our request.
+        request_id: u64,
+    },
+    /// Messages for us were dropped before we read them (queued:
+    /// acknowledge `seq`). Ask the senders, end to end, to send again.
+    Gap {
+        /// Its position in our queue.
+        seq: u64,
+        /// Why they were dropped.
+        cause: fb::GapCause,
+        /// Per sending device: how many, and between which times.
+        senders: Vec<fb::GapSender>,
+    },
+    /// A watched user's presence changed (or its state when we started
+    /// watching): [`ClientCore::watch`].
+    Presence {
+        /// The user.
+        user: u64,
+        /// Whether any of its devices is connected.
+        online: bool,
+        /// When it was last online; 0 if it hides it or it is unknown.
+        last_seen_ms: u64,
     },
     /// The server asks us to reconnect (elsewhere) after a while.
     GoAway {
@@ -159,6 +200,8 @@ pub struct ClientCore {
     last_acked_seq: u64,
     authenticated: bool,
     closed: bool,
+    /// `retry_after_ms` of the last `Error` received.
+    retry_after_ms: u64,
 }
 
 impl ClientCore {
@@ -178,6 +221,7 @@ impl ClientCore {
             last_acked_seq,
             authenticated: false,
             closed: false,
+            retry_after_ms: 0,
         };
         core.queue_hello(token);
         core
@@ -326,6 +370,38 @@ impl ClientCore {
         self.push_owned(fb::BodyT::DevicesGet(Box::new(d)));
     }
 
+    /// Changes our user's privacy settings (`Unchanged` leaves one as it
+    /// is; both `Unchanged` just reads them); answered by `Settings`.
+    pub fn settings_set(
+        &mut self,
+        request_id: u64,
+        last_seen: fb::LastSeenVisibility,
+        read_receipts: fb::Switch,
+    ) {
+        self.push(|e| e.settings_set(request_id, last_seen, read_receipts));
+    }
+
+    /// Starts (or, `unwatch`, stops) watching `users`' presence (at most
+    /// 256 per call); answered by a `Presence` per user.
+    pub fn watch(&mut self, users: &[u64], unwatch: bool) {
+        let mut p = fb::PresenceSubscribeT::default();
+        p.users = Some(users.to_vec());
+        p.unsubscribe = unwatch;
+        self.push_owned(fb::BodyT::PresenceSubscribe(Box::new(p)));
+    }
+
+    /// Registers this device's push token for `platform` (an empty token
+    /// forgets it); answered by `Done` once durable.
+    pub fn push_register(&mut self, request_id: u64, token: &[u8], platform: &str) {
+        self.push(|e| e.push_register(request_id, token, platform));
+    }
+
+    /// The `retry_after_ms` of the last `Error` the server sent: after a
+    /// `Closed{Banned}`, how long the ban lasts (0: until lifted).
+    pub fn retry_after_ms(&self) -> u64 {
+        self.retry_after_ms
+    }
+
     /// Unlinks one of our user's devices (answered by `DeviceChanged`).
     pub fn device_unlink(&mut self, request_id: u64, device: u32) {
         let mut d = fb::DeviceUnlinkT::default();
@@ -424,10 +500,14 @@ impl ClientCore {
                 reason: g.reason(),
                 reconnect_after_ms: g.reconnect_after_ms(),
             },
-            Body::Error(e) if e.fatal() => return self.close(Some(e.code())),
+            Body::Error(e) if e.fatal() => {
+                self.retry_after_ms = e.retry_after_ms();
+                return self.close(Some(e.code()));
+            }
             Body::Error(e) if e.request_id() != 0 => ClientEvent::RequestRefused {
                 code: e.code(),
                 request_id: e.request_id(),
+                retry_after_ms: e.retry_after_ms(),
             },
             Body::Error(e) => {
                 let client_msg_id = e.client_msg_id();
@@ -440,6 +520,7 @@ impl ClientCore {
                 ClientEvent::Refused {
                     code: e.code(),
                     client_msg_id,
+                    retry_after_ms: e.retry_after_ms(),
                 }
             }
             Body::GroupChanged(g) => ClientEvent::GroupChanged {
@@ -463,7 +544,28 @@ impl ClientCore {
                 device: d.device(),
                 change: d.change(),
             },
-            _ => return, // presence and typing: not needed by tools yet
+            Body::Settings(s) => ClientEvent::Settings {
+                request_id: s.request_id(),
+                last_seen: s.last_seen(),
+                read_receipts: s.read_receipts(),
+            },
+            Body::Done(d) => ClientEvent::Done {
+                request_id: d.request_id(),
+            },
+            Body::Gap(g) => ClientEvent::Gap {
+                seq: g.seq(),
+                cause: g.cause(),
+                senders: g
+                    .senders()
+                    .map(|v| v.iter().copied().collect())
+                    .unwrap_or_default(),
+            },
+            Body::Presence(p) => ClientEvent::Presence {
+                user: p.user(),
+                online: p.state() == fb::PresenceState::Online,
+                last_seen_ms: p.last_seen_ms(),
+            },
+            _ => return, // typing: not needed by tools yet
         };
         self.events.push_back(event);
     }

@@ -93,7 +93,9 @@ fn devices_are_listed_unlinked_and_limited_and_it_survives_sigkill() {
         phone.core().device_unlink(5, 9);
         phone.flush().await.unwrap();
         match next(&mut phone).await {
-            ClientEvent::RequestRefused { code, request_id } => {
+            ClientEvent::RequestRefused {
+                code, request_id, ..
+            } => {
                 assert_eq!((code, request_id), (ErrorCode::UnknownDevice, 5))
             }
             other => panic!("expected a refusal, got {other:?}"),

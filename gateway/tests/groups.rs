@@ -41,7 +41,9 @@ async fn changed(conn: &mut Connection) -> (u64, u64, GroupChange, u64, Vec<u64>
 
 async fn refused(conn: &mut Connection) -> (ErrorCode, u64) {
     match next(conn).await {
-        ClientEvent::RequestRefused { code, request_id } => (code, request_id),
+        ClientEvent::RequestRefused {
+            code, request_id, ..
+        } => (code, request_id),
         other => panic!("expected a refused request, got {other:?}"),
     }
 }
@@ -181,6 +183,7 @@ fn create_add_remove_and_leave_follow_the_admin_rules_and_the_limit() {
             ClientEvent::Refused {
                 code,
                 client_msg_id,
+                ..
             } => assert_eq!((code, client_msg_id), (ErrorCode::UnknownGroup, id)),
             other => panic!("expected a refusal, got {other:?}"),
         }

@@ -316,7 +316,9 @@ fn on_event(
                 shared.add_in_flight.set(false);
             }
         }
-        ClientEvent::RequestRefused { code, request_id } => {
+        ClientEvent::RequestRefused {
+            code, request_id, ..
+        } => {
             panic!("group {g}: request {request_id} was refused: {code:?}")
         }
         ClientEvent::Receipt { seq, .. } => *last_seq = (*last_seq).max(seq),
@@ -365,6 +367,7 @@ fn on_event(
         ClientEvent::Refused {
             code,
             client_msg_id,
+            ..
         } if code != ErrorCode::Draining && unacked.remove(&client_msg_id).is_some() => {
             rec.borrow_mut().add(Counter::Refused, 1);
         }
