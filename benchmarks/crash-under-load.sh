@@ -50,6 +50,7 @@ start_gateway() {
     RUST_LOG=${RUST_LOG:-warn} "$BIN/gateway" serve --shards "$SHARDS" \
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
         --data-dir "$data" --sends-per-s 1000000 --send-bytes-per-s 1000000000 \
+        $NO_ABUSE_LIMITS \
         >"$WORK/gateway.out" 2>>"$WORK/gateway.err" &
     gw=$!
     for _ in $(seq 1 600); do

@@ -42,6 +42,7 @@ for run in $(seq 1 "$RUNS"); do
     RUST_LOG=warn "$BIN/gateway" serve --shards "$SHARDS" --listen "127.0.0.1:$port" \
         --admin-listen "127.0.0.1:$admin" --data-dir "$data" \
         --sends-per-s 1000000 --send-bytes-per-s 1000000000 \
+        $NO_ABUSE_LIMITS \
         >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
     gw=$!
     ready=0

@@ -3,9 +3,18 @@
 # A TCP port on 127.0.0.1 that was free a moment ago.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# The admin endpoint's bearer token for the gateways these scripts start.
+ADMIN_TOKEN=${ADMIN_TOKEN:-benchmark-admin-token}
+# Flags that turn the per-device abuse limits off (load tests send far
+# more to one recipient than a person would).
+NO_ABUSE_LIMITS="--abuse-new-conversations-per-h 0 --abuse-messages-per-recipient-per-s 0 --abuse-group-creates-per-day 0"
+
+# GET $1 (a path) on the admin address $2 with the bearer token.
+admin_get() { curl -s --max-time 5 -H "Authorization: Bearer $ADMIN_TOKEN" "http://$2$1"; }
+
 # The sum over shards of metric $2 on the admin address $1 (0 if absent).
 metric_sum() {
-    curl -s --max-time 5 "http://$1/metrics" |
+    admin_get /metrics "$1" |
         awk -v k="$2" '$1 ~ "^"k"({|$)" {s += $2} END {printf "%d", s}'
 }
 
@@ -25,6 +34,7 @@ start_gateway() {
     RUST_LOG=${RUST_LOG:-warn} "$BIN/gateway" serve --shards "$SHARDS" \
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
         --data-dir "$data" --sends-per-s 1000000 --send-bytes-per-s 1000000000 \
+        --admin-token "$ADMIN_TOKEN" $NO_ABUSE_LIMITS \
         "$@" >"$WORK/gateway.out" 2>>"$WORK/gateway.err" &
     gw=$!
     for _ in $(seq 1 30000); do

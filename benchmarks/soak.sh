@@ -57,7 +57,7 @@ sample() {
     t=$(date +%s)
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$gw/status" 2>/dev/null || echo 0)
     bytes=$(du -sb "$data" | cut -f1)
-    m=$(curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" || true)
+    m=$(admin_get /metrics "127.0.0.1:$admin" || true)
     sum() { awk -v k="$1" '$1 ~ "^"k"({|$)" {s += $2} END {printf "%d", s}' <<<"$m"; }
     echo "$t,$1,$rss,$bytes,$(sum gateway_live_bytes),$(sum gateway_queued_messages),$(sum gateway_messages_delivered_total),$(sum gateway_errors_total)"
 }
@@ -94,7 +94,7 @@ rate=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(int(r[
 echo "soak: open loop at $rate msgs/s for ${phase_s}s"
 phase open --rate "$rate"
 sample end >>"$WORK/samples.csv"
-curl -s "http://127.0.0.1:$admin/metrics" >"$WORK/metrics-end.txt" || true
+admin_get /metrics "127.0.0.1:$admin" >"$WORK/metrics-end.txt" || true
 kill -9 "$gw"
 wait "$gw" 2>/dev/null || true
 start_gateway --segment-bytes "$SEGMENT_BYTES" "${extra[@]}"

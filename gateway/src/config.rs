@@ -86,6 +86,24 @@ pub struct Settings {
     pub devices_per_user_max: usize,
     /// A device not connected for this long is unlinked, seconds.
     pub device_idle_s: u64,
+    /// The bearer token every admin request but `/health` and `/ready`
+    /// must carry; none = one generated into `data_dir/admin-token`.
+    pub admin_token: Option<String>,
+    /// New conversations (recipients it has not written to lately) a
+    /// sending device may start per hour; 0 = no limit.
+    pub abuse_new_conversations_per_h: u32,
+    /// Messages a sending device may send one recipient (user, device or
+    /// group) per second, bursting twice that; 0 = no limit.
+    pub abuse_messages_per_recipient_per_s: u32,
+    /// Groups a device may create per day; 0 = no limit.
+    pub abuse_group_creates_per_day: u32,
+    /// Where push wake-ups go: an HTTP(S) URL that takes POSTed JSON
+    /// batches; none = no push notifier.
+    pub push_webhook_url: Option<String>,
+    /// At most one wake-up per device per this many seconds.
+    pub push_interval_s: u64,
+    /// Wake-ups waiting for the webhook; past it the oldest are dropped.
+    pub push_queue_max: usize,
 }
 
 impl Default for Settings {
@@ -125,6 +143,13 @@ impl Default for Settings {
             group_members_max: shard.group_members_max,
             devices_per_user_max: shard.devices_per_user_max,
             device_idle_s: shard.device_idle_ms / 1000,
+            admin_token: None,
+            abuse_new_conversations_per_h: shard.abuse.new_conversations_per_h,
+            abuse_messages_per_recipient_per_s: shard.abuse.messages_per_recipient_per_s,
+            abuse_group_creates_per_day: shard.abuse.group_creates_per_day,
+            push_webhook_url: None,
+            push_interval_s: 60,
+            push_queue_max: 10_000,
         }
     }
 }
@@ -238,6 +263,20 @@ overrides! {
     devices_per_user_max: usize,
     /// Unlink a device not connected for this long, seconds [default: 2592000].
     device_idle_s: u64,
+    /// Bearer token for the admin endpoint [default: generated into DATA_DIR/admin-token].
+    admin_token: String,
+    /// New conversations per sending device per hour; 0 = no limit [default: 200].
+    abuse_new_conversations_per_h: u32,
+    /// Messages per sending device per recipient per second; 0 = no limit [default: 50].
+    abuse_messages_per_recipient_per_s: u32,
+    /// Groups a device may create per day; 0 = no limit [default: 100].
+    abuse_group_creates_per_day: u32,
+    /// Push wake-ups go to this URL as POSTed JSON batches [default: none, no pushes].
+    push_webhook_url: String,
+    /// At most one wake-up per device per this many seconds [default: 60].
+    push_interval_s: u64,
+    /// Wake-ups waiting for the webhook before the oldest are dropped [default: 10000].
+    push_queue_max: usize,
 }
 
 impl Overrides {
@@ -306,6 +345,17 @@ impl Settings {
         if self.out_bytes_max < self.frame_bytes_max as usize {
             return bad("out_bytes_max must hold at least one frame");
         }
+        if let Some(url) = &self.push_webhook_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad("push_webhook_url must be an http:// or https:// URL");
+        }
+        if self.push_interval_s == 0 || self.push_queue_max == 0 {
+            return bad("push_interval_s and push_queue_max must be positive");
+        }
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < 8) {
+            return bad("admin_token must be at least 8 characters");
+        }
         for key in &self.verifying_keys {
             crate::token::parse_verifying_key(key).map_err(ConfigError::Invalid)?;
         }
@@ -338,6 +388,15 @@ impl Settings {
             devices_per_user_max: self.devices_per_user_max,
             device_idle_ms: self.device_idle_s.saturating_mul(1000),
             id_seed: 0,
+            abuse: crate::abuse::AbuseConfig {
+                new_conversations_per_h: self.abuse_new_conversations_per_h,
+                messages_per_recipient_per_s: self.abuse_messages_per_recipient_per_s,
+                group_creates_per_day: self.abuse_group_creates_per_day,
+            },
+            push_interval_ms: self
+                .push_webhook_url
+                .as_ref()
+                .map(|_| self.push_interval_s.saturating_mul(1000)),
         }
     }
 

@@ -6,6 +6,7 @@
 //! Everything here is thin: protocol, routing and queue logic live in the
 //! sans-IO crates (`wire-format`, `shard-router`, `queue-engine`).
 
+pub mod abuse;
 pub mod admin;
 pub mod clock;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod listen;
 pub mod mesh;
 pub mod metrics;
 pub mod notify;
+pub mod push;
 pub mod server;
 pub mod session;
 pub mod shard;

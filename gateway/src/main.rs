@@ -125,13 +125,16 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
     let tls = tls_config(&settings)?;
     let verifier = Arc::new(verifier(&settings)?);
     let metrics = Arc::new(Metrics::new());
+    let admin_token = admin_token(&settings)?;
     let admin = gateway::admin::start(
         settings.admin_listen,
         settings.shards,
+        admin_token,
         metrics.clone(),
         control.clone(),
     )
     .map_err(|e| format!("admin endpoint {}: {e}", settings.admin_listen))?;
+    let notifier = notifier(&settings, &metrics, &control)?;
     let spec = ServerSpec {
         shards: settings.shards,
         data_dir: settings.data_dir.clone(),
@@ -144,6 +147,7 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
         engine: settings.engine_config(),
         metrics,
         control: control.clone(),
+        notifier,
     };
     let shards = spec.shards;
     let _handles = gateway::server::start(spec, listeners).map_err(|e| e.to_string())?;
@@ -222,6 +226,65 @@ fn tls_config(settings: &Settings) -> Result<Arc<rustls::ServerConfig>, String> 
         }
     };
     gateway::tls::server_config(&files, settings.allow_tls12).map_err(|e| e.to_string())
+}
+
+/// The push notifier, if a webhook is configured: tokens it rejects are
+/// forgotten by their devices' home shards.
+fn notifier(
+    settings: &Settings,
+    metrics: &Metrics,
+    control: &Arc<Control>,
+) -> Result<Option<Arc<gateway::push::Notifier>>, String> {
+    let Some(url) = &settings.push_webhook_url else {
+        return Ok(None);
+    };
+    let config = gateway::push::PushConfig::new(url.clone(), settings.push_queue_max);
+    let control = control.clone();
+    let shards = u16::try_from(settings.shards).map_err(|_| "too many shards".to_owned())?;
+    let placement = shard_router::Placement::single_node(shards);
+    let forget = move |r: gateway::push::Rejected| {
+        let home = placement.user_shard(shard_router::UserId(r.user)).0 as usize;
+        let (reply, _) = std::sync::mpsc::channel();
+        let op = gateway::server::AdminOp::ForgetPushToken {
+            device: r.device,
+            token: r.token,
+        };
+        let job = gateway::server::AdminJob {
+            user: r.user,
+            op,
+            reply,
+        };
+        control.submit(home, job);
+    };
+    tracing::info!("push wake-ups go to {url}");
+    gateway::push::Notifier::start(config, metrics.push.clone(), forget)
+        .map(Some)
+        .map_err(|e| format!("push notifier: {e}"))
+}
+
+/// File in the data directory holding the generated admin token.
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// The configured admin bearer token, or one generated into the data
+/// directory (kept across restarts; readable by its owner only).
+fn admin_token(settings: &Settings) -> Result<String, String> {
+    if let Some(token) = &settings.admin_token {
+        return Ok(token.clone());
+    }
+    let path = settings.data_dir.join(ADMIN_TOKEN_FILE);
+    if !path.exists() {
+        let mut bytes = [0u8; 24];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| "no randomness for the admin token".to_owned())?;
+        gateway::tls::write_private(&path, hex::encode(bytes).as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let token = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    tracing::warn!(
+        "no admin_token configured: the admin endpoint wants the token in {} (Authorization: Bearer ...)",
+        path.display()
+    );
+    Ok(token.trim().to_owned())
 }
 
 /// The configured verifying keys, or a development signing key generated

@@ -70,7 +70,76 @@ pub struct Metrics {
     recovery_from_checkpoint: Gauges,
     batch_bytes: Histograms,
     fdatasync_seconds: Histograms,
+    /// Per-shard counters published straight from one [`Stats`] field.
+    plain: Vec<(Counters, StatField)>,
+    /// Sends and requests refused by a per-device abuse limit.
+    abuse_refused: Family<LimitLabel, Counter>,
+    /// The push notifier's counters (one notifier per process).
+    pub push: PushCounters,
 }
+
+/// Labels of abuse-limit counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// The shard.
+    pub shard: u16,
+    /// `new_conversations`, `messages_per_recipient` or `group_creates`.
+    pub limit: String,
+}
+
+/// What the push notifier did (`gateway_push_*`).
+#[derive(Debug, Default, Clone)]
+pub struct PushCounters {
+    /// Wake-ups delivered to the push service (in accepted batches).
+    pub sent: Counter,
+    /// Batch attempts that failed (connection error or a non-2xx answer).
+    pub failed: Counter,
+    /// Wake-ups dropped: the oldest when the queue was full, or given up
+    /// after the retry deadline.
+    pub dropped: Counter,
+    /// Tokens the push service rejected (forgotten by the server).
+    pub rejected: Counter,
+}
+
+/// Reads one counter of a shard's [`Stats`].
+type StatField = fn(&Stats) -> u64;
+
+/// The per-shard counters that are one [`Stats`] field each: (name, help,
+/// field).
+const PLAIN: &[(&str, &str, StatField)] = &[
+    (
+        "settings_changed",
+        "Privacy settings changes stored (SettingsSet)",
+        |s| s.settings_changed,
+    ),
+    (
+        "read_receipts_suppressed",
+        "Read receipts not relayed because their user turned read receipts off",
+        |s| s.read_receipts_suppressed,
+    ),
+    (
+        "push_tokens_set",
+        "Push tokens registered or cleared by devices",
+        |s| s.push_tokens_set,
+    ),
+    (
+        "sessions_kicked",
+        "Sessions the operator closed (Kicked)",
+        |s| s.kicked,
+    ),
+    ("bans", "Bans the operator set", |s| s.banned),
+    (
+        "push_wakes",
+        "Push wake-ups handed to the notifier (coalesced per device and interval)",
+        |s| s.push_wakes,
+    ),
+    (
+        "gap_messages",
+        "Messages dropped before their device read them (TTL, a full queue for a group message), each told in a gap notice",
+        |s| s.gap_messages,
+    ),
+    ("gap_notices", "Gap notices stored", |s| s.gap_notices),
+];
 
 fn bytes_buckets() -> Histogram {
     Histogram::new(exponential_buckets(256.0, 2.0, 14))
@@ -116,8 +185,12 @@ impl Metrics {
             recovery_from_checkpoint: Gauges::default(),
             batch_bytes: Histograms::new_with_constructor(bytes_buckets),
             fdatasync_seconds: Histograms::new_with_constructor(seconds_buckets),
+            plain: Vec::new(),
+            abuse_refused: Family::default(),
+            push: PushCounters::default(),
             registry: Registry::default(),
         };
+        let mut m = m;
         let r = &mut registry;
         r.register("connections", "Open connections", m.conns.clone());
         r.register(
@@ -228,7 +301,47 @@ impl Metrics {
             "Write + fdatasync latency per batch",
             m.fdatasync_seconds.clone(),
         );
+        for (name, help, field) in PLAIN {
+            let counters = Counters::default();
+            r.register(*name, *help, counters.clone());
+            m.plain.push((counters, *field));
+        }
+        r.register(
+            "abuse_refused",
+            "Sends and requests refused by a per-device abuse limit, by limit",
+            m.abuse_refused.clone(),
+        );
+        let p = &m.push;
+        r.register(
+            "push_sent",
+            "Push wake-ups the push service accepted",
+            p.sent.clone(),
+        );
+        r.register(
+            "push_failed",
+            "Push batch attempts that failed (retried with backoff)",
+            p.failed.clone(),
+        );
+        r.register(
+            "push_dropped",
+            "Push wake-ups dropped (queue full: the oldest; or past the retry deadline)",
+            p.dropped.clone(),
+        );
+        r.register(
+            "push_rejected",
+            "Push tokens the push service rejected (forgotten)",
+            p.rejected.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// A send or request on `shard` was refused by abuse `limit`.
+    pub fn abuse_refused(&self, shard: u16, limit: &str, n: u64) {
+        let label = LimitLabel {
+            shard,
+            limit: limit.to_owned(),
+        };
+        self.abuse_refused.get_or_create(&label).inc_by(n);
     }
 
     /// The exposition text.
@@ -318,6 +431,15 @@ impl Metrics {
             last.devices_unlinked,
         );
         add(&self.anomalies, now.anomalies, last.anomalies);
+        for (counters, field) in &self.plain {
+            add(counters, field(now), field(last));
+        }
+        for (i, limit) in crate::abuse::Limit::ALL.iter().enumerate() {
+            let n = now.abuse_refused[i].saturating_sub(last.abuse_refused[i]);
+            if n > 0 {
+                self.abuse_refused(shard, limit.name(), n);
+            }
+        }
         for (code, n) in &now.errors {
             let old = last.errors.get(code).copied().unwrap_or(0);
             let label = ErrorLabel { shard, code: *code };

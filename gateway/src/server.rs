@@ -49,7 +49,7 @@ use crate::clock::{Clock, Now};
 use crate::mesh::{Mesh, MeshEnd, RING_BATCHES_MAX};
 use crate::metrics::Metrics;
 use crate::notify::Notify;
-use crate::shard::{Note, ShardConfig, ShardCore};
+use crate::shard::{Note, ShardConfig, ShardCore, UserInfo};
 use crate::token::Verifier;
 use crate::uring_log::UringLog;
 
@@ -91,6 +91,8 @@ pub struct ServerSpec {
     pub metrics: Arc<Metrics>,
     /// Shared with the admin endpoint and signal handler.
     pub control: Arc<Control>,
+    /// Where push wake-ups go (`None`: no push notifier).
+    pub notifier: Option<Arc<crate::push::Notifier>>,
 }
 
 /// Process-wide flags: readiness and drain.
@@ -117,10 +119,36 @@ pub struct Control {
 pub struct AdminJob {
     /// The user.
     pub user: u64,
-    /// `Some(device)`: unlink it; `None`: list the user's devices.
-    pub unlink: Option<u32>,
+    /// What to do.
+    pub op: AdminOp,
     /// Where the answer goes.
     pub reply: std::sync::mpsc::Sender<AdminAnswer>,
+}
+
+/// What an [`AdminJob`] asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminOp {
+    /// List the user's linked devices.
+    Devices,
+    /// Unlink this device.
+    Unlink(u32),
+    /// The user's devices, online state, queues and settings.
+    Info,
+    /// Close the user's sessions (one device, or all) with `Kicked`.
+    Kick(Option<u32>),
+    /// Ban the user until then (ms since the epoch; 0 lifts it).
+    Ban {
+        /// The end of the ban.
+        until_ms: u64,
+    },
+    /// The push service rejected this device's token: forget it (unless
+    /// the device registered another meanwhile).
+    ForgetPushToken {
+        /// The device.
+        device: u32,
+        /// The rejected token.
+        token: Vec<u8>,
+    },
 }
 
 /// The answer to an [`AdminJob`].
@@ -132,6 +160,17 @@ pub enum AdminAnswer {
     Unlinked,
     /// The user has no such linked device.
     UnknownDevice,
+    /// What the operator sees of the user.
+    Info(UserInfo),
+    /// This many sessions were closed.
+    Kicked(usize),
+    /// The ban now ends then (0: none).
+    Banned {
+        /// The end of the ban.
+        until_ms: u64,
+    },
+    /// A rejected push token was handled (forgotten, or already replaced).
+    Forgotten(bool),
 }
 
 /// Where a shard is in its start-up.
@@ -553,6 +592,10 @@ async fn ticker(shard: Rc<Shard>) {
             info!(shard = shard.id, "draining");
         }
         run_admin_jobs(&shard, now);
+        if let Some(notifier) = &shard.spec.notifier {
+            let wakes = shard.core.borrow_mut().take_wakes(now);
+            notifier.submit(wakes);
+        }
         shard.kick();
         let (stats, gauges, conns) = {
             let core = shard.core.borrow();
@@ -588,12 +631,23 @@ fn run_admin_jobs(shard: &Shard, now: Now) {
     };
     let mut core = shard.core.borrow_mut();
     for job in jobs {
-        let answer = match job.unlink {
-            None => AdminAnswer::Devices(core.linked_devices(job.user)),
-            Some(device) => match core.admin_unlink(now, job.user, device) {
+        let user = job.user;
+        let answer = match job.op {
+            AdminOp::Devices => AdminAnswer::Devices(core.linked_devices(user)),
+            AdminOp::Unlink(device) => match core.admin_unlink(now, user, device) {
                 true => AdminAnswer::Unlinked,
                 false => AdminAnswer::UnknownDevice,
             },
+            AdminOp::Info => AdminAnswer::Info(core.user_info(user)),
+            AdminOp::Kick(device) => AdminAnswer::Kicked(core.admin_kick(now, user, device)),
+            AdminOp::Ban { until_ms } => {
+                core.admin_ban(now, user, until_ms);
+                AdminAnswer::Banned { until_ms }
+            }
+            AdminOp::ForgetPushToken { device, token } => {
+                let device = shard_router::DeviceKey::new(user, device);
+                AdminAnswer::Forgotten(core.forget_push_token(now, device, &token))
+            }
         };
         // The admin thread may have given up waiting: nothing to tell.
         drop(job.reply.send(answer));

@@ -167,12 +167,35 @@ pub enum Event {
         /// The device.
         device: u32,
     },
+    /// Change (or read) the user's privacy settings.
+    SettingsSet {
+        /// Echoed in the `Settings` answer.
+        request_id: u64,
+        /// Last-seen visibility (`Unchanged` leaves it).
+        last_seen: fb::LastSeenVisibility,
+        /// Read receipts on or off (`Unchanged` leaves it).
+        read_receipts: fb::Switch,
+    },
+    /// Register (or, empty, forget) this device's push token.
+    PushRegister {
+        /// Echoed in the `Done` answer.
+        request_id: u64,
+        /// The platform's token, at most [`PUSH_TOKEN_BYTES_MAX`] bytes.
+        token: Vec<u8>,
+        /// The push service, at most [`PUSH_PLATFORM_BYTES_MAX`] bytes.
+        platform: String,
+    },
     /// The session ended; `code` is why (None: the client left cleanly).
     Closed {
         /// The protocol reason, if any.
         code: Option<ErrorCode>,
     },
 }
+
+/// Largest push token a device may register.
+pub const PUSH_TOKEN_BYTES_MAX: usize = 512;
+/// Largest push platform name.
+pub const PUSH_PLATFORM_BYTES_MAX: usize = 32;
 
 /// The group frames a client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +246,8 @@ pub enum Reply {
         request_id: u64,
         /// Whether the connection closes after it.
         fatal: bool,
+        /// Do not try again sooner, ms (limits and bans; else 0).
+        retry_after_ms: u64,
     },
     /// Reconnect elsewhere (`Draining`), or not from here at all
     /// (`ConnectedElsewhere`: the device connected again).
@@ -425,12 +450,29 @@ impl Session {
         if self.state == State::Closed {
             return;
         }
+        self.refuse_limited(code, 0, request_id, 0);
+    }
+
+    /// A refusal with everything an `Error` can say: the `Send` or request
+    /// it is about and how long to wait (`retry_after_ms`, for limits and
+    /// bans); a close if the code is fatal.
+    pub fn refuse_limited(
+        &mut self,
+        code: ErrorCode,
+        client_msg_id: u64,
+        request_id: u64,
+        retry_after_ms: u64,
+    ) {
+        if self.state == State::Closed {
+            return;
+        }
         let fatal = wire_format::is_fatal(code);
         self.replies.push_back(Reply::Error {
             code,
-            client_msg_id: 0,
+            client_msg_id,
             request_id,
             fatal,
+            retry_after_ms,
         });
         if fatal {
             self.close(Some(code));
@@ -565,6 +607,12 @@ impl Session {
                 request_id: d.request_id(),
                 device: d.device(),
             }),
+            Body::SettingsSet(s) => self.events.push_back(Event::SettingsSet {
+                request_id: s.request_id(),
+                last_seen: s.last_seen(),
+                read_receipts: s.read_receipts(),
+            }),
+            Body::PushRegister(p) => self.on_push_register(p),
             // A second Hello, or a kind only servers send.
             _ => self.fail(ErrorCode::UnexpectedFrame, 0),
         }
@@ -619,6 +667,20 @@ impl Session {
         });
     }
 
+    fn on_push_register(&mut self, p: fb::PushRegister<'_>) {
+        let token = p.token().map(|t| t.bytes().to_vec()).unwrap_or_default();
+        let platform = p.platform().unwrap_or_default();
+        let request_id = p.request_id();
+        if token.len() > PUSH_TOKEN_BYTES_MAX || platform.len() > PUSH_PLATFORM_BYTES_MAX {
+            return self.refuse_request(ErrorCode::TooManyItems, request_id);
+        }
+        self.events.push_back(Event::PushRegister {
+            request_id,
+            token,
+            platform: platform.to_owned(),
+        });
+    }
+
     /// A non-fatal refusal: the connection stays.
     fn refuse(&mut self, code: ErrorCode, client_msg_id: u64) {
         debug_assert!(!wire_format::is_fatal(code), "{code:?} is fatal");
@@ -627,6 +689,7 @@ impl Session {
             client_msg_id,
             request_id: 0,
             fatal: false,
+            retry_after_ms: 0,
         });
     }
 
@@ -639,6 +702,7 @@ impl Session {
             client_msg_id,
             request_id: 0,
             fatal: true,
+            retry_after_ms: 0,
         });
         self.close(Some(code));
     }

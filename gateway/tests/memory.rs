@@ -65,6 +65,11 @@ impl Net {
         // Virtual time barely moves: no rate limit may refuse.
         config.session.sends_per_s = 1_000_000;
         config.session.send_bytes_per_s = u32::MAX;
+        config.abuse = gateway::abuse::AbuseConfig {
+            new_conversations_per_h: 0,
+            messages_per_recipient_per_s: 0,
+            group_creates_per_day: 0,
+        };
         // The clock jumps an hour at a time: no idle timeout either.
         config.session.idle_timeout_ms = 10 * 24 * 3_600_000;
         let core = ShardCore::new(router, engine, NullStorage::default(), config);

@@ -148,7 +148,7 @@ fn a_user_with_two_devices_gets_each_message_on_both() {
 #[test]
 fn an_offline_device_gets_its_backlog_once_and_in_order_then_live() {
     let dir = temp_dir("e2e-backlog");
-    let gw = Gateway::start(&dir, &["--sends-per-s", "100000"]);
+    let gw = Gateway::start(&dir, support::UNLIMITED);
     run(async move || {
         let (bob, _) = gw.login(2, 0, 0).await;
         drop(bob); // registered, now offline
@@ -185,7 +185,7 @@ fn an_offline_device_gets_its_backlog_once_and_in_order_then_live() {
 #[test]
 fn the_resume_point_in_hello_acknowledges_and_sends_double_ticks() {
     let dir = temp_dir("e2e-resume-acks");
-    let gw = Gateway::start(&dir, &["--sends-per-s", "100000"]);
+    let gw = Gateway::start(&dir, support::UNLIMITED);
     run(async move || {
         let (bob, _) = gw.login(2, 0, 0).await;
         let (mut alice, _) = gw.login(1, 0, 0).await;
@@ -221,7 +221,7 @@ fn the_resume_point_in_hello_acknowledges_and_sends_double_ticks() {
 #[test]
 fn every_acknowledged_message_survives_sigkill_and_arrives_once() {
     let dir = temp_dir("e2e-kill");
-    let mut gw = Gateway::start(&dir, &["--sends-per-s", "100000"]);
+    let mut gw = Gateway::start(&dir, support::UNLIMITED);
     run(async move || {
         drop(gw.login(2, 0, 0).await); // bob exists, offline
         let (mut alice, _) = gw.login(1, 0, 0).await;
@@ -284,7 +284,7 @@ fn payload_of(i: u32) -> Bytes {
 fn a_disk_that_fills_stops_the_process_and_every_acked_message_survives() {
     let dir = temp_dir("e2e-full-disk");
     // Segment files cannot grow past 256 KiB: about 250 of these sends fit.
-    let gw = Gateway::start_file_limited(&dir, &["--sends-per-s", "100000"], 256);
+    let gw = Gateway::start_file_limited(&dir, support::UNLIMITED, 256);
     fill_then_restart(gw, || {});
 }
 
@@ -298,10 +298,10 @@ fn a_filesystem_that_fills_stops_the_process_and_every_acked_message_survives() 
     let dir = temp_dir("e2e-full-fs");
     let Some(fs) = support::SmallFs::mount(&dir, 640) else {
         eprintln!("not root: no tmpfs of our own; a 256 KiB file-size limit instead");
-        let gw = Gateway::start_file_limited(&dir, &["--sends-per-s", "100000"], 256);
+        let gw = Gateway::start_file_limited(&dir, support::UNLIMITED, 256);
         return fill_then_restart(gw, || {});
     };
-    let gw = Gateway::start(&dir, &["--sends-per-s", "100000"]);
+    let gw = Gateway::start(&dir, support::UNLIMITED);
     fill_then_restart(gw, || fs.resize(64 << 10));
 }
 
@@ -507,6 +507,8 @@ fn reclaim_runs_inside_the_server_and_the_log_stays_bounded() {
         &[
             "--sends-per-s",
             "100000",
+            "--abuse-messages-per-recipient-per-s",
+            "0",
             "--send-bytes-per-s",
             "1000000000",
             "--segment-bytes",

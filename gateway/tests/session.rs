@@ -90,6 +90,7 @@ fn fatal(code: ErrorCode) -> Reply {
         client_msg_id: 0,
         request_id: 0,
         fatal: true,
+        retry_after_ms: 0,
     }
 }
 
@@ -281,13 +282,15 @@ fn bad_addresses_and_long_lists_are_refused_without_closing() {
                 code: ErrorCode::InvalidAddress,
                 client_msg_id: 9,
                 request_id: 0,
-                fatal: false
+                fatal: false,
+                retry_after_ms: 0,
             },
             Reply::Error {
                 code: ErrorCode::TooManyItems,
                 client_msg_id: 0,
                 request_id: 0,
-                fatal: false
+                fatal: false,
+                retry_after_ms: 0,
             },
         ]
     );
@@ -364,6 +367,7 @@ fn sends_over_the_rate_are_refused_then_the_connection_is_closed() {
         client_msg_id: 10,
         request_id: 0,
         fatal: false,
+        retry_after_ms: 0,
     };
     assert_eq!(replies(&mut s), [limited]);
     s.handle_frame(
@@ -398,7 +402,8 @@ fn sends_over_the_rate_are_refused_then_the_connection_is_closed() {
             code: ErrorCode::RateLimited,
             client_msg_id: 14,
             request_id: 0,
-            fatal: true
+            fatal: true,
+            retry_after_ms: 0,
         }
     );
     assert!(s.is_closed(), "a client that keeps pushing is cut off");
@@ -431,6 +436,7 @@ fn draining_refuses_new_sends_keeps_acks_and_closes_at_the_deadline() {
         client_msg_id: 3,
         request_id: 0,
         fatal: false,
+        retry_after_ms: 0,
     };
     assert!(!wire_format::is_fatal(ErrorCode::Draining));
     assert_eq!(replies(&mut s), [refused]);
@@ -517,6 +523,7 @@ fn a_payload_whose_deliver_would_not_fit_is_refused_at_send() {
                 client_msg_id: len as u64,
                 request_id: 0,
                 fatal: false,
+                retry_after_ms: 0,
             };
             assert_eq!(replies(&mut s), [refused]);
         }

@@ -33,6 +33,8 @@ impl Gateway {
         let mut process = Command::new(&gateway)
             .args(["serve", "--shards", "2", "--listen", &listen])
             .args(["--admin-listen", "127.0.0.1:0", "--sends-per-s", "100000"])
+            .args(["--abuse-messages-per-recipient-per-s", "0"])
+            .args(["--abuse-new-conversations-per-h", "0"])
             .arg("--data-dir")
             .arg(&dir)
             .env("RUST_LOG", "error")

@@ -56,7 +56,7 @@ fn traffic(e: &mut Engine, disk: &mut SimDisk, ids: std::ops::Range<u64>) {
                 name,
             };
             e.set_setting(key(SettingKey::USER, 1), &id.to_le_bytes());
-            e.set_setting(key(1, 4), &[id as u8; 40]);
+            e.set_setting(key(1, 4), &[id.to_le_bytes()[0]; 40]);
         }
         flush_all(e, disk).unwrap();
         if id % 5 == 0 {

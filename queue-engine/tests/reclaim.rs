@@ -264,7 +264,7 @@ fn settings_keep_their_latest_value_through_reclaim_and_restart() {
     for round in 0..2_000u64 {
         // Two keys rewritten often, one written once at the start.
         e.set_setting(key(1, 1), &round.to_le_bytes());
-        e.set_setting(key(2, 3), &[round as u8; 100]);
+        e.set_setting(key(2, 3), &[round.to_le_bytes()[0]; 100]);
         if round == 0 {
             e.set_setting(key(3, 2), b"once");
         }

@@ -447,6 +447,13 @@ impl<M: Clone> RouterCore<M> {
         self.run_local(now_ms);
     }
 
+    /// At `user`'s home: who sees its last seen, as its stored setting
+    /// says (applied directly: the caller is the home, at start or once
+    /// the change is durable). Takes effect in later updates.
+    pub fn set_last_seen_at_home(&mut self, user: UserId, visibility: LastSeen) {
+        self.presence.set_visibility(user, visibility);
+    }
+
     /// Connection `conn` asks for a group change.
     pub fn handle_group(
         &mut self,

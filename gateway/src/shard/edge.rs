@@ -9,10 +9,16 @@ use wire_format::fb::{self, ErrorCode};
 use wire_format::{DeliverHeader, FrameDecoder, GroupChangedHeader, OutFrame, user_address};
 
 use super::{
-    Conn, Note, Receipt, ShardCore, ToConn, ToHome, address, append, encode_reply, target,
+    Conn, Note, PushToken, Receipt, ShardCore, ToConn, ToHome, address, append, encode_reply,
+    target,
 };
+use crate::abuse::{Limit, Refusal};
 use crate::clock::Now;
 use crate::session::{Event, GroupOp, Reply, Session, State};
+
+/// How long an idle device's recent recipients are remembered (so writing
+/// to them again is no new conversation), ms.
+pub(super) const ABUSE_MEMORY_MS: u64 = 7 * 24 * 3_600_000;
 use crate::token::Verifier;
 
 impl Conn {
@@ -52,6 +58,8 @@ impl<S: Storage> ShardCore<S> {
             early: Vec::new(),
             ready: false,
             timer_at: u64::MAX,
+            read_receipts: true,
+            abuse: None,
         };
         self.conns.insert(id, conn);
         self.stats.conns_opened += 1;
@@ -196,7 +204,14 @@ impl<S: Storage> ShardCore<S> {
             (Event::Closed { .. }, device) => {
                 self.router.handle_disconnect(now_ms, conn);
                 if let Some(device) = device {
-                    let gone = ToHome::Gone { reply };
+                    // What the device's limits say goes home with it, unless
+                    // it would change nothing.
+                    let abuse = self
+                        .conns
+                        .get_mut(&conn)
+                        .and_then(|c| c.abuse.take())
+                        .filter(|a| !a.is_idle(now_ms, ABUSE_MEMORY_MS));
+                    let gone = ToHome::Gone { reply, abuse };
                     self.send_home(now_ms, device, Target::Device(device), gone);
                 }
                 self.mark_ready(conn);
@@ -225,6 +240,10 @@ impl<S: Storage> ShardCore<S> {
                 payload,
             } => {
                 let to = target(&to);
+                let send = Some((to, client_msg_id));
+                if let Err(refusal) = self.check_abuse(now_ms, reply.conn, send) {
+                    return self.refuse_limited(reply.conn, refusal, client_msg_id, 0);
+                }
                 let submit = ToHome::Submit {
                     reply,
                     client_msg_id,
@@ -240,6 +259,11 @@ impl<S: Storage> ShardCore<S> {
                     cumulative,
                 };
                 self.send_home(now_ms, device, Target::Device(device), ack);
+            }
+            Event::Read { .. } if !self.conns.get(&reply.conn).is_none_or(|c| c.read_receipts) => {
+                // The user turned read receipts off: not relayed (it still
+                // gets other users' read receipts).
+                self.stats.read_receipts_suppressed += 1;
             }
             Event::Read { to, message_ids } => {
                 let read = ToHome::StoreReceipt(Receipt {
@@ -273,6 +297,11 @@ impl<S: Storage> ShardCore<S> {
                 group,
                 members,
             } => {
+                if op == GroupOp::Create
+                    && let Err(refusal) = self.check_abuse(now_ms, reply.conn, None)
+                {
+                    return self.refuse_limited(reply.conn, refusal, 0, request_id);
+                }
                 let members: Vec<UserId> = members.into_iter().map(UserId).collect();
                 let group = match op {
                     GroupOp::Create => GroupId(self.next_group_id()),
@@ -305,8 +334,77 @@ impl<S: Storage> ShardCore<S> {
                 };
                 self.send_home(now_ms, device, Target::User(device.user), note);
             }
+            Event::SettingsSet {
+                request_id,
+                last_seen,
+                read_receipts,
+            } => {
+                let note = ToHome::Settings {
+                    reply,
+                    request_id,
+                    last_seen,
+                    read_receipts,
+                };
+                self.send_home(now_ms, device, Target::User(device.user), note);
+            }
+            Event::PushRegister {
+                request_id,
+                token,
+                platform,
+            } => {
+                let token = PushToken { platform, token };
+                let note = ToHome::Push {
+                    reply,
+                    request_id,
+                    token,
+                };
+                self.send_home(now_ms, device, Target::Device(device), note);
+            }
             Event::Authenticated { .. } | Event::Closed { .. } => {}
         }
+    }
+
+    /// Counts a `Send` (to, client id) (or, `None`, a group creation)
+    /// against the connection's device's abuse limits.
+    fn check_abuse(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        send: Option<(Target, u64)>,
+    ) -> Result<(), Refusal> {
+        let config = self.config.abuse;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        let state = c.abuse.get_or_insert_with(Box::default);
+        let checked = match send {
+            Some((to, id)) => state.check_send(&config, now_ms, to, id),
+            None => state.check_group_create(&config, now_ms),
+        };
+        if let Err(refusal) = checked {
+            let index = Limit::ALL
+                .iter()
+                .position(|l| *l == refusal.limit)
+                .expect("every limit is in ALL");
+            self.stats.abuse_refused[index] += 1;
+        }
+        checked
+    }
+
+    /// Refuses a send or request for an abuse limit, saying when to retry.
+    fn refuse_limited(
+        &mut self,
+        conn: ConnId,
+        refusal: Refusal,
+        client_msg_id: u64,
+        request_id: u64,
+    ) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            let code = refusal.limit.code();
+            c.session
+                .refuse_limited(code, client_msg_id, request_id, refusal.retry_after_ms);
+        }
+        self.flush_replies(conn);
     }
 
     pub(super) fn refuse_local(&mut self, conn: ConnId, code: ErrorCode, client_msg_id: u64) {
@@ -369,6 +467,7 @@ impl<S: Storage> ShardCore<S> {
     pub(super) fn run_effects(&mut self, now_ms: u64) {
         loop {
             self.run_router_effects(now_ms);
+            self.store_gaps(now_ms);
             // Storing receipts may route more; until none is left.
             if !self.store_receipts(now_ms) {
                 return;
@@ -483,10 +582,14 @@ impl<S: Storage> ShardCore<S> {
             ToConn::Welcome {
                 backlog_count,
                 resume_seq,
+                read_receipts,
+                abuse,
             } => {
                 let Some(c) = self.conns.get_mut(&conn) else {
                     return;
                 };
+                c.read_receipts = read_receipts;
+                c.abuse = abuse;
                 // Welcome goes out first, then what waited for it.
                 let held = c.held.take();
                 let early = std::mem::take(&mut c.early);
@@ -523,6 +626,42 @@ impl<S: Storage> ShardCore<S> {
             }
             ToConn::RefusedRequest { code, request_id } => {
                 return self.refuse_request(conn, code, request_id);
+            }
+            ToConn::Settings {
+                request_id,
+                last_seen_hidden,
+                read_receipts,
+            } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.read_receipts = read_receipts;
+                }
+                let last_seen = match last_seen_hidden {
+                    true => fb::LastSeenVisibility::Nobody,
+                    false => fb::LastSeenVisibility::Everyone,
+                };
+                let switch = match read_receipts {
+                    true => fb::Switch::On,
+                    false => fb::Switch::Off,
+                };
+                self.encoder.settings(request_id, last_seen, switch)
+            }
+            ToConn::Done { request_id } => self.encoder.done(request_id),
+            ToConn::Gap {
+                seq,
+                cause,
+                senders,
+            } => {
+                self.stats.messages_delivered += 1;
+                self.encoder.gap(cause, &senders, seq)
+            }
+            ToConn::Close {
+                code,
+                retry_after_ms,
+            } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.session.refuse_limited(code, 0, 0, retry_after_ms);
+                }
+                return self.flush_replies(conn);
             }
             ToConn::GroupChanged {
                 seq,

@@ -141,15 +141,17 @@ impl<S: Storage> ShardCore<S> {
     }
 
     /// The devices of `users` (homed here) with room for an entry, never
-    /// `from` itself; devices without room are counted as skipped.
+    /// `from` itself; devices without room are counted as skipped, and
+    /// told of a message they miss in a gap notice.
     fn member_devices(
         &mut self,
+        now_ms: u64,
         from: DeviceKey,
         users: &[UserId],
         payload_len: usize,
         notice: bool,
     ) -> Vec<DeviceRef> {
-        let mut out = Vec::new();
+        let (mut out, mut skipped) = (Vec::new(), Vec::new());
         for user in users {
             for device in self.devices.get(user).into_iter().flatten() {
                 let d = DeviceKey {
@@ -164,9 +166,13 @@ impl<S: Storage> ShardCore<S> {
                     .has_room(device_ref(d), payload_len as u64, notice)
                 {
                     true => out.push(device_ref(d)),
-                    false => self.stats.group_skipped += 1,
+                    false => skipped.push(d),
                 }
             }
+        }
+        self.stats.group_skipped += skipped.len() as u64;
+        for d in skipped.into_iter().filter(|_| !notice) {
+            self.gap(d, from, now_ms, fb::GapCause::QueueFull);
         }
         out
     }
@@ -253,7 +259,7 @@ impl<S: Storage> ShardCore<S> {
             .find(|(s, _)| *s == self.shard)
             .map(|(_, us)| us.clone())
             .unwrap_or_default();
-        let devices = self.member_devices(from, &here, payload.len(), false);
+        let devices = self.member_devices(now_ms, from, &here, payload.len(), false);
         let message_id = self.next_message_id();
         let stored = self.store_group_record(
             now_ms,
@@ -471,7 +477,7 @@ impl<S: Storage> ShardCore<S> {
 
     /// A group message from the group's home for members homed here.
     pub(super) fn group_copy(&mut self, now_ms: u64, from: DeviceKey, copy: GroupCopy) {
-        let devices = self.member_devices(from, &copy.users, copy.payload.len(), false);
+        let devices = self.member_devices(now_ms, from, &copy.users, copy.payload.len(), false);
         let stored = self.store_group_record(
             now_ms,
             from,
@@ -527,7 +533,7 @@ impl<S: Storage> ShardCore<S> {
         notice: &[u8],
         users: &[UserId],
     ) {
-        let devices = self.member_devices(from, users, notice.len(), true);
+        let devices = self.member_devices(now_ms, from, users, notice.len(), true);
         if devices.is_empty() {
             return;
         }

@@ -7,6 +7,7 @@ use shard_router::{ConnRef, DeviceKey, GroupId, Target};
 use wire_format::fb::{self, ErrorCode};
 
 use super::devices::{NOTICE_DEVICE, device_notice_note};
+use super::gaps::{NOTICE_GAP, gap_note};
 use super::groups::{NOTICE_GROUP, notice_note};
 use super::{Cursor, Meta, Note, ShardCore, ToConn, ToHome, Waiting, device_key, device_ref};
 
@@ -47,7 +48,10 @@ impl<S: Storage> ShardCore<S> {
                 seq,
                 cumulative,
             } => self.device_ack(now_ms, reply, from, seq, cumulative),
-            ToHome::Gone { reply } => {
+            ToHome::Gone { reply, abuse } => {
+                if let Some(abuse) = abuse {
+                    self.abuse.insert(from, abuse);
+                }
                 // A connection the device already replaced leaves its cursor.
                 if self.cursors.get(&from).is_some_and(|c| c.conn == reply) {
                     self.cursors.remove(&from);
@@ -62,6 +66,17 @@ impl<S: Storage> ShardCore<S> {
                 request_id,
                 device,
             } => self.unlink_request(now_ms, from, reply, request_id, device),
+            ToHome::Settings {
+                reply,
+                request_id,
+                last_seen,
+                read_receipts,
+            } => self.settings_request(now_ms, from, reply, request_id, last_seen, read_receipts),
+            ToHome::Push {
+                reply,
+                request_id,
+                token,
+            } => self.push_request(now_ms, from, reply, request_id, token),
         }
     }
 
@@ -193,13 +208,18 @@ impl<S: Storage> ShardCore<S> {
     }
 
     /// Bookkeeping for a stored record: its meta, and a pump of each
-    /// recipient once it is durable.
+    /// connected
+    /// recipient once it is durable (or, for a message to an offline
+    /// device with a push token, a wake-up).
     pub(super) fn stored(&mut self, position: u64, meta: Meta, seqs: &[(DeviceRef, u64)]) {
+        let message = meta.receipt.is_none();
         self.meta.insert(position, meta);
         for (device, _) in seqs {
             let device = device_key(*device);
             if self.cursors.contains_key(&device) {
                 self.waiting.push_back((position, Waiting::Pump(device)));
+            } else if message && self.wants_wake(device) {
+                self.waiting.push_back((position, Waiting::Wake(device)));
             }
         }
     }
@@ -211,6 +231,14 @@ impl<S: Storage> ShardCore<S> {
         device: DeviceKey,
         after_seq: u64,
     ) {
+        if let Some(retry_after_ms) = self.ban_left(now_ms, device.user) {
+            let note = ToConn::Close {
+                code: ErrorCode::Banned,
+                retry_after_ms,
+            };
+            let end = self.engine.log().head().saturating_sub(1);
+            return self.ack_when_durable(now_ms, reply, device, end, note);
+        }
         if let Err(code) = self.admit_device(now_ms, device) {
             let note = ToConn::Refused {
                 code,
@@ -220,6 +248,7 @@ impl<S: Storage> ShardCore<S> {
             let end = self.engine.log().head().saturating_sub(1);
             return self.ack_when_durable(now_ms, reply, device, end, note);
         }
+        self.wakes.cancel(device);
         let dref = device_ref(device);
         // A resume point past the queue's end is no ack (the client's state
         // is not this server's): resume from the start of what is queued,
@@ -249,6 +278,8 @@ impl<S: Storage> ShardCore<S> {
         let welcome = ToConn::Welcome {
             backlog_count,
             resume_seq,
+            read_receipts: self.read_receipts_on(device.user),
+            abuse: self.abuse.remove(&device),
         };
         self.send_conn(now_ms, reply, device, Target::Device(device), welcome);
         self.pump(now_ms, device);
@@ -298,6 +329,13 @@ impl<S: Storage> ShardCore<S> {
             Some(kind) if kind.0 == NOTICE_DEVICE => {
                 let Some(note) = device_notice_note(&payload, seq, device, meta.from) else {
                     self.anomaly("a stored device notice does not decode");
+                    return None;
+                };
+                note
+            }
+            Some(kind) if kind.0 == NOTICE_GAP => {
+                let Some(note) = gap_note(&payload, seq) else {
+                    self.anomaly("a stored gap notice does not decode");
                     return None;
                 };
                 note

@@ -11,6 +11,9 @@
 //! | `devices.rs` | linked devices at their user's home: the limit, listing, unlinking (by request, operator or idleness) |
 //! | `groups.rs` | groups: this shard as a group's home (changes, the group's order, copies to members' homes) and as a member's home |
 //! | `receipts.rs` | acks and receipts: ✓✓ to the senders' homes, tombstones once those are durable, receipts a full queue refused |
+//! | `settings.rs` | a user's settings at its home: privacy, bans, push tokens; the operator's kick, ban and user info |
+//! | `gaps.rs` | gap notices: telling a device which messages were dropped before it read them (TTL, a full queue) |
+//! | `push.rs` | push wake-ups for devices that are not connected, coalesced per interval |
 //! | `time.rs` | the timer heap of session deadlines, TTL expiry, housekeeping |
 //! | `reply.rs` | encoding a session's replies |
 //! | `note.rs` | the notes between shards: [`ToHome`] and [`ToConn`] |
@@ -53,11 +56,14 @@
 
 mod devices;
 mod edge;
+mod gaps;
 mod groups;
 mod home;
 mod note;
+mod push;
 mod receipts;
 mod reply;
+mod settings;
 mod time;
 
 use std::cmp::Reverse;
@@ -75,12 +81,15 @@ use wire_format::{
     user_address,
 };
 
+use crate::abuse::{AbuseConfig, AbuseState};
 use crate::clock::Now;
 use crate::session::{Event, Session, SessionConfig};
 
 pub use note::{Note, Receipt, ToConn, ToHome};
+pub use push::Wake;
 use reply::append;
 pub use reply::encode_reply;
+pub use settings::{BANNED_FOR_GOOD, DeviceState, PushToken, UserInfo};
 
 /// Limits and settings of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +119,11 @@ pub struct ShardConfig {
     /// Seeds the group ids this shard gives out (the shell passes a random
     /// value; tests a fixed one).
     pub id_seed: u64,
+    /// Per-sender-device abuse limits.
+    pub abuse: AbuseConfig,
+    /// At most one push wake-up per device per this many ms; `None`: no
+    /// push notifier (no wake-ups are made).
+    pub push_interval_ms: Option<u64>,
 }
 
 /// A per-shard budget that, once spent, stops the shard reading sockets.
@@ -145,6 +159,8 @@ impl Default for ShardConfig {
             devices_per_user_max: 5,
             device_idle_ms: 30 * 24 * 3600 * 1000,
             id_seed: 0,
+            abuse: AbuseConfig::default(),
+            push_interval_ms: None,
         }
     }
 }
@@ -179,6 +195,26 @@ pub struct Stats {
     pub group_skipped: u64,
     /// Devices unlinked (by request, operator or idleness).
     pub devices_unlinked: u64,
+    /// Settings changes stored (`SettingsSet`).
+    pub settings_changed: u64,
+    /// Read receipts not relayed because their user turned them off.
+    pub read_receipts_suppressed: u64,
+    /// Push tokens registered or forgotten by devices.
+    pub push_tokens_set: u64,
+    /// Sessions the operator closed with `Kicked`.
+    pub kicked: u64,
+    /// Bans the operator set.
+    pub banned: u64,
+    /// Push wake-ups handed to the notifier.
+    pub push_wakes: u64,
+    /// Messages dropped before their device read them (TTL, a full queue
+    /// for a group message), each told in a gap notice.
+    pub gap_messages: u64,
+    /// Gap notices stored.
+    pub gap_notices: u64,
+    /// Sends and requests refused by each abuse limit
+    /// ([`Limit::ALL`] order).
+    pub abuse_refused: [u64; 3],
     /// Errors sent, by code.
     pub errors: FxHashMap<u16, u64>,
     /// Internal errors: broken invariants that were counted and logged
@@ -251,6 +287,8 @@ enum Waiting {
     /// Records reclaim copied forward are durable: pump every connected
     /// device (its next entry may have been one of them).
     PumpConnected,
+    /// A message for this offline device (with a push token) is durable.
+    Wake(DeviceKey),
 }
 
 /// A device's ack waiting for its receipts to be durable. `id` tells
@@ -292,6 +330,12 @@ struct Conn {
     ready: bool,
     /// The deadline of its live entry in the timer heap (`u64::MAX`: none).
     timer_at: u64,
+    /// Whether the user's read receipts are relayed (its home says so in
+    /// `Welcome` and on every change).
+    read_receipts: bool,
+    /// The device's abuse limits (from its home with `Welcome`, back to
+    /// its home when the connection ends; made on first use).
+    abuse: Option<Box<AbuseState>>,
 }
 
 /// One shard's decisions. Inputs are `handle_*` (and the socket events of
@@ -325,6 +369,14 @@ pub struct ShardCore<S> {
     receipts_in: Vec<receipts::Coalesced>,
     /// The open record in `receipts_in` of each (from, to, kind).
     receipts_open: FxHashMap<(DeviceKey, Target, fb::ReceiptKind), usize>,
+    /// Abuse limits of devices homed here that are not connected.
+    abuse: FxHashMap<DeviceKey, Box<AbuseState>>,
+    /// Push wake-ups of devices homed here.
+    wakes: push::Wakes,
+    /// Gap notices gathered in this pass.
+    gaps_in: Vec<gaps::Gap>,
+    /// Gap notices a full queue refused, retried every second.
+    gaps_deferred: Vec<gaps::Gap>,
     /// Group sends (this shard as the group's home) waiting for parts.
     group_sends: FxHashMap<u64, groups::GroupSend>,
     /// The next group send's token.
@@ -418,6 +470,10 @@ impl<S: Storage> ShardCore<S> {
             deferred: VecDeque::new(),
             receipts_in: Vec::new(),
             receipts_open: FxHashMap::default(),
+            abuse: FxHashMap::default(),
+            wakes: push::Wakes::default(),
+            gaps_in: Vec::new(),
+            gaps_deferred: Vec::new(),
             group_sends: FxHashMap::default(),
             next_token: 1,
             draining: false,
@@ -429,6 +485,7 @@ impl<S: Storage> ShardCore<S> {
             stats: Stats::default(),
         };
         core.finish_unlinks();
+        core.replay_settings();
         core
     }
 
@@ -479,7 +536,10 @@ impl<S: Storage> ShardCore<S> {
             waiting: self.waiting.len() + self.group_sends.len(),
             acks: self.acks.len(),
             receipted: self.receipted.len(),
-            deferred: self.deferred.len() + self.receipts_in.len(),
+            deferred: self.deferred.len()
+                + self.receipts_in.len()
+                + self.gaps_in.len()
+                + self.gaps_deferred.len(),
             live_messages: self.engine.live_messages(),
         }
     }
@@ -605,6 +665,7 @@ impl<S: Storage> ShardCore<S> {
                 }
                 Waiting::Home { from, to, note } => self.send_home(now_ms, from, to, note),
                 Waiting::GroupPart(token) => self.group_part_done(now_ms, token),
+                Waiting::Wake(device) => self.message_for_offline(now_ms, device),
                 Waiting::PumpConnected => {
                     let devices: Vec<DeviceKey> = self.cursors.keys().copied().collect();
                     for device in devices {

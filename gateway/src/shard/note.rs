@@ -7,6 +7,8 @@ use shard_router::{ConnRef, GroupRequest, UserId};
 use wire_format::fb::{self, ErrorCode};
 
 use super::AckRef;
+use super::settings::PushToken;
+use crate::abuse::AbuseState;
 
 /// What shards tell each other (the router's message type).
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +62,8 @@ pub enum ToHome {
     Gone {
         /// The connection.
         reply: ConnRef,
+        /// Its abuse limits, kept at the home until the next `Welcome`.
+        abuse: Option<Box<AbuseState>>,
     },
     /// To the user's home: list the user's linked devices.
     Devices {
@@ -76,6 +80,26 @@ pub enum ToHome {
         request_id: u64,
         /// The device to unlink.
         device: u32,
+    },
+    /// To the user's home: change (or read) the user's privacy settings.
+    Settings {
+        /// The requesting connection.
+        reply: ConnRef,
+        /// The client's id for the request.
+        request_id: u64,
+        /// Last-seen visibility (`Unchanged` leaves it).
+        last_seen: fb::LastSeenVisibility,
+        /// Read receipts (`Unchanged` leaves it).
+        read_receipts: fb::Switch,
+    },
+    /// To the device's home: its push token (empty: none).
+    Push {
+        /// The requesting connection.
+        reply: ConnRef,
+        /// The client's id for the request.
+        request_id: u64,
+        /// The token.
+        token: PushToken,
     },
     /// To a group's home: a change the device asks for.
     Group {
@@ -187,6 +211,41 @@ pub enum ToConn {
         /// Where the queue resumes: the device's resume point, or 0 if
         /// that was past the queue's end.
         resume_seq: u64,
+        /// Whether the user's read receipts are relayed.
+        read_receipts: bool,
+        /// The device's abuse limits, as its last connection left them.
+        abuse: Option<Box<AbuseState>>,
+    },
+    /// The user's settings (the answer to a `SettingsSet`, or news of a
+    /// change another device made).
+    Settings {
+        /// The request, on the requesting device; else 0.
+        request_id: u64,
+        /// Last seen hidden.
+        last_seen_hidden: bool,
+        /// Read receipts relayed.
+        read_receipts: bool,
+    },
+    /// A queued gap notice: messages dropped before the device read them.
+    Gap {
+        /// Its seq in the device's queue.
+        seq: u64,
+        /// Why they were dropped.
+        cause: fb::GapCause,
+        /// Per sending device.
+        senders: Vec<fb::GapSender>,
+    },
+    /// A request took effect (`PushRegister`).
+    Done {
+        /// The request.
+        request_id: u64,
+    },
+    /// The operator closes this session (`Kicked`, `Banned`).
+    Close {
+        /// Why.
+        code: ErrorCode,
+        /// How long the client should wait, ms (0: does not apply).
+        retry_after_ms: u64,
     },
     /// A group change (queued at `seq`; 0: answered directly, nothing
     /// changed).

@@ -48,13 +48,15 @@ pub fn encode_reply(
             client_msg_id,
             request_id,
             fatal,
-        } => e.error_about(
+            retry_after_ms,
+        } => e.error_full(&wire_format::ErrorHeader {
             code,
             client_msg_id,
             request_id,
             fatal,
-            code.variant_name().unwrap_or(""),
-        ),
+            message: code.variant_name().unwrap_or(""),
+            retry_after_ms,
+        }),
         Reply::GoAway {
             reason,
             reconnect_after_ms,

@@ -47,11 +47,15 @@ impl<S: Storage> ShardCore<S> {
             self.housekeeping_at = now.mono_ms + HOUSEKEEPING_MS;
             self.expire(now.wall_ms);
             self.retry_deferred(now.wall_ms);
+            self.retry_gaps(now.wall_ms);
             self.run_effects(now.wall_ms);
         }
         if now.mono_ms >= self.idle_scan_at {
             self.idle_scan_at = now.mono_ms + super::devices::IDLE_SCAN_MS;
             self.unlink_idle(now.wall_ms);
+            // Offline devices' limits that would change nothing any more.
+            let memory_ms = super::edge::ABUSE_MEMORY_MS;
+            self.abuse.retain(|_, a| !a.is_idle(now.wall_ms, memory_ms));
         }
     }
 
@@ -69,7 +73,8 @@ impl<S: Storage> ShardCore<S> {
         }
     }
 
-    /// TTL expiry: `Expired` receipts to the senders.
+    /// TTL expiry: `Expired` receipts to the senders, and a gap notice to
+    /// each device that missed messages.
     pub(super) fn expire(&mut self, now_ms: u64) {
         for expired in self.engine.expire(now_ms) {
             let device = device_key(expired.device);
@@ -77,6 +82,7 @@ impl<S: Storage> ShardCore<S> {
                 continue; // read_back failed the shard
             };
             if meta.receipt.is_none() {
+                self.gap(device, meta.from, meta.at_ms, fb::GapCause::Expired);
                 let receipt = ToHome::StoreReceipt(Receipt {
                     kind: fb::ReceiptKind::Expired,
                     message_ids: vec![meta.message_id],

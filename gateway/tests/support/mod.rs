@@ -14,6 +14,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use client::{ClientCore, ClientEvent, Connection};
 use gateway::token::SigningKey;
 
+/// Flags for tests that send fast: no per-connection rate limit and no
+/// per-device abuse limits.
+pub const UNLIMITED: &[&str] = &[
+    "--sends-per-s",
+    "100000",
+    "--abuse-new-conversations-per-h",
+    "0",
+    "--abuse-messages-per-recipient-per-s",
+    "0",
+    "--abuse-group-creates-per-day",
+    "0",
+];
+
 /// A running gateway.
 pub struct Gateway {
     pub child: Child,
@@ -206,13 +219,21 @@ impl Gateway {
         }
     }
 
-    /// GET (or POST) on the admin endpoint: (status, body).
+    /// GET (or POST) on the admin endpoint with its bearer token (the one
+    /// generated into the data directory): (status, body).
     pub fn admin(&self, method: &str, path: &str) -> (u16, String) {
+        let token = std::fs::read_to_string(self.dir.join("admin-token")).unwrap();
+        self.admin_as(method, path, Some(token.trim()))
+    }
+
+    /// An admin request with `token` (or none): (status, body).
+    pub fn admin_as(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.admin).unwrap();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
         )
         .unwrap();
         let mut text = String::new();
@@ -273,7 +294,7 @@ pub fn run<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static) -> T 
 /// The sum of one `/metrics` series over the shards.
 pub fn metric(body: &str, name: &str) -> u64 {
     body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }

@@ -15,7 +15,7 @@ use client::ClientEvent;
 use gateway::shard::Budget;
 use queue_engine::SimOp;
 use sim::{Shape, World};
-use wire_format::fb::ErrorCode;
+use wire_format::fb::{self, ErrorCode};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -261,6 +261,53 @@ fn double_ticks_wait_for_room_in_a_full_queue() {
     let waiting: usize = w.cores.iter().map(|c| c.internals().deferred).sum();
     assert_eq!(waiting, 1, "one receipt for user 1's devices, kept");
     w.quiesce_and_check(); // A reads its queue, the ✓✓ follows
+}
+
+/// #16: a message whose TTL runs out before its device fetched it is
+/// told to that device in a gap notice (who sent it, how many, when), and
+/// to its sender as `Expired`; nothing else is held back.
+#[test]
+fn a_message_that_expires_unread_is_told_in_a_gap_notice() {
+    let mut w = world_with(Shape::default(), &[A]);
+    for _ in 0..3 {
+        w.send_ttl(A, sim::device(B), 10, 60);
+    }
+    w.settle();
+    assert_eq!(w.acked_sends(), 3);
+    w.advance(61_000);
+    w.advance(1_000); // the housekeeping tick that expires them
+    w.settle();
+    w.connect(B);
+    w.settle();
+    let gaps: Vec<_> = w.devices[&B]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Gap { cause, senders, .. } => Some((*cause, senders.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps.len(), 1, "one notice for the three: {gaps:?}");
+    let (cause, senders) = &gaps[0];
+    assert_eq!(*cause, fb::GapCause::Expired);
+    assert_eq!(senders.len(), 1);
+    let s = senders[0];
+    assert_eq!((s.user(), s.device(), s.count()), (A.0, A.1, 3));
+    assert!(s.first_ms() <= s.last_ms() && s.first_ms() > 0);
+    assert!(
+        w.devices[&B].got.is_empty(),
+        "the messages themselves are gone"
+    );
+    let expired = w.devices[&A]
+        .events
+        .iter()
+        .filter(
+            |e| matches!(e, ClientEvent::Receipt { kind, .. } if *kind == fb::ReceiptKind::Expired),
+        )
+        .count();
+    assert!(expired >= 1, "the sender is told too");
+    let stats: u64 = w.cores.iter().map(|c| c.stats().gap_messages).sum();
+    assert_eq!(stats, 3);
 }
 
 /// #13: a disk that falls behind spends the shard's unsynced-log budget:

@@ -549,10 +549,15 @@ impl World {
 
     /// `dev` sends a payload of `pad` extra bytes to `to`; returns its id.
     pub fn send(&mut self, dev: Dev, to: Address, pad: usize) -> u64 {
+        self.send_ttl(dev, to, pad, 0)
+    }
+
+    /// Like [`World::send`], with a TTL in seconds (0: the default).
+    pub fn send_ttl(&mut self, dev: Dev, to: Address, pad: usize, ttl_s: u32) -> u64 {
         let d = self.devices.get_mut(&dev).expect("known");
         let client = d.client.as_mut().expect("connected");
         let id = d.next_id.max(1);
-        let got = client.send(to, 0, payload(dev, id, pad));
+        let got = client.send(to, ttl_s, payload(dev, id, pad));
         assert_eq!(got, id, "the world and the client agree on ids");
         d.next_id = id + 1;
         let views = (to.kind() == AddressKind::Group)
@@ -1031,6 +1036,7 @@ impl World {
                 let (r, g, m) = (*request_id, *group, members.clone());
                 self.on_group_changed(dev, r, g, &m);
             }
+            ClientEvent::Gap { seq, .. } => self.on_entry(dev, *seq, u64::MAX),
             ClientEvent::DeviceChanged {
                 seq,
                 request_id,
@@ -1054,6 +1060,7 @@ impl World {
             ClientEvent::Refused {
                 code,
                 client_msg_id,
+                ..
             } if *client_msg_id != 0 => {
                 let sent = self.sent.get(&(dev, *client_msg_id));
                 if sent.is_some_and(|s| s.message_id.is_some()) {
