@@ -172,7 +172,8 @@ impl AbuseState {
         to: Target,
         client_msg_id: u64,
     ) -> Result<(), Refusal> {
-        if client_msg_id <= self.high_id {
+        let off = c.new_conversations_per_h == 0 && c.messages_per_recipient_per_s == 0;
+        if off || client_msg_id <= self.high_id {
             return Ok(());
         }
         let checked = self.count_send(c, now_ms, to);
@@ -351,12 +352,17 @@ mod tests {
     }
 
     #[test]
-    fn zero_means_no_limit() {
+    fn zero_means_no_limit_and_peers_stay_bounded() {
         let c = config(0, 0, 0);
         let mut s = AbuseState::default();
         for u in 0..10_000 {
             s.check_send(&c, 0, user(u % 300), u + 1).unwrap();
             s.check_group_create(&c, 0).unwrap();
+        }
+        assert_eq!(s.peers(), 0, "nothing kept when both send limits are off");
+        let c = config(0, 1_000_000, 0);
+        for u in 0..10_000 {
+            s.check_send(&c, 0, user(u % 300), u + 1).unwrap();
         }
         assert_eq!(s.peers(), PEERS_MAX, "peers stay bounded");
     }

@@ -235,6 +235,33 @@ pub fn rejected_tokens(body: &str) -> Vec<Rejected> {
 mod tests {
     use super::*;
 
+    fn wake(user: u64) -> Wake {
+        Wake {
+            user,
+            device: 0,
+            platform: "fcm".into(),
+            token: vec![1],
+            count: 1,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_and_counts_them() {
+        let counters = PushCounters::default();
+        let n = Notifier {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            config: PushConfig::new("http://127.0.0.1:9/".into(), 3),
+            counters: counters.clone(),
+        };
+        n.submit((1..=2).map(wake).collect());
+        n.submit((3..=5).map(wake).collect());
+        let users: Vec<u64> = n.next_batch().iter().map(|w| w.user).collect();
+        assert_eq!(users, [3, 4, 5], "the newest kept");
+        assert_eq!(counters.dropped.get(), 2);
+    }
+
     #[test]
     fn the_answer_names_the_rejected_tokens() {
         let body = r#"{"rejected": [{"user": 7, "device": 2, "token_hex": "abcd"},
@@ -252,12 +279,11 @@ mod tests {
     #[test]
     fn a_batch_carries_no_content_only_who_and_how_many() {
         let wake = Wake {
-            user: 1,
-            device: 0,
             platform: "apns".into(),
             token: vec![1, 2],
             count: 5,
             at_ms: 9,
+            ..wake(1)
         };
         let json = batch_json(&[wake]);
         assert_eq!(

@@ -120,9 +120,12 @@ fn wakeups(post: &serde_json::Value) -> &Vec<serde_json::Value> {
 fn an_offline_device_is_woken_once_per_interval_with_the_documented_fields() {
     let hook = Webhook::start(Vec::new());
     let gw = gateway("push-fields", &hook, "2");
-    let hook = run(async move || {
+    let mut gw = run(async move || {
         drop(register(&gw, 1, b"\x01\x02token").await);
-        wait_offline(&gw, 1);
+        gw
+    });
+    gw.kill_and_restart(); // the token is durable
+    let hook = run(async move || {
         send(&gw, 1, 1).await;
         let post = hook.post(Duration::from_secs(5)).expect("one POST");
         let wake = &wakeups(&post)[0];
