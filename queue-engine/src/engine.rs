@@ -598,6 +598,19 @@ impl Engine {
     /// Only queues whose earliest expiry has passed are looked at (an
     /// ordered heap of queues, not a pass over every entry).
     pub fn expire(&mut self, now_ms: u64) -> Vec<Expired> {
+        let expired = self.take_expired(now_ms);
+        self.tombstone_expired(&expired);
+        expired
+    }
+
+    /// The first half of [`Engine::expire`]: the index forgets every entry
+    /// whose TTL has passed, and returns them, without writing their
+    /// tombstones yet, so a shell can append what must be durable no later
+    /// than they are (a notice to the device) first. Call
+    /// [`Engine::tombstone_expired`] with them next, in the same turn; if
+    /// that is lost in a crash, recovery finds them again and they expire
+    /// again.
+    pub fn take_expired(&mut self, now_ms: u64) -> Vec<Expired> {
         self.windows.expire(now_ms);
         let mut expired = Vec::new();
         while let Some(&Reverse((at, device))) = self.expiry.peek() {
@@ -624,7 +637,12 @@ impl Engine {
             self.expiry
                 .retain(|Reverse((at, d))| queues.get(d).is_some_and(|q| q.expiry_key == *at));
         }
-        for e in &expired {
+        expired
+    }
+
+    /// The second half of [`Engine::expire`]: the tombstones of `expired`.
+    pub fn tombstone_expired(&mut self, expired: &[Expired]) {
+        for e in expired {
             let t = Tombstone {
                 device: e.device,
                 seq_from: e.seq,
@@ -633,7 +651,6 @@ impl Engine {
             };
             self.append(&Record::Tombstone(t));
         }
-        expired
     }
 
     /// Appends `record` to the log and applies it to the index.

@@ -171,8 +171,8 @@ impl<S: Storage> ShardCore<S> {
             }
         }
         self.stats.group_skipped += skipped.len() as u64;
-        for d in skipped.into_iter().filter(|_| !notice) {
-            self.gap(d, from, now_ms, fb::GapCause::QueueFull);
+        for d in skipped.iter().filter(|_| !notice) {
+            self.gap(*d, from, now_ms, fb::GapCause::QueueFull);
         }
         out
     }

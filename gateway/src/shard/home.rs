@@ -42,6 +42,7 @@ impl<S: Storage> ShardCore<S> {
             }
             ToHome::StoreReceipt(r) => self.receipt_at_home(from, to, r),
             ToHome::ReceiptStored { ack } => self.receipt_stored(now_ms, from, ack),
+            ToHome::ExpiryStored { id } => self.expiry_stored(id),
             ToHome::Resume { reply, after_seq } => self.resume(now_ms, reply, from, after_seq),
             ToHome::DeviceAck {
                 reply,

@@ -298,6 +298,8 @@ enum Waiting {
 pub struct AckRef {
     device: DeviceKey,
     id: u64,
+    /// It is an expiry pass's (see `time.rs`), not a device's ack.
+    expiry: bool,
 }
 
 /// An ack whose tombstone waits for its receipts: ✓✓ is durable before
@@ -369,6 +371,15 @@ pub struct ShardCore<S> {
     receipts_in: Vec<receipts::Coalesced>,
     /// The open record in `receipts_in` of each (from, to, kind).
     receipts_open: FxHashMap<(DeviceKey, Target, fb::ReceiptKind), usize>,
+    /// Expiry passes whose `Expired` receipts are not all durable yet: the
+    /// entries (gone from the index) and how many receipts are awaited.
+    /// Their tombstones wait, so a crash repeats the expiry (and its
+    /// receipts) rather than lose them.
+    expiring: FxHashMap<u64, (Vec<queue_engine::Expired>, u32)>,
+    /// A reclaim is copying or deleting a segment (from its first part to
+    /// `segment_deleted`): no expiry starts meanwhile, and no reclaim while
+    /// an expiry waits, so a record whose tombstone waits is never dropped.
+    reclaiming: bool,
     /// Abuse limits of devices homed here that are not connected.
     abuse: FxHashMap<DeviceKey, Box<AbuseState>>,
     /// Push wake-ups of devices homed here.
@@ -470,6 +481,8 @@ impl<S: Storage> ShardCore<S> {
             deferred: VecDeque::new(),
             receipts_in: Vec::new(),
             receipts_open: FxHashMap::default(),
+            expiring: FxHashMap::default(),
+            reclaiming: false,
             abuse: FxHashMap::default(),
             wakes: push::Wakes::default(),
             gaps_in: Vec::new(),
@@ -533,7 +546,7 @@ impl<S: Storage> ShardCore<S> {
         Internals {
             meta: self.meta.len(),
             cursors: self.cursors.len(),
-            waiting: self.waiting.len() + self.group_sends.len(),
+            waiting: self.waiting.len() + self.group_sends.len() + self.expiring.len(),
             acks: self.acks.len(),
             receipted: self.receipted.len(),
             deferred: self.deferred.len()
@@ -592,10 +605,10 @@ impl<S: Storage> ShardCore<S> {
 
     // ---- reclaim (the shell reads and deletes segments) -----------------------
 
-    /// The oldest segment, if reclaiming it is due (never once failed).
+    /// The oldest segment, if reclaiming it is due (never once failed,
+    /// nor while an expiry waits for its receipts).
     pub fn reclaim_due(&self) -> Option<u64> {
-        self.failed
-            .is_none()
+        (self.failed.is_none() && self.expiring.is_empty())
             .then(|| self.engine.reclaim_due())
             .flatten()
     }
@@ -609,12 +622,14 @@ impl<S: Storage> ShardCore<S> {
         records: &[(u64, u64)],
         state: &mut ReclaimState,
     ) {
+        self.reclaiming = true;
         self.engine.reclaim_part(segment, bytes, records, state);
     }
 
     /// Ends the reclaim of `segment`; returns the log position the copies
     /// are durable at (delete the segment only then).
     pub fn reclaim_finish(&mut self, segment: u64, state: ReclaimState) -> u64 {
+        self.reclaiming = true;
         let reclaimed = self.engine.reclaim_finish(segment, state);
         // What is known of a record follows it to its copy.
         let moved = !reclaimed.moved.is_empty();
@@ -634,6 +649,7 @@ impl<S: Storage> ShardCore<S> {
 
     /// The reclaimed `segment` is deleted from storage.
     pub fn segment_deleted(&mut self, segment: u64) {
+        self.reclaiming = false;
         self.engine.segment_deleted(segment);
     }
 
@@ -658,11 +674,7 @@ impl<S: Storage> ShardCore<S> {
                     self.send_conn(now_ms, reply, from, Target::Device(from), note)
                 }
                 Waiting::Pump(device) => self.pump(now_ms, device),
-                Waiting::Confirm(ack) => {
-                    let note = ToHome::ReceiptStored { ack: ack.id };
-                    let to = Target::Device(ack.device);
-                    self.send_home(now_ms, ack.device, to, note);
-                }
+                Waiting::Confirm(ack) => self.confirm(now_ms, ack),
                 Waiting::Home { from, to, note } => self.send_home(now_ms, from, to, note),
                 Waiting::GroupPart(token) => self.group_part_done(now_ms, token),
                 Waiting::Wake(device) => self.message_for_offline(now_ms, device),

@@ -42,6 +42,12 @@ pub enum ToHome {
         /// The ack's id.
         ack: u64,
     },
+    /// One `Expired` receipt of expiry pass `id` is durable at a sender's
+    /// home (to the home of the device whose entry expired).
+    ExpiryStored {
+        /// The expiry pass.
+        id: u64,
+    },
     /// The device connected on `reply`; stream its queue after `after_seq`.
     Resume {
         /// The connection.

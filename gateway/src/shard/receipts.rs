@@ -102,11 +102,20 @@ impl<S: Storage> ShardCore<S> {
             }
             Receipted::Nobody => {
                 for ack in &c.confirms {
-                    let note = ToHome::ReceiptStored { ack: ack.id };
-                    self.send_home(now_ms, ack.device, Target::Device(ack.device), note);
+                    self.confirm(now_ms, *ack);
                 }
             }
             Receipted::Full => {
+                // An expiry stops waiting for a receipt that waits for room
+                // (it is still retried): a sender that never reads its
+                // receipts must not hold back the expiring shard's reclaim.
+                // A crash before room comes loses that one receipt.
+                let (expiries, acks) = c.confirms.iter().partition(|a| a.expiry);
+                let mut c = c;
+                c.confirms = acks;
+                for ack in expiries {
+                    self.confirm(now_ms, ack);
+                }
                 self.deferred.push_back(c);
                 return true;
             }
@@ -250,6 +259,7 @@ impl<S: Storage> ShardCore<S> {
         let ack = AckRef {
             device,
             id: self.next_ack,
+            expiry: false,
         };
         self.next_ack += 1;
         let receipts = self.receipts_for(now_ms, device, &positions, ack);
@@ -265,6 +275,16 @@ impl<S: Storage> ShardCore<S> {
     }
 
     /// One of the receipts for `device`'s ack `id` is durable.
+    /// A receipt that `ack` waits on is durable (or had nobody to go to):
+    /// tell the home that waits, the acking device's or the expiring one's.
+    pub(super) fn confirm(&mut self, now_ms: u64, ack: AckRef) {
+        let note = match ack.expiry {
+            true => ToHome::ExpiryStored { id: ack.id },
+            false => ToHome::ReceiptStored { ack: ack.id },
+        };
+        self.send_home(now_ms, ack.device, Target::Device(ack.device), note);
+    }
+
     pub(super) fn receipt_stored(&mut self, now_ms: u64, device: DeviceKey, id: u64) {
         let found = self.acks.get_mut(&device).and_then(|acks| {
             acks.iter_mut()

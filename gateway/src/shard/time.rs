@@ -12,7 +12,7 @@ use queue_engine::Storage;
 use shard_router::{ConnId, Target};
 use wire_format::fb;
 
-use super::{Receipt, ShardCore, ToHome, device_key};
+use super::{AckRef, Receipt, ShardCore, ToHome, device_key};
 use crate::clock::Now;
 
 /// How often TTL expiry and deferred receipts are looked at.
@@ -74,23 +74,65 @@ impl<S: Storage> ShardCore<S> {
     }
 
     /// TTL expiry: `Expired` receipts to the senders, and a gap notice to
-    /// each device that missed messages.
+    /// each device that missed messages. The entries leave the index at
+    /// once; their tombstones wait until every receipt is durable at its
+    /// sender's home (as a device's ack waits for its ✓✓), and the gap
+    /// notices are appended first. So a crash before then expires them
+    /// again after recovery and tells both sides again: at least once,
+    /// never lost. No expiry starts while a reclaim runs (a record whose
+    /// tombstone waits must not be dropped by it).
     pub(super) fn expire(&mut self, now_ms: u64) {
-        for expired in self.engine.expire(now_ms) {
-            let device = device_key(expired.device);
-            let Some(meta) = self.forget_one(device, expired.position) else {
+        if self.reclaiming {
+            return; // at the next tick
+        }
+        let expired = self.engine.take_expired(now_ms);
+        if expired.is_empty() {
+            return;
+        }
+        let id = self.next_ack;
+        self.next_ack += 1;
+        let mut receipts = 0;
+        for e in &expired {
+            let device = device_key(e.device);
+            let Some(meta) = self.forget_one(device, e.position) else {
                 continue; // read_back failed the shard
             };
             if meta.receipt.is_none() {
                 self.gap(device, meta.from, meta.at_ms, fb::GapCause::Expired);
+                let confirm = AckRef {
+                    device,
+                    id,
+                    expiry: true,
+                };
                 let receipt = ToHome::StoreReceipt(Receipt {
                     kind: fb::ReceiptKind::Expired,
                     message_ids: vec![meta.message_id],
                     at_ms: now_ms,
-                    confirm: None,
+                    confirm: Some(confirm),
                 });
                 self.send_home(now_ms, device, Target::User(meta.from.user), receipt);
+                receipts += 1;
             }
+        }
+        self.store_gaps(now_ms);
+        match receipts {
+            0 => self.engine.tombstone_expired(&expired),
+            n => {
+                self.expiring.insert(id, (expired, n));
+            }
+        }
+    }
+
+    /// One `Expired` receipt of expiry pass `id` is durable; the pass's
+    /// tombstones go once all are.
+    pub(super) fn expiry_stored(&mut self, id: u64) {
+        let Some((_, left)) = self.expiring.get_mut(&id) else {
+            return self.anomaly("an expiry was confirmed that nobody waits on");
+        };
+        *left -= 1;
+        if *left == 0 {
+            let (expired, _) = self.expiring.remove(&id).expect("just found");
+            self.engine.tombstone_expired(&expired);
         }
     }
 }

@@ -91,6 +91,8 @@ impl Default for Shape {
 #[derive(Debug, Clone)]
 struct Sent {
     to: Address,
+    /// Sent with a short TTL: it may expire before delivery.
+    ttl: bool,
     /// The server's id, once ✓'d.
     message_id: Option<u64>,
     /// To the group: what the world knew of its members when it was sent
@@ -142,6 +144,10 @@ pub struct Device {
     last_seq: u64,
     /// Seqs received on this connection (for the window check).
     unacked: BTreeSet<u64>,
+    /// Seqs that carried a message with a short TTL: one that expires while
+    /// in flight leaves the server's window (it is no longer queued), so
+    /// the device may hold one more unacknowledged.
+    ttl_seqs: BTreeSet<u64>,
     /// The highest seq this device ever acknowledged: the server may have
     /// applied that ack even if a stale resume point sends it again.
     acked_ever: u64,
@@ -153,6 +159,10 @@ pub struct Device {
     pub got: BTreeSet<u64>,
     /// (message id, device it is about) of Delivered receipts received.
     pub receipts: BTreeSet<(u64, Dev)>,
+    /// (message id, device it is about) of Expired receipts received.
+    pub expired: BTreeSet<(u64, Dev)>,
+    /// Messages gap notices said were dropped, per sending device.
+    pub gaps: BTreeMap<Dev, u64>,
     /// Every event, for scenario tests.
     pub events: Vec<ClientEvent>,
 }
@@ -568,6 +578,7 @@ impl World {
             (dev, id),
             Sent {
                 to,
+                ttl: ttl_s != 0,
                 message_id: None,
                 views,
             },
@@ -1002,6 +1013,10 @@ impl World {
                 }
                 self.ids.insert(*message_id, (sender, id));
                 self.check_group_member(dev, sender, id);
+                if self.sent[&(sender, id)].ttl {
+                    let d = self.devices.get_mut(&dev).expect("known");
+                    d.ttl_seqs.insert(*seq);
+                }
                 self.on_entry(dev, *seq, *message_id);
                 self.devices
                     .get_mut(&dev)
@@ -1016,11 +1031,12 @@ impl World {
                 seq,
             } => {
                 self.on_entry(dev, *seq, u64::MAX);
-                if *kind == fb::ReceiptKind::Delivered {
-                    let d = self.devices.get_mut(&dev).expect("known");
-                    for id in message_ids {
-                        d.receipts.insert((*id, dev_of(from)));
-                    }
+                let d = self.devices.get_mut(&dev).expect("known");
+                let about = |id: &u64| (*id, dev_of(from));
+                match *kind {
+                    fb::ReceiptKind::Delivered => d.receipts.extend(message_ids.iter().map(about)),
+                    fb::ReceiptKind::Expired => d.expired.extend(message_ids.iter().map(about)),
+                    _ => {}
                 }
             }
             ClientEvent::GroupChanged {
@@ -1036,7 +1052,13 @@ impl World {
                 let (r, g, m) = (*request_id, *group, members.clone());
                 self.on_group_changed(dev, r, g, &m);
             }
-            ClientEvent::Gap { seq, .. } => self.on_entry(dev, *seq, u64::MAX),
+            ClientEvent::Gap { seq, senders, .. } => {
+                self.on_entry(dev, *seq, u64::MAX);
+                let d = self.devices.get_mut(&dev).expect("known");
+                for s in senders {
+                    *d.gaps.entry((s.user(), s.device())).or_default() += u64::from(s.count());
+                }
+            }
             ClientEvent::DeviceChanged {
                 seq,
                 request_id,
@@ -1127,9 +1149,10 @@ impl World {
         if seq > d.acked_ever && !d.acked_singles.contains(&seq) {
             d.unacked.insert(seq);
         }
+        let may_have_expired = d.unacked.intersection(&d.ttl_seqs).count();
         assert!(
-            d.unacked.len() <= window,
-            "seed {seed}: {dev:?} holds {} unacked > window {window}",
+            d.unacked.len() <= window + may_have_expired,
+            "seed {seed}: {dev:?} holds {} unacked > window {window} (+{may_have_expired} with a TTL)",
             d.unacked.len()
         );
     }
@@ -1249,24 +1272,51 @@ impl World {
         }
     }
 
+    /// Every ✓'d message reached each of its devices, or expired and was
+    /// told: to its sender devices as `Expired` (else ✓✓ for each), and
+    /// to the device in gap notices covering at least what it missed.
     fn check_arrivals(&self) {
+        let mut missed: BTreeMap<(Dev, Dev), u64> = BTreeMap::new();
         for ((sender, id), sent) in &self.sent {
             let Some(mid) = sent.message_id else { continue };
+            let all: Vec<Dev> = (0..self.shape.devices).map(|d| (sender.0, d)).collect();
+            let senders: Vec<Dev> = all
+                .iter()
+                .copied()
+                .filter(|s| !self.is_unlinked(*s))
+                .collect();
             for r in self.recipients(*sender, sent) {
+                // Told to a sender device (one unlinked since counts).
+                let expired = all
+                    .iter()
+                    .any(|s| self.devices[s].expired.contains(&(mid, r)));
                 if !self.devices[&r].got.contains(&mid) {
-                    self.fail(format!(
-                        "{sender:?}/{id} (message {mid}, to {:?}) never reached {r:?}",
-                        sent.to
-                    ));
+                    // An unlinked sender device has nobody left to tell;
+                    // the recipient's gap notices are still checked below.
+                    if !expired && !self.is_unlinked(*sender) {
+                        self.fail(format!(
+                            "{sender:?}/{id} (message {mid}, to {:?}, short TTL {}) never reached {r:?}",
+                            sent.to, sent.ttl
+                        ));
+                    }
+                    *missed.entry((r, *sender)).or_default() += 1;
                 }
-                for s in (0..self.shape.devices).map(|d| (sender.0, d)) {
-                    if s != r
-                        && !self.is_unlinked(s)
-                        && !self.devices[&s].receipts.contains(&(mid, r))
-                    {
-                        self.fail(format!("{s:?} never got ✓✓ for {mid} from {r:?}"));
+                for s in senders.iter().filter(|s| **s != r) {
+                    let told = &self.devices[s];
+                    if !told.receipts.contains(&(mid, r)) && !told.expired.contains(&(mid, r)) {
+                        self.fail(format!(
+                            "{s:?} never got ✓✓ (or Expired) for {mid} from {r:?}"
+                        ));
                     }
                 }
+            }
+        }
+        for ((r, sender), n) in missed {
+            let told = self.devices[&r].gaps.get(&sender).copied().unwrap_or(0);
+            if told < n {
+                self.fail(format!(
+                    "{r:?} missed {n} expired messages of {sender:?}, gap notices said {told}"
+                ));
             }
         }
     }
@@ -1334,7 +1384,12 @@ impl World {
             0..300 if self.online(dev) => {
                 let to = self.random_target(dev);
                 let pad = usize::try_from(self.rng.below(200)).expect("small");
-                self.send(dev, to, pad);
+                // Now and then a short TTL: it may expire before delivery.
+                let ttl_s = match self.rng.below(10) {
+                    0 => 1 + u32::try_from(self.rng.below(20)).expect("small"),
+                    _ => 0,
+                };
+                self.send_ttl(dev, to, pad, ttl_s);
             }
             300..420 => self.ack(dev),
             420..450 => self.ack_one(dev),
@@ -1417,11 +1472,14 @@ impl Device {
             floor: 0,
             last_seq: 0,
             unacked: BTreeSet::new(),
+            ttl_seqs: BTreeSet::new(),
             acked_ever: 0,
             acked_singles: BTreeSet::new(),
             seqs: BTreeMap::new(),
             got: BTreeSet::new(),
             receipts: BTreeSet::new(),
+            expired: BTreeSet::new(),
+            gaps: BTreeMap::new(),
             events: Vec::new(),
         }
     }
