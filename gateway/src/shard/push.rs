@@ -110,7 +110,7 @@ impl<S: Storage> ShardCore<S> {
     pub(super) fn wants_wake(&self, device: DeviceKey) -> bool {
         self.config.push_interval_ms.is_some()
             && !self.cursors.contains_key(&device)
-            && self.push_token(device).is_some()
+            && self.has_push_token(device)
     }
 
     /// A message is durable in the queue of `device` (offline, with a

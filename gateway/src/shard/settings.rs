@@ -147,6 +147,15 @@ impl<S: Storage> ShardCore<S> {
         PushToken::decode(value).filter(|t| !t.token.is_empty())
     }
 
+    /// Whether `device` registered a push token (no allocation: asked per
+    /// message for each recipient device that is not connected).
+    pub(super) fn has_push_token(&self, device: DeviceKey) -> bool {
+        self.engine
+            .setting(device_key_of(device, name::PUSH_TOKEN))
+            .and_then(|v| v.split_first())
+            .is_some_and(|(len, rest)| rest.len() > usize::from(*len))
+    }
+
     /// At start: the router's presence hides the last seen of every user
     /// homed here whose setting says so.
     pub(super) fn replay_settings(&mut self) {
