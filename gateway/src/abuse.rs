@@ -16,11 +16,12 @@
 //! recipients. Group messages never start one: joining a group is the
 //! members' consent.
 
+use rustc_hash::FxHashMap;
 use shard_router::Target;
 use wire_format::fb::ErrorCode;
 
 /// Recent recipients remembered per device (least recently written first
-/// out). Each costs 24 bytes.
+/// out). Each costs about 40 bytes of hash table.
 pub const PEERS_MAX: usize = 256;
 
 const HOUR_US: u64 = 3_600 * 1_000_000;
@@ -127,17 +128,16 @@ impl Gcra {
     }
 }
 
-/// A recipient this device wrote to lately, and its per-recipient bucket.
+/// A recipient this device wrote to lately: its per-recipient bucket and
+/// when it was last written to (µs), for least-recently-used eviction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Peer {
-    /// The recipient (user or group id, with its kind in the top byte of
-    /// `kind`).
-    id: u64,
-    kind: u8,
     bucket: Gcra,
-    /// When it was last written to (µs), for least-recently-used order.
     last_us: u64,
 }
+
+/// A recipient: a user (kind 0) or a group (kind 1) id.
+type PeerKey = (u64, u8);
 
 /// One device's limits (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -149,12 +149,12 @@ pub struct AbuseState {
     high_id: u64,
     conversations: Gcra,
     group_creates: Gcra,
-    peers: Vec<Peer>,
+    peers: FxHashMap<PeerKey, Peer>,
 }
 
 /// The recipient a send's target counts against: the user for a user or
 /// device address, the group for a group.
-fn peer_of(to: Target) -> (u64, u8) {
+fn peer_of(to: Target) -> PeerKey {
     match to {
         Target::User(u) => (u.0, 0),
         Target::Device(d) => (d.user.0, 0),
@@ -185,26 +185,25 @@ impl AbuseState {
 
     fn count_send(&mut self, c: &AbuseConfig, now_ms: u64, to: Target) -> Result<(), Refusal> {
         let now_us = now_ms.saturating_mul(1000);
-        let (id, kind) = peer_of(to);
-        let found = self.peers.iter().position(|p| p.id == id && p.kind == kind);
+        let key = peer_of(to);
         let refuse = |limit, retry_after_ms| Refusal {
             limit,
             retry_after_ms,
         };
-        let index = match found {
-            Some(i) => i,
-            None => {
-                if kind == 0 {
-                    let rate = c.new_conversations_per_h;
-                    self.conversations
-                        .take(now_us, rate, HOUR_US, u64::from(rate))
-                        .map_err(|ms| refuse(Limit::NewConversations, ms))?;
-                }
-                self.remember(id, kind, now_us)
+        if !self.peers.contains_key(&key) {
+            if key.1 == 0 {
+                let rate = c.new_conversations_per_h;
+                self.conversations
+                    .take(now_us, rate, HOUR_US, u64::from(rate))
+                    .map_err(|ms| refuse(Limit::NewConversations, ms))?;
             }
-        };
+            self.make_room();
+        }
         let rate = c.messages_per_recipient_per_s;
-        let peer = &mut self.peers[index];
+        let peer = self.peers.entry(key).or_insert(Peer {
+            bucket: Gcra::default(),
+            last_us: now_us,
+        });
         peer.last_us = now_us;
         peer.bucket
             .take(now_us, rate, SECOND_US, 2 * u64::from(rate))
@@ -222,24 +221,20 @@ impl AbuseState {
             })
     }
 
-    /// Adds a peer, evicting the least recently written one if full;
-    /// returns its index.
-    fn remember(&mut self, id: u64, kind: u8, now_us: u64) -> usize {
-        let peer = Peer {
-            id,
-            kind,
-            bucket: Gcra::default(),
-            last_us: now_us,
-        };
+    /// Forgets the least recently written peer if the memory is full (a
+    /// scan, only when a new conversation starts past [`PEERS_MAX`]).
+    fn make_room(&mut self) {
         if self.peers.len() < PEERS_MAX {
-            self.peers.push(peer);
-            return self.peers.len() - 1;
+            return;
         }
-        let oldest = (0..self.peers.len())
-            .min_by_key(|i| self.peers[*i].last_us)
-            .expect("PEERS_MAX is positive");
-        self.peers[oldest] = peer;
-        oldest
+        let oldest = self
+            .peers
+            .iter()
+            .min_by_key(|(_, p)| p.last_us)
+            .map(|(k, _)| *k);
+        if let Some(oldest) = oldest {
+            self.peers.remove(&oldest);
+        }
     }
 
     /// Whether keeping it would change nothing any more at `now_ms`: every
@@ -250,7 +245,7 @@ impl AbuseState {
         let horizon = now_us.saturating_sub(memory_ms.saturating_mul(1000));
         self.conversations.is_full(now_us)
             && self.group_creates.is_full(now_us)
-            && self.peers.iter().all(|p| p.last_us < horizon)
+            && self.peers.values().all(|p| p.last_us < horizon)
     }
 
     /// Recipients remembered.
