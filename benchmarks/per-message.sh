@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# What one message costs the gateway under an open-loop load (issue #17's
+# "where a message's time goes"): starts a gateway, runs
+# `loadgen chat --rate RATE`, and over a WINDOW in the middle of the run
+# counts, per message stored, the frames in and out, group-commit batches,
+# io_uring_enter syscalls, context switches and CPU-µs (the gateway's
+# utime + stime), then records a `perf` profile of the same load and prints
+# its split between kernel and user space and its top user symbols.
+#
+#   benchmarks/per-message.sh                     # 10,000 msgs/s, 500 pairs
+#   RATE=2000 WINDOW=5 benchmarks/per-message.sh
+#
+# Knobs (environment): RATE (10000), PAIRS (500), WINDOW (10 s), SHARDS
+# (2), BIN (target/release), WORK (a fresh temporary directory), PERF
+# (1; 0 skips the profile). Needs `perf` with tracepoints (root).
+set -euo pipefail
+
+RATE=${RATE:-10000}
+PAIRS=${PAIRS:-500}
+WINDOW=${WINDOW:-10}
+SHARDS=${SHARDS:-2}
+PERF=${PERF:-1}
+root=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$(cd "${BIN:-$root/target/release}" && pwd)
+WORK=${WORK:-$(mktemp -d)}
+. "$root/benchmarks/lib.sh"
+
+port=$(free_port)
+admin=$(free_port)
+data="$WORK/data"
+mkdir -p "$data"
+cleanup() { [[ -n "${gw:-}" ]] && kill -9 "$gw" 2>/dev/null || true; }
+trap cleanup EXIT
+start_gateway
+
+# The load runs for the warm-up, the counted window and the profile.
+duration=$((3 + WINDOW + WINDOW + 3))
+(cd "$WORK" && "$BIN/loadgen" --threads 2 --quiet chat --addr "127.0.0.1:$port" \
+    --data-dir "$data" --pairs "$PAIRS" --rate "$RATE" --duration "${duration}s" \
+    >"$WORK/loadgen.txt" 2>&1) &
+load=$!
+sleep 3
+
+sum() { metric_sum "127.0.0.1:$admin" "$1"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$gw/stat"; }
+stored0=$(sum gateway_messages_stored_total)
+in0=$(sum gateway_frames_in_total)
+out0=$(sum gateway_frames_out_total)
+batches0=$(sum gateway_fdatasync_seconds_count)
+cpu0=$(cpu_ticks)
+perf stat -x, -e context-switches,syscalls:sys_enter_io_uring_enter -p "$gw" \
+    -- sleep "$WINDOW" 2>"$WORK/perf-stat.csv"
+stored=$(($(sum gateway_messages_stored_total) - stored0))
+frames_in=$(($(sum gateway_frames_in_total) - in0))
+frames_out=$(($(sum gateway_frames_out_total) - out0))
+batches=$(($(sum gateway_fdatasync_seconds_count) - batches0))
+cpu=$(($(cpu_ticks) - cpu0))
+switches=$(awk -F, '$3 == "context-switches" {print $1}' "$WORK/perf-stat.csv")
+enters=$(awk -F, '$3 ~ /io_uring_enter/ {print $1}' "$WORK/perf-stat.csv")
+
+python3 - "$stored" "$frames_in" "$frames_out" "$batches" "$cpu" "${switches:-0}" "${enters:-0}" "$WINDOW" "$RATE" <<'EOF'
+import sys
+stored, fin, fout, batches, ticks, switches, enters = map(int, sys.argv[1:8])
+window, rate = float(sys.argv[8]), sys.argv[9]
+if stored == 0:
+    sys.exit("no message was stored in the window: see loadgen.txt")
+n = stored
+print(f"offered {rate} msgs/s; {stored} messages stored in {window:.0f} s")
+print(f"per message: {fin / n:.2f} frames in, {fout / n:.2f} frames out, "
+      f"{batches / n:.2f} group-commit batches, {enters / n:.2f} io_uring_enter, "
+      f"{switches / n:.2f} context switches, {ticks * 10_000 / n:.1f} CPU-µs")
+EOF
+
+if [[ "$PERF" == 1 ]]; then
+    perf record -F 999 -g -p "$gw" -o "$WORK/perf.data" -- sleep "$WINDOW" >/dev/null 2>&1
+    echo "profile ($WORK/perf.data), by object:"
+    perf report -i "$WORK/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null |
+        grep '%' | head -5
+    echo "top symbols of the gateway itself:"
+    perf report -i "$WORK/perf.data" --no-children --sort sym --stdio -g none \
+        --dsos gateway 2>/dev/null | grep '%' | head -15
+fi
+wait "$load" || true
+grep -E "send_to_delivered|verification" "$WORK/loadgen.txt" || true
