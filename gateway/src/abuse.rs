@@ -122,6 +122,12 @@ impl Gcra {
         Ok(())
     }
 
+    /// Adds what `other` has spent to this one's spending, at `now_us`.
+    fn add(&mut self, other: Gcra, now_us: u64) {
+        let debt = other.tat_us.saturating_sub(now_us);
+        self.tat_us = self.tat_us.max(now_us) + debt;
+    }
+
     /// Whether it is full again at `now_us` (as a fresh bucket).
     fn is_full(&self, now_us: u64) -> bool {
         self.tat_us <= now_us
@@ -224,7 +230,12 @@ impl AbuseState {
     /// Forgets the least recently written peer if the memory is full (a
     /// scan, only when a new conversation starts past [`PEERS_MAX`]).
     fn make_room(&mut self) {
-        if self.peers.len() < PEERS_MAX {
+        self.make_room_for(1);
+    }
+
+    /// Forgets the least recently written peer if fewer than `n` more fit.
+    fn make_room_for(&mut self, n: usize) {
+        if self.peers.len() + n <= PEERS_MAX {
             return;
         }
         let oldest = self
@@ -246,6 +257,31 @@ impl AbuseState {
         self.conversations.is_full(now_us)
             && self.group_creates.is_full(now_us)
             && self.peers.values().all(|p| p.last_us < horizon)
+    }
+
+    /// Takes in `other`, the state of another connection of the same
+    /// device, at `now_ms`: what each bucket has spent adds up (a bucket's
+    /// debt is how far its full time lies ahead), and every peer either
+    /// knows is kept, so two connections cannot double the limits.
+    pub fn merge(&mut self, other: &AbuseState, now_ms: u64) {
+        let now_us = now_ms.saturating_mul(1000);
+        self.high_id = self.high_id.max(other.high_id);
+        self.conversations.add(other.conversations, now_us);
+        self.group_creates.add(other.group_creates, now_us);
+        for (key, theirs) in &other.peers {
+            match self.peers.get_mut(key) {
+                Some(peer) => {
+                    peer.bucket.add(theirs.bucket, now_us);
+                    peer.last_us = peer.last_us.max(theirs.last_us);
+                }
+                None => {
+                    self.peers.insert(*key, *theirs);
+                }
+            }
+        }
+        while self.peers.len() > PEERS_MAX {
+            self.make_room_for(0);
+        }
     }
 
     /// Recipients remembered.
@@ -344,6 +380,23 @@ mod tests {
             s.check_send(&c, 0, user(1), 13).is_err(),
             "13 was refused, not stored"
         );
+    }
+
+    /// A device connected twice (one connection replacing the other) ends
+    /// with what both spent, not a fresh state.
+    #[test]
+    fn merging_adds_up_what_two_connections_spent() {
+        let c = config(3, 1, 1);
+        let (mut a, mut b) = (AbuseState::default(), AbuseState::default());
+        a.check_send(&c, 0, user(1), 1).unwrap();
+        a.check_send(&c, 0, user(2), 2).unwrap();
+        b.check_group_create(&c, 0).unwrap();
+        b.check_send(&c, 0, user(3), 3).unwrap();
+        a.merge(&b, 0);
+        assert!(a.check_send(&c, 0, user(4), 4).is_err(), "3 of 3 spent");
+        assert!(a.check_group_create(&c, 0).is_err(), "no group left");
+        assert!(a.check_send(&c, 0, user(3), 2).is_ok(), "a retry of b's id");
+        assert_eq!(a.peers(), 3);
     }
 
     #[test]

@@ -15,11 +15,11 @@ use super::{
 use crate::abuse::{Limit, Refusal};
 use crate::clock::Now;
 use crate::session::{Event, GroupOp, Reply, Session, State};
+use crate::token::Verifier;
 
 /// How long an idle device's recent recipients are remembered (so writing
 /// to them again is no new conversation), ms.
 pub(super) const ABUSE_MEMORY_MS: u64 = 7 * 24 * 3_600_000;
-use crate::token::Verifier;
 
 impl Conn {
     /// Where the next frame goes: behind the `Welcome` while it is awaited
@@ -646,6 +646,15 @@ impl<S: Storage> ShardCore<S> {
                 self.encoder.settings(request_id, last_seen, switch)
             }
             ToConn::Done { request_id } => self.encoder.done(request_id),
+            ToConn::Abuse(state) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    match &mut c.abuse {
+                        Some(mine) => mine.merge(&state, self.now_ms),
+                        None => c.abuse = Some(state),
+                    }
+                }
+                return;
+            }
             ToConn::Gap {
                 seq,
                 cause,

@@ -50,8 +50,17 @@ impl<S: Storage> ShardCore<S> {
                 cumulative,
             } => self.device_ack(now_ms, reply, from, seq, cumulative),
             ToHome::Gone { reply, abuse } => {
-                if let Some(abuse) = abuse {
-                    self.abuse.insert(from, abuse);
+                // A replaced connection's limits go on to the connection
+                // that replaced it (if it is already here), else wait here.
+                match (abuse, self.cursors.get(&from)) {
+                    (Some(abuse), Some(c)) if c.conn != reply => {
+                        let to = Target::Device(from);
+                        self.send_conn(now_ms, c.conn, from, to, ToConn::Abuse(abuse));
+                    }
+                    (Some(abuse), _) => {
+                        self.abuse.insert(from, abuse);
+                    }
+                    (None, _) => {}
                 }
                 // A connection the device already replaced leaves its cursor.
                 if self.cursors.get(&from).is_some_and(|c| c.conn == reply) {

@@ -241,6 +241,10 @@ pub enum ToConn {
         /// Per sending device.
         senders: Vec<fb::GapSender>,
     },
+    /// The abuse limits of a connection this device's newer connection
+    /// replaced: merged into this one's (what both spent adds up), so
+    /// connecting again does not reset them.
+    Abuse(Box<AbuseState>),
     /// A request took effect (`PushRegister`).
     Done {
         /// The request.
