@@ -4,6 +4,8 @@
 //! Run them with `cargo bench -p benchmarks`; `benchmarks/README.md` lists
 //! each benchmark, its target and how to read it.
 
+pub mod peers;
+
 use bytes::{Bytes, BytesMut};
 use wire_format::{Encoder, Limits, device_address, user_address};
 

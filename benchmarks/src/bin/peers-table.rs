@@ -1,0 +1,45 @@
+//! `peers-table DIR`: reads `DIR/runs.tsv` (one line per run, written by
+//! `benchmarks/peers/run`: `loadgen|driver <TAB> result file <TAB> offered
+//! rate or - <TAB> server CPU-µs`), prints the comparison's Markdown table
+//! and writes it to `DIR/table.md`, with every run in `DIR/results.json`.
+
+use benchmarks::peers::{RunResult, from_driver, from_loadgen, table};
+
+fn main() -> Result<(), String> {
+    let dir = std::env::args().nth(1).ok_or("usage: peers-table DIR")?;
+    let dir = std::path::Path::new(&dir);
+    let runs = std::fs::read_to_string(dir.join("runs.tsv")).map_err(|e| e.to_string())?;
+    let mut results: Vec<RunResult> = Vec::new();
+    for line in runs.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [kind, file, rate, cpu] = fields[..] else {
+            return Err(format!("runs.tsv: not four fields: {line}"));
+        };
+        let json = std::fs::read_to_string(dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
+        let cpu: u64 = cpu.parse().map_err(|_| format!("runs.tsv: CPU µs {cpu}"))?;
+        let rate = rate.parse::<u64>().ok();
+        let result = match kind {
+            "loadgen" => from_loadgen(&json, rate, cpu),
+            "driver" => from_driver(json.lines().last().unwrap_or(""), cpu),
+            other => Err(format!("unknown kind {other}")),
+        }
+        .map_err(|e| format!("{file}: {e}"))?;
+        results.push(result);
+    }
+    let text = table(&results);
+    std::fs::write(dir.join("table.md"), &text).map_err(|e| e.to_string())?;
+    let json: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "system": r.system, "rate": r.rate, "delivered_per_s": r.delivered_per_s,
+                "p50_us": r.p50_us, "p99_us": r.p99_us, "p999_us": r.p999_us,
+                "faults": r.faults, "delivered": r.delivered, "server_cpu_us": r.server_cpu_us,
+            })
+        })
+        .collect();
+    let json = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("results.json"), json).map_err(|e| e.to_string())?;
+    print!("{text}");
+    Ok(())
+}

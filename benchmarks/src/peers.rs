@@ -1,0 +1,270 @@
+//! The peers comparison's results (`benchmarks/peers/run`): each run's
+//! JSON, from `loadgen` (the gateway; `docs/loadgen-report.md`) or from
+//! `peer-driver` (core NATS, MQTT), read into one [`RunResult`], and the
+//! Markdown table of issue #17 made from them, with the gateway's figures
+//! as ratios to each peer's from the same sitting.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// One run of one system.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    /// `gateway`, `nats` or `mqtt`.
+    pub system: String,
+    /// The offered rate (open loop), or `None` (closed loop).
+    pub rate: Option<u64>,
+    /// Messages delivered per second of sending.
+    pub delivered_per_s: f64,
+    /// send→delivered percentiles, µs: p50, p99, p99.9.
+    pub p50_us: u64,
+    /// See `p50_us`.
+    pub p99_us: u64,
+    /// See `p50_us`.
+    pub p999_us: u64,
+    /// Lost + duplicated + reordered (must be 0).
+    pub faults: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// The server's CPU time during the run, µs (from the script).
+    pub server_cpu_us: u64,
+}
+
+impl RunResult {
+    /// Server CPU-µs per delivered message.
+    pub fn cpu_us_per_message(&self) -> f64 {
+        self.server_cpu_us as f64 / self.delivered.max(1) as f64
+    }
+}
+
+fn u(v: &serde_json::Value, path: &[&str]) -> Option<u64> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_u64()
+}
+
+/// A `loadgen` `report.json` (schema `loadgen-report/1`) of a `chat` run.
+pub fn from_loadgen(
+    json: &str,
+    rate: Option<u64>,
+    server_cpu_us: u64,
+) -> Result<RunResult, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if v.get("schema").and_then(|s| s.as_str()) != Some("loadgen-report/1") {
+        return Err("not a loadgen-report/1".into());
+    }
+    let delivered = u(&v, &["counters", "delivered"]).unwrap_or(0);
+    let send_s = v
+        .get("send_s")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0);
+    let lat = |p: &str| u(&v, &["latency_us", "send_to_delivered", p]).unwrap_or(0);
+    let fault = |k: &str| u(&v, &["counters", k]).unwrap_or(0);
+    Ok(RunResult {
+        system: "gateway".into(),
+        rate,
+        delivered_per_s: if send_s > 0.0 {
+            delivered as f64 / send_s
+        } else {
+            0.0
+        },
+        p50_us: lat("p50"),
+        p99_us: lat("p99"),
+        p999_us: lat("p999"),
+        faults: fault("lost") + fault("duplicated") + fault("reordered"),
+        delivered,
+        server_cpu_us,
+    })
+}
+
+/// A `peer-driver` result line.
+pub fn from_driver(json: &str, server_cpu_us: u64) -> Result<RunResult, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let system = v
+        .get("system")
+        .and_then(|s| s.as_str())
+        .ok_or("no system")?
+        .to_owned();
+    let lat = |p: &str| u(&v, &["send_to_delivered_us", p]).unwrap_or(0);
+    let count = |k: &str| u(&v, &[k]).unwrap_or(0);
+    Ok(RunResult {
+        system,
+        rate: u(&v, &["rate"]),
+        delivered_per_s: v
+            .get("delivered_per_s")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0),
+        p50_us: lat("p50"),
+        p99_us: lat("p99"),
+        p999_us: lat("p999"),
+        faults: count("lost") + count("duplicated") + count("reordered"),
+        delivered: count("delivered"),
+        server_cpu_us,
+    })
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1}", us as f64 / 1000.0)
+}
+
+/// The median of `values` (the lower middle for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values
+        .get((values.len().max(1) - 1) / 2)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// The Markdown table: per system the closed-loop rate (median of its
+/// runs, each run in brackets), then p50/p99/p99.9 at each open-loop rate,
+/// and CPU-µs per delivered message (median over every run); then the
+/// gateway's ratios to each peer.
+pub fn table(results: &[RunResult]) -> String {
+    let mut systems: BTreeMap<&str, Vec<&RunResult>> = BTreeMap::new();
+    for r in results {
+        systems.entry(r.system.as_str()).or_default().push(r);
+    }
+    let mut rates: Vec<u64> = results.iter().filter_map(|r| r.rate).collect();
+    rates.sort_unstable();
+    rates.dedup();
+    let mut out = String::from("| system | closed loop msgs/s |");
+    for rate in &rates {
+        let _ = write!(out, " p50 / p99 / p99.9 ms at {rate}/s |");
+    }
+    out.push_str(" server CPU-µs per message | faults |\n|---|---|");
+    out.push_str(&"---|".repeat(rates.len() + 2));
+    out.push('\n');
+    for (system, runs) in &systems {
+        let closed: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.rate.is_none())
+            .map(|r| r.delivered_per_s)
+            .collect();
+        let each: Vec<String> = closed.iter().map(|c| format!("{c:.0}")).collect();
+        let _ = write!(
+            out,
+            "| {system} | {:.0} ({}) |",
+            median(closed.clone()),
+            each.join(", ")
+        );
+        for rate in &rates {
+            match runs.iter().find(|r| r.rate == Some(*rate)) {
+                Some(r) => {
+                    let _ = write!(
+                        out,
+                        " {} / {} / {} |",
+                        ms(r.p50_us),
+                        ms(r.p99_us),
+                        ms(r.p999_us)
+                    );
+                }
+                None => out.push_str(" — |"),
+            }
+        }
+        let cpu = median(runs.iter().map(|r| r.cpu_us_per_message()).collect());
+        let faults: u64 = runs.iter().map(|r| r.faults).sum();
+        let _ = writeln!(out, " {cpu:.1} | {faults} |");
+    }
+    out.push_str(&ratios(&systems, &rates));
+    out
+}
+
+/// Lines of "gateway ÷ peer" for the closed-loop rate and each p99.
+fn ratios(systems: &BTreeMap<&str, Vec<&RunResult>>, rates: &[u64]) -> String {
+    let Some(gateway) = systems.get("gateway") else {
+        return String::new();
+    };
+    let closed = |runs: &[&RunResult]| {
+        median(
+            runs.iter()
+                .filter(|r| r.rate.is_none())
+                .map(|r| r.delivered_per_s)
+                .collect(),
+        )
+    };
+    let p99 = |runs: &[&RunResult], rate: u64| {
+        runs.iter().find(|r| r.rate == Some(rate)).map(|r| r.p99_us)
+    };
+    let mut out = String::from(
+        "\nGateway ÷ peer, same sitting (closed-loop rate: higher is better; p99: lower is better):\n\n",
+    );
+    for (peer, runs) in systems.iter().filter(|(s, _)| **s != "gateway") {
+        let _ = write!(
+            out,
+            "- {peer}: closed loop {:.2}×",
+            closed(gateway) / closed(runs).max(1.0)
+        );
+        for rate in rates {
+            if let (Some(g), Some(p)) = (p99(gateway, *rate), p99(runs, *rate)) {
+                let _ = write!(out, "; p99 at {rate}/s {:.2}×", g as f64 / p.max(1) as f64);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOADGEN: &str = r#"{"schema": "loadgen-report/1", "scenario": "chat", "send_s": 10.0,
+        "counters": {"sent": 1000, "acked": 1000, "delivered": 1000},
+        "latency_us": {"send_to_delivered": {"count": 900, "p50": 1500, "p90": 2000, "p99": 9000, "p999": 12000, "max": 13000}},
+        "verdict": {"ok": true, "failures": []}}"#;
+
+    const DRIVER: &str = r#"{"system": "nats", "pairs": 500, "rate": 5000, "window": 32, "duration_s": 15,
+        "sent": 75000, "acked": 75000, "delivered": 74999, "lost": 1, "duplicated": 0, "reordered": 2,
+        "delivered_per_s": 4999.9, "send_to_delivered_us": {"p50": 800, "p99": 3000, "p999": 5000, "max": 7000, "count": 70000}}"#;
+
+    #[test]
+    fn a_loadgen_report_is_read() {
+        let r = from_loadgen(LOADGEN, Some(100), 50_000).unwrap();
+        assert_eq!(r.system, "gateway");
+        assert_eq!((r.p50_us, r.p99_us, r.p999_us), (1500, 9000, 12000));
+        assert_eq!(r.delivered_per_s, 100.0);
+        assert_eq!((r.faults, r.cpu_us_per_message()), (0, 50.0));
+        assert!(from_loadgen(r#"{"schema": "other"}"#, None, 0).is_err());
+        assert!(from_loadgen("not json", None, 0).is_err());
+    }
+
+    #[test]
+    fn a_driver_line_is_read_with_its_faults() {
+        let r = from_driver(DRIVER, 0).unwrap();
+        assert_eq!((r.system.as_str(), r.rate), ("nats", Some(5000)));
+        assert_eq!((r.p99_us, r.faults, r.delivered), (3000, 3, 74999));
+        assert!(from_driver("{}", 0).is_err(), "a line without its system");
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_system_and_the_gateways_ratios() {
+        let run = |system: &str, rate, per_s, p99_us| RunResult {
+            system: system.into(),
+            rate,
+            delivered_per_s: per_s,
+            p50_us: 1000,
+            p99_us,
+            p999_us: 2 * p99_us,
+            faults: 0,
+            delivered: 1000,
+            server_cpu_us: 20_000,
+        };
+        let results = [
+            run("gateway", None, 200_000.0, 0),
+            run("gateway", None, 180_000.0, 0),
+            run("gateway", Some(2000), 2000.0, 4000),
+            run("nats", None, 400_000.0, 0),
+            run("nats", Some(2000), 2000.0, 2000),
+        ];
+        let t = table(&results);
+        assert!(t.contains("| gateway | 180000 (200000, 180000) |"), "{t}");
+        assert!(t.contains(" 1.0 / 4.0 / 8.0 |"), "{t}");
+        assert!(
+            t.contains("| nats | 400000 (400000) | 1.0 / 2.0 / 4.0 | 20.0 | 0 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("- nats: closed loop 0.45×; p99 at 2000/s 2.00×"),
+            "{t}"
+        );
+    }
+}
