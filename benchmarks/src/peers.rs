@@ -75,6 +75,30 @@ pub fn from_loadgen(
     })
 }
 
+/// Server bytes per idle connection from a `loadgen idle` `report.json`
+/// (`extra.gateway_bytes_per_conn`).
+pub fn idle_from_loadgen(json: &str) -> Result<f64, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    v.pointer("/extra/gateway_bytes_per_conn")
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| "no extra.gateway_bytes_per_conn (was --gateway-pid given?)".into())
+}
+
+/// Server bytes per idle connection from a `peer-driver --idle-conns`
+/// line: (system, bytes).
+pub fn idle_from_driver(json: &str) -> Result<(String, f64), String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let system = v
+        .get("system")
+        .and_then(|s| s.as_str())
+        .ok_or("no system")?;
+    let bytes = v
+        .get("bytes_per_conn")
+        .and_then(serde_json::Value::as_f64)
+        .ok_or("no bytes_per_conn")?;
+    Ok((system.to_owned(), bytes))
+}
+
 /// A `peer-driver` result line.
 pub fn from_driver(json: &str, server_cpu_us: u64) -> Result<RunResult, String> {
     let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
@@ -116,9 +140,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The Markdown table: per system the closed-loop rate (median of its
 /// runs, each run in brackets), then p50/p99/p99.9 at each open-loop rate,
-/// and CPU-µs per delivered message (median over every run); then the
-/// gateway's ratios to each peer.
-pub fn table(results: &[RunResult]) -> String {
+/// CPU-µs per delivered message (median over every run) and server
+/// memory per idle connection (`idle`, by system); then the gateway's
+/// ratios to each peer.
+pub fn table(results: &[RunResult], idle: &BTreeMap<String, f64>) -> String {
     let mut systems: BTreeMap<&str, Vec<&RunResult>> = BTreeMap::new();
     for r in results {
         systems.entry(r.system.as_str()).or_default().push(r);
@@ -130,8 +155,10 @@ pub fn table(results: &[RunResult]) -> String {
     for rate in &rates {
         let _ = write!(out, " p50 / p99 / p99.9 ms at {rate}/s |");
     }
-    out.push_str(" server CPU-µs per message | faults |\n|---|---|");
-    out.push_str(&"---|".repeat(rates.len() + 2));
+    out.push_str(
+        " server CPU-µs per message | server bytes per idle connection | faults |\n|---|---|",
+    );
+    out.push_str(&"---|".repeat(rates.len() + 3));
     out.push('\n');
     for (system, runs) in &systems {
         let closed: Vec<f64> = runs
@@ -162,7 +189,10 @@ pub fn table(results: &[RunResult]) -> String {
         }
         let cpu = median(runs.iter().map(|r| r.cpu_us_per_message()).collect());
         let faults: u64 = runs.iter().map(|r| r.faults).sum();
-        let _ = writeln!(out, " {cpu:.1} | {faults} |");
+        let idle = idle
+            .get(*system)
+            .map_or("—".to_owned(), |b| format!("{b:.0}"));
+        let _ = writeln!(out, " {cpu:.1} | {idle} | {faults} |");
     }
     out.push_str(&ratios(&systems, &rates));
     out
@@ -228,6 +258,16 @@ mod tests {
     }
 
     #[test]
+    fn idle_figures_are_read_from_both_tools() {
+        let loadgen =
+            r#"{"schema": "loadgen-report/1", "extra": {"gateway_bytes_per_conn": 9900.5}}"#;
+        assert_eq!(idle_from_loadgen(loadgen), Ok(9900.5));
+        assert!(idle_from_loadgen(r#"{"extra": {}}"#).is_err());
+        let driver = r#"{"system": "mqtt", "idle_conns": 5000, "bytes_per_conn": 18955.5}"#;
+        assert_eq!(idle_from_driver(driver), Ok(("mqtt".to_owned(), 18955.5)));
+    }
+
+    #[test]
     fn a_driver_line_is_read_with_its_faults() {
         let r = from_driver(DRIVER, 0).unwrap();
         assert_eq!((r.system.as_str(), r.rate), ("nats", Some(5000)));
@@ -255,12 +295,17 @@ mod tests {
             run("nats", None, 400_000.0, 0),
             run("nats", Some(2000), 2000.0, 2000),
         ];
-        let t = table(&results);
+        let idle = BTreeMap::from([("nats".to_owned(), 34_000.0)]);
+        let t = table(&results, &idle);
         assert!(t.contains("| gateway | 180000 (200000, 180000) |"), "{t}");
         assert!(t.contains(" 1.0 / 4.0 / 8.0 |"), "{t}");
         assert!(
-            t.contains("| nats | 400000 (400000) | 1.0 / 2.0 / 4.0 | 20.0 | 0 |"),
+            t.contains("| nats | 400000 (400000) | 1.0 / 2.0 / 4.0 | 20.0 | 34000 | 0 |"),
             "{t}"
+        );
+        assert!(
+            t.contains(" 20.0 | — | 0 |"),
+            "no idle figure for the gateway: {t}"
         );
         assert!(
             t.contains("- nats: closed loop 0.45×; p99 at 2000/s 2.00×"),

@@ -1,15 +1,21 @@
 //! `peers-table DIR`: reads `DIR/runs.tsv` (one line per run, written by
-//! `benchmarks/peers/run`: `loadgen|driver <TAB> result file <TAB> offered
-//! rate or - <TAB> server CPU-µs`), prints the comparison's Markdown table
-//! and writes it to `DIR/table.md`, with every run in `DIR/results.json`.
+//! `benchmarks/peers/run`: `loadgen|driver|loadgen-idle|driver-idle <TAB>
+//! result file <TAB> offered rate or - <TAB> server CPU-µs`), prints the
+//! comparison's Markdown table and writes it to `DIR/table.md`, with every
+//! run in `DIR/results.json`.
 
-use benchmarks::peers::{RunResult, from_driver, from_loadgen, table};
+use std::collections::BTreeMap;
+
+use benchmarks::peers::{
+    RunResult, from_driver, from_loadgen, idle_from_driver, idle_from_loadgen, table,
+};
 
 fn main() -> Result<(), String> {
     let dir = std::env::args().nth(1).ok_or("usage: peers-table DIR")?;
     let dir = std::path::Path::new(&dir);
     let runs = std::fs::read_to_string(dir.join("runs.tsv")).map_err(|e| e.to_string())?;
     let mut results: Vec<RunResult> = Vec::new();
+    let mut idle: BTreeMap<String, f64> = BTreeMap::new();
     for line in runs.lines().filter(|l| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split('\t').collect();
         let [kind, file, rate, cpu] = fields[..] else {
@@ -18,15 +24,30 @@ fn main() -> Result<(), String> {
         let json = std::fs::read_to_string(dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
         let cpu: u64 = cpu.parse().map_err(|_| format!("runs.tsv: CPU µs {cpu}"))?;
         let rate = rate.parse::<u64>().ok();
+        let last_line = json.lines().last().unwrap_or("");
+        match kind {
+            "loadgen-idle" => {
+                let bytes = idle_from_loadgen(&json).map_err(|e| format!("{file}: {e}"))?;
+                idle.insert("gateway".to_owned(), bytes);
+                continue;
+            }
+            "driver-idle" => {
+                let (system, bytes) =
+                    idle_from_driver(last_line).map_err(|e| format!("{file}: {e}"))?;
+                idle.insert(system, bytes);
+                continue;
+            }
+            _ => {}
+        }
         let result = match kind {
             "loadgen" => from_loadgen(&json, rate, cpu),
-            "driver" => from_driver(json.lines().last().unwrap_or(""), cpu),
+            "driver" => from_driver(last_line, cpu),
             other => Err(format!("unknown kind {other}")),
         }
         .map_err(|e| format!("{file}: {e}"))?;
         results.push(result);
     }
-    let text = table(&results);
+    let text = table(&results, &idle);
     std::fs::write(dir.join("table.md"), &text).map_err(|e| e.to_string())?;
     let json: Vec<serde_json::Value> = results
         .iter()

@@ -61,6 +61,13 @@ struct Args {
     /// Seconds at the start whose latencies are not recorded.
     #[arg(long, default_value_t = 1)]
     warmup_s: u64,
+    /// Instead of sending: open this many idle connections and report the
+    /// server's memory per connection (needs `--server-pid`).
+    #[arg(long)]
+    idle_conns: Option<u32>,
+    /// The server process, whose RSS `--idle-conns` reads.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 /// Bytes of every payload (as loadgen sends).
@@ -224,6 +231,9 @@ struct Pair {
 #[tokio::main(worker_threads = 2)]
 async fn main() {
     let args = Arc::new(Args::parse());
+    if let Some(conns) = args.idle_conns {
+        return idle(args.clone(), conns).await;
+    }
     let run = Arc::new(Run {
         start: Instant::now(),
         warmup_ns: args.warmup_s * 1_000_000_000,
@@ -266,6 +276,81 @@ async fn main() {
         received.push(r.await.expect("a receiver"));
     }
     report(&args, &run, sent, &received);
+}
+
+/// The server's resident memory, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the server runs");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Connections opened at once by `idle` (a storm of TLS handshakes makes
+/// servers drop some).
+const IDLE_CONNECTING_MAX: usize = 64;
+
+/// Opens `conns` idle connections (TLS, connected, subscribed to
+/// nothing), `IDLE_CONNECTING_MAX` at a time, lets the server settle, and
+/// prints its memory per connection as loadgen's `idle` does for the
+/// gateway.
+async fn idle(args: Arc<Args>, conns: u32) {
+    let pid = args.server_pid.expect("--idle-conns needs --server-pid");
+    let tls = tls(&args.ca);
+    let before = rss_kib(pid);
+    let connecting = Arc::new(Semaphore::new(IDLE_CONNECTING_MAX));
+    let opened = Arc::new(AtomicU64::new(0));
+    let mut held = Vec::new();
+    for i in 0..conns {
+        let permit = connecting.clone().acquire_owned().await.expect("open");
+        let (args, tls, opened) = (args.clone(), tls.clone(), opened.clone());
+        held.push(tokio::spawn(async move {
+            match args.system {
+                System::Nats => {
+                    let client = nats_connect(&args, tls).await;
+                    client.flush().await.expect("flush");
+                    opened.fetch_add(1, Ordering::SeqCst);
+                    drop(permit);
+                    std::future::pending::<()>().await; // held until the end
+                    drop(client);
+                }
+                System::Mqtt => {
+                    let id = format!("idle{i}-{}", std::process::id());
+                    let (client, mut events) =
+                        rumqttc::AsyncClient::new(mqtt_options(&args, tls, id), 16);
+                    let _client = client;
+                    let mut permit = Some(permit);
+                    loop {
+                        match events.poll().await {
+                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                                opened.fetch_add(1, Ordering::SeqCst);
+                                permit.take();
+                            }
+                            Ok(_) => {}
+                            Err(e) => panic!("MQTT idle connection: {e}"),
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    while opened.load(Ordering::SeqCst) < u64::from(conns) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // As loadgen's `idle`: let the server settle, then read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    let json = serde_json::json!({
+        "system": format!("{:?}", args.system).to_lowercase(),
+        "idle_conns": conns,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "bytes_per_conn": (after.saturating_sub(before) * 1024) as f64 / f64::from(conns),
+    });
+    println!("{json}");
+    std::process::exit(0);
 }
 
 fn report(args: &Args, run: &Run, sent: u64, received: &[Received]) {
