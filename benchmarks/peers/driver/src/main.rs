@@ -162,6 +162,15 @@ impl Stream {
 /// How long a receiver waits for the rest once its sender is done.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// Resolves when the sender's count first becomes known; never again
+/// after (the sender then drops its end, which must not wake the receiver
+/// in a loop).
+async fn sender_done(expected: &mut tokio::sync::watch::Receiver<Option<u64>>) {
+    if expected.borrow().is_some() || expected.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// How long a receiver waits for its next message: [`DRAIN`] once its
 /// sender is done, else as long as the run may take.
 fn drain_wait(expected: &tokio::sync::watch::Receiver<Option<u64>>) -> Duration {
@@ -449,7 +458,7 @@ async fn nats_receiver(
                 Ok(None) | Err(_) => break,
             },
             // The sender is done: look again whether all arrived.
-            _ = expected.changed() => {}
+            _ = sender_done(&mut expected) => {}
         }
     }
     stream.received
@@ -508,7 +517,7 @@ async fn mqtt_receiver(
                 Ok(Err(e)) => panic!("MQTT receiver {}: {e}", pair.stream),
                 Err(_) => break,
             },
-            _ = expected.changed() => {}
+            _ = sender_done(&mut expected) => {}
         }
     }
     stream.received
