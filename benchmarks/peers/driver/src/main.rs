@@ -105,9 +105,23 @@ impl Seen {
 
 /// The whole run's shared state.
 struct Run {
-    start: Instant,
+    /// When sending began: once every connection is up, so no sender's
+    /// schedule starts before its connection exists.
+    start: std::sync::OnceLock<Instant>,
     warmup_ns: u64,
     acked: AtomicU64,
+    /// Senders connected and waiting for `go`.
+    connected: AtomicU64,
+    go: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Run {
+    /// ns since sending began.
+    fn now_ns(&self) -> u64 {
+        self.start
+            .get()
+            .map_or(0, |s| s.elapsed().as_nanos() as u64)
+    }
 }
 
 /// What one receiver ends with.
@@ -140,7 +154,7 @@ impl Stream {
             return;
         };
         self.received.seen.record(counter);
-        let now = run.start.elapsed().as_nanos() as u64;
+        let now = run.now_ns();
         if at_ns >= run.warmup_ns {
             let _ = self
                 .received
@@ -243,10 +257,13 @@ async fn main() {
     if let Some(conns) = args.idle_conns {
         return idle(args.clone(), conns).await;
     }
+    let (go_tx, go) = tokio::sync::watch::channel(false);
     let run = Arc::new(Run {
-        start: Instant::now(),
+        start: std::sync::OnceLock::new(),
         warmup_ns: args.warmup_s * 1_000_000_000,
         acked: AtomicU64::new(0),
+        connected: AtomicU64::new(0),
+        go,
     });
     let tls = tls(&args.ca);
     let mut senders = Vec::new();
@@ -276,6 +293,13 @@ async fn main() {
             sent
         }));
     }
+    // Every receiver subscribed; wait for every sender's connection, then
+    // start the clock and the schedules together.
+    while run.connected.load(Ordering::SeqCst) < u64::from(args.pairs) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    run.start.set(Instant::now()).expect("set once");
+    go_tx.send(true).expect("senders wait");
     let mut sent = 0;
     for s in senders {
         sent += s.await.expect("a sender");
@@ -402,10 +426,13 @@ where
 {
     let (args, run) = (&pair.args, &pair.run);
     let end_ns = args.duration_s * 1_000_000_000;
+    run.connected.fetch_add(1, Ordering::SeqCst);
+    let mut go = run.go.clone();
+    go.wait_for(|go| *go).await.expect("main starts the run");
     for counter in 0.. {
         let at_ns = match schedule(args, pair.stream, counter) {
             Some(at) => {
-                let now = run.start.elapsed().as_nanos() as u64;
+                let now = run.now_ns();
                 if at > now {
                     tokio::time::sleep(Duration::from_nanos(at - now)).await;
                 }
@@ -413,7 +440,7 @@ where
             }
             None => {
                 pair.window.acquire().await.expect("open").forget();
-                run.start.elapsed().as_nanos() as u64
+                run.now_ns()
             }
         };
         if at_ns >= end_ns {
