@@ -119,32 +119,27 @@ fn core_bytes() -> (isize, isize) {
 /// Moves TLS records from one side to the other until neither writes.
 fn pump(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
     let mut wire = Vec::new();
-    loop {
-        let mut moved = false;
-        while client.wants_write() {
-            wire.clear();
-            client.write_tls(&mut wire).unwrap();
-            let mut slice = &wire[..];
-            while !slice.is_empty() {
-                server.read_tls(&mut slice).unwrap();
-                server.process_new_packets().unwrap();
-            }
-            moved = true;
+    while deliver(client, server, &mut wire) | deliver(server, client, &mut wire) {}
+}
+
+/// Moves every record `from` has to write into `to`; whether any moved.
+fn deliver<A, B>(
+    from: &mut rustls::ConnectionCommon<A>,
+    to: &mut rustls::ConnectionCommon<B>,
+    wire: &mut Vec<u8>,
+) -> bool {
+    let mut moved = false;
+    while from.wants_write() {
+        wire.clear();
+        from.write_tls(wire).unwrap();
+        let mut slice = &wire[..];
+        while !slice.is_empty() {
+            to.read_tls(&mut slice).unwrap();
+            to.process_new_packets().unwrap();
         }
-        while server.wants_write() {
-            wire.clear();
-            server.write_tls(&mut wire).unwrap();
-            let mut slice = &wire[..];
-            while !slice.is_empty() {
-                client.read_tls(&mut slice).unwrap();
-                client.process_new_packets().unwrap();
-            }
-            moved = true;
-        }
-        if !moved {
-            return;
-        }
+        moved = true;
     }
+    moved
 }
 
 /// rustls's bytes per idle TLS 1.3 server connection: what it allocates,

@@ -218,9 +218,8 @@ impl<S: Storage> ShardCore<S> {
     }
 
     /// Bookkeeping for a stored record: its meta, and a pump of each
-    /// connected
-    /// recipient once it is durable (or, for a message to an offline
-    /// device with a push token, a wake-up).
+    /// connected recipient once it is durable (or, for a message to an
+    /// offline device with a push token, a wake-up).
     pub(super) fn stored(&mut self, position: u64, meta: Meta, seqs: &[(DeviceRef, u64)]) {
         let message = meta.receipt.is_none();
         self.meta.insert(position, meta);
