@@ -125,6 +125,74 @@ pub fn from_driver(json: &str, server_cpu_us: u64) -> Result<RunResult, String> 
     })
 }
 
+/// The kill -9 check of one system: acknowledged messages for offline
+/// receivers, a SIGKILL of the server, a restart, and what arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Survival {
+    /// Messages sent to the offline receivers.
+    pub sent: u64,
+    /// Of those, acknowledged by the server (core NATS acknowledges none).
+    pub acked: u64,
+    /// Distinct messages that reached the receivers after the restart.
+    pub arrived: u64,
+}
+
+impl Survival {
+    /// The table's cell: what arrived of what was acknowledged.
+    fn cell(&self) -> String {
+        if self.acked == 0 {
+            format!("no acks; {} of {} sent arrived", self.arrived, self.sent)
+        } else {
+            format!("{} of {} acked arrived", self.arrived, self.acked)
+        }
+    }
+}
+
+/// The kill -9 check from a `loadgen offline --pause-before-storm`
+/// `report.json`.
+pub fn survival_from_loadgen(json: &str) -> Result<Survival, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if v.get("scenario").and_then(|s| s.as_str()) != Some("offline") {
+        return Err("not a loadgen offline report".into());
+    }
+    let count = |k: &str| u(&v, &["counters", k]).unwrap_or(0);
+    Ok(Survival {
+        sent: count("sent"),
+        acked: count("acked"),
+        arrived: count("delivered"),
+    })
+}
+
+/// The kill -9 check from `peer-driver --survive fill` and `drain` lines.
+pub fn survival_from_driver(fill: &str, drain: &str) -> Result<(String, Survival), String> {
+    let fill: serde_json::Value = serde_json::from_str(fill).map_err(|e| e.to_string())?;
+    let drain: serde_json::Value = serde_json::from_str(drain).map_err(|e| e.to_string())?;
+    let phase = |v: &serde_json::Value| v.get("phase").and_then(|p| p.as_str()).map(str::to_owned);
+    if phase(&fill).as_deref() != Some("fill") || phase(&drain).as_deref() != Some("drain") {
+        return Err("expected a fill line and a drain line".into());
+    }
+    let system = fill
+        .get("system")
+        .and_then(|s| s.as_str())
+        .ok_or("no system")?;
+    let survival = Survival {
+        sent: u(&fill, &["sent"]).ok_or("no sent")?,
+        acked: u(&fill, &["acked"]).ok_or("no acked")?,
+        arrived: u(&drain, &["arrived"]).ok_or("no arrived")?,
+    };
+    Ok((system.to_owned(), survival))
+}
+
+/// What a system has besides its runs: memory per idle connection and
+/// the kill -9 check.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Extra {
+    /// Server bytes per idle connection.
+    pub idle_bytes: Option<f64>,
+    /// The kill -9 check.
+    pub survival: Option<Survival>,
+}
+
 fn ms(us: u64) -> String {
     format!("{:.1}", us as f64 / 1000.0)
 }
@@ -140,10 +208,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The Markdown table: per system the closed-loop rate (median of its
 /// runs, each run in brackets), then p50/p99/p99.9 at each open-loop rate,
-/// CPU-µs per delivered message (median over every run) and server
-/// memory per idle connection (`idle`, by system); then the gateway's
-/// ratios to each peer.
-pub fn table(results: &[RunResult], idle: &BTreeMap<String, f64>) -> String {
+/// CPU-µs per delivered message (median over every run), server memory
+/// per idle connection and the kill -9 check (`extra`, by system); then
+/// the gateway's ratios to each peer.
+pub fn table(results: &[RunResult], extra: &BTreeMap<String, Extra>) -> String {
     let mut systems: BTreeMap<&str, Vec<&RunResult>> = BTreeMap::new();
     for r in results {
         systems.entry(r.system.as_str()).or_default().push(r);
@@ -156,9 +224,9 @@ pub fn table(results: &[RunResult], idle: &BTreeMap<String, f64>) -> String {
         let _ = write!(out, " p50 / p99 / p99.9 ms at {rate}/s |");
     }
     out.push_str(
-        " server CPU-µs per message | server bytes per idle connection | faults |\n|---|---|",
+        " server CPU-µs per message | server bytes per idle connection | kill -9 | faults |\n|---|---|",
     );
-    out.push_str(&"---|".repeat(rates.len() + 3));
+    out.push_str(&"---|".repeat(rates.len() + 4));
     out.push('\n');
     for (system, runs) in &systems {
         let closed: Vec<f64> = runs
@@ -189,10 +257,12 @@ pub fn table(results: &[RunResult], idle: &BTreeMap<String, f64>) -> String {
         }
         let cpu = median(runs.iter().map(|r| r.cpu_us_per_message()).collect());
         let faults: u64 = runs.iter().map(|r| r.faults).sum();
-        let idle = idle
-            .get(*system)
+        let extra = extra.get(*system).copied().unwrap_or_default();
+        let idle = extra
+            .idle_bytes
             .map_or("—".to_owned(), |b| format!("{b:.0}"));
-        let _ = writeln!(out, " {cpu:.1} | {idle} | {faults} |");
+        let kill = extra.survival.map_or("—".to_owned(), |s| s.cell());
+        let _ = writeln!(out, " {cpu:.1} | {idle} | {kill} | {faults} |");
     }
     out.push_str(&ratios(&systems, &rates));
     out
@@ -268,6 +338,21 @@ mod tests {
     }
 
     #[test]
+    fn the_kill_check_is_read_from_both_tools() {
+        let loadgen = r#"{"schema": "loadgen-report/1", "scenario": "offline",
+            "counters": {"sent": 1000, "acked": 990, "delivered": 985, "lost": 5}}"#;
+        let s = survival_from_loadgen(loadgen).unwrap();
+        assert_eq!((s.sent, s.acked, s.arrived), (1000, 990, 985));
+        assert_eq!(s.cell(), "985 of 990 acked arrived");
+        assert!(survival_from_loadgen(LOADGEN).is_err(), "a chat report");
+        let fill = r#"{"system": "mqtt", "phase": "fill", "receivers": 10, "per_receiver": 10, "sent": 100, "acked": 100}"#;
+        let drain = r#"{"system": "mqtt", "phase": "drain", "receivers": 10, "arrived": 0, "duplicated": 0, "reordered": 0}"#;
+        let (system, s) = survival_from_driver(fill, drain).unwrap();
+        assert_eq!((system.as_str(), s.acked, s.arrived), ("mqtt", 100, 0));
+        assert!(survival_from_driver(drain, fill).is_err(), "phases swapped");
+    }
+
+    #[test]
     fn a_driver_line_is_read_with_its_faults() {
         let r = from_driver(DRIVER, 0).unwrap();
         assert_eq!((r.system.as_str(), r.rate), ("nats", Some(5000)));
@@ -295,16 +380,34 @@ mod tests {
             run("nats", None, 400_000.0, 0),
             run("nats", Some(2000), 2000.0, 2000),
         ];
-        let idle = BTreeMap::from([("nats".to_owned(), 34_000.0)]);
-        let t = table(&results, &idle);
+        let nats = Extra {
+            idle_bytes: Some(34_000.0),
+            survival: Some(Survival {
+                sent: 100,
+                acked: 0,
+                arrived: 0,
+            }),
+        };
+        let gateway = Extra {
+            idle_bytes: None,
+            survival: Some(Survival {
+                sent: 100,
+                acked: 100,
+                arrived: 100,
+            }),
+        };
+        let extra = BTreeMap::from([("nats".to_owned(), nats), ("gateway".to_owned(), gateway)]);
+        let t = table(&results, &extra);
         assert!(t.contains("| gateway | 180000 (200000, 180000) |"), "{t}");
         assert!(t.contains(" 1.0 / 4.0 / 8.0 |"), "{t}");
         assert!(
-            t.contains("| nats | 400000 (400000) | 1.0 / 2.0 / 4.0 | 20.0 | 34000 | 0 |"),
+            t.contains(
+                "| nats | 400000 (400000) | 1.0 / 2.0 / 4.0 | 20.0 | 34000 | no acks; 0 of 100 sent arrived | 0 |"
+            ),
             "{t}"
         );
         assert!(
-            t.contains(" 20.0 | — | 0 |"),
+            t.contains(" 20.0 | — | 100 of 100 acked arrived | 0 |"),
             "no idle figure for the gateway: {t}"
         );
         assert!(

@@ -156,6 +156,12 @@ enum Scenario {
         /// How long any one phase may take.
         #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
         limit: Duration,
+        /// Between the fill and the storm, write `<out>/filled` and wait
+        /// (up to --limit) until `<out>/go` exists, so a script can kill
+        /// the gateway with SIGKILL and restart it in between: every ✓'d
+        /// message must still arrive (`benchmarks/peers`' kill -9 check).
+        #[arg(long)]
+        pause_before_storm: bool,
     },
     /// Hold --conns authenticated, silent connections; with --gateway-pid,
     /// report the gateway's resident memory per connection (from /proc).
@@ -518,11 +524,18 @@ fn run_offline(c: &Common, spec: TargetSpec, s: &Scenario) -> Report {
         window,
         payload,
         limit,
+        pause_before_storm,
     } = *s
     else {
         unreachable!("offline")
     };
     let barrier = Arc::new(gate::Gate::new(c.threads));
+    let pause = pause_before_storm.then(|| {
+        std::fs::create_dir_all(&c.out).expect("create --out");
+        let _ = std::fs::remove_file(c.out.join("filled"));
+        let _ = std::fs::remove_file(c.out.join("go"));
+        c.out.clone()
+    });
     let mut r = on_workers(c, spec, "offline", Latency::Backlog, move |t, rec, part| {
         let (first, n) = part.share(devices);
         let plan = offline::OfflinePlan {
@@ -537,7 +550,7 @@ fn run_offline(c: &Common, spec: TargetSpec, s: &Scenario) -> Report {
             run: part.run,
             limit,
         };
-        Box::pin(offline::run(t, rec, plan, barrier.clone()))
+        Box::pin(offline::run(t, rec, plan, barrier.clone(), pause.clone()))
     });
     if let Some(s) = r.extra.get("storm_s").copied() {
         let delivered = r.count(report::Counter::Delivered) as f64;

@@ -5,6 +5,7 @@
 //! verifies each message arrived once and in order.
 
 use std::cell::RefCell;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -46,12 +47,14 @@ pub struct OfflinePlan {
 }
 
 /// Runs the three phases; `barrier` lines this process's workers up
-/// before the fill and before the storm.
+/// before the fill and before the storm. With `pause` (a directory), the
+/// storm waits for the file `go` there once `filled` is written.
 pub async fn run(
     target: Rc<Target>,
     rec: Rc<RefCell<Recorder>>,
     plan: OfflinePlan,
     barrier: Arc<Gate>,
+    pause: Option<PathBuf>,
 ) {
     let streams: Vec<_> = (0..plan.devices)
         .map(|_| Rc::new(RefCell::new(Stream::default())))
@@ -60,11 +63,29 @@ pub async fn run(
     barrier.wait().await;
     fill(&target, &rec, &plan, &streams).await;
     barrier.wait().await;
+    if let Some(dir) = pause {
+        wait_for_go(&dir, plan.limit).await;
+    }
     let storm_s = storm(&target, &rec, &plan, &streams).await;
     let lost: u64 = streams.iter().map(|s| s.borrow().lost()).sum();
     let mut r = rec.borrow_mut();
     r.add(Counter::Lost, lost);
     r.extra("storm_s", storm_s);
+}
+
+/// Writes `dir/filled` (every queue is full and ✓'d) and waits for
+/// `dir/go`, up to `limit`.
+async fn wait_for_go(dir: &Path, limit: Duration) {
+    std::fs::write(dir.join("filled"), b"filled\n").expect("write the filled marker");
+    let give_up = Instant::now() + limit;
+    while !dir.join("go").exists() {
+        assert!(
+            Instant::now() < give_up,
+            "offline: no {}/go within --limit",
+            dir.display()
+        );
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Phase 0: each device logs in once and leaves.

@@ -1,13 +1,16 @@
 //! `peers-table DIR`: reads `DIR/runs.tsv` (one line per run, written by
-//! `benchmarks/peers/run`: `loadgen|driver|loadgen-idle|driver-idle <TAB>
-//! result file <TAB> offered rate or - <TAB> server CPU-µs`), prints the
+//! `benchmarks/peers/run`: `loadgen|driver|loadgen-idle|driver-idle|
+//! loadgen-kill|driver-kill <TAB> result file (driver-kill: the fill's and
+//! the drain's, joined by `+`) <TAB> offered rate or - <TAB> server
+//! CPU-µs`), prints the
 //! comparison's Markdown table and writes it to `DIR/table.md`, with every
 //! run in `DIR/results.json`.
 
 use std::collections::BTreeMap;
 
 use benchmarks::peers::{
-    RunResult, from_driver, from_loadgen, idle_from_driver, idle_from_loadgen, table,
+    Extra, RunResult, from_driver, from_loadgen, idle_from_driver, idle_from_loadgen,
+    survival_from_driver, survival_from_loadgen, table,
 };
 
 fn main() -> Result<(), String> {
@@ -15,26 +18,40 @@ fn main() -> Result<(), String> {
     let dir = std::path::Path::new(&dir);
     let runs = std::fs::read_to_string(dir.join("runs.tsv")).map_err(|e| e.to_string())?;
     let mut results: Vec<RunResult> = Vec::new();
-    let mut idle: BTreeMap<String, f64> = BTreeMap::new();
+    let mut extra: BTreeMap<String, Extra> = BTreeMap::new();
     for line in runs.lines().filter(|l| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split('\t').collect();
         let [kind, file, rate, cpu] = fields[..] else {
             return Err(format!("runs.tsv: not four fields: {line}"));
         };
-        let json = std::fs::read_to_string(dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"));
+        if kind == "driver-kill" {
+            let (fill, drain) = file.split_once('+').ok_or("driver-kill: fill+drain")?;
+            let last = |s: String| s.lines().last().unwrap_or("").to_owned();
+            let (system, s) = survival_from_driver(&last(read(fill)?), &last(read(drain)?))
+                .map_err(|e| format!("{file}: {e}"))?;
+            extra.entry(system).or_default().survival = Some(s);
+            continue;
+        }
+        let json = read(file)?;
         let cpu: u64 = cpu.parse().map_err(|_| format!("runs.tsv: CPU µs {cpu}"))?;
         let rate = rate.parse::<u64>().ok();
         let last_line = json.lines().last().unwrap_or("");
         match kind {
             "loadgen-idle" => {
                 let bytes = idle_from_loadgen(&json).map_err(|e| format!("{file}: {e}"))?;
-                idle.insert("gateway".to_owned(), bytes);
+                extra.entry("gateway".to_owned()).or_default().idle_bytes = Some(bytes);
+                continue;
+            }
+            "loadgen-kill" => {
+                let s = survival_from_loadgen(&json).map_err(|e| format!("{file}: {e}"))?;
+                extra.entry("gateway".to_owned()).or_default().survival = Some(s);
                 continue;
             }
             "driver-idle" => {
                 let (system, bytes) =
                     idle_from_driver(last_line).map_err(|e| format!("{file}: {e}"))?;
-                idle.insert(system, bytes);
+                extra.entry(system).or_default().idle_bytes = Some(bytes);
                 continue;
             }
             _ => {}
@@ -47,7 +64,7 @@ fn main() -> Result<(), String> {
         .map_err(|e| format!("{file}: {e}"))?;
         results.push(result);
     }
-    let text = table(&results, &idle);
+    let text = table(&results, &extra);
     std::fs::write(dir.join("table.md"), &text).map_err(|e| e.to_string())?;
     let json: Vec<serde_json::Value> = results
         .iter()

@@ -13,8 +13,12 @@
 //! - **Verified:** every payload carries (stream, counter, schedule time);
 //!   each receiver counts lost, duplicated and reordered messages.
 //!
+//! - **Kill -9** (`--survive fill|drain`): see `survive.rs`.
+//!
 //! It prints one JSON object (the schema `benchmarks/src/peers.rs` reads)
 //! and exits 1 if anything was lost, duplicated or reordered.
+
+mod survive;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +72,16 @@ struct Args {
     /// The server process, whose RSS `--idle-conns` reads.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Instead of sending: one phase of the kill -9 check (see
+    /// `survive.rs`).
+    #[arg(long, value_enum)]
+    survive: Option<survive::Phase>,
+    /// Offline receivers in the kill -9 check.
+    #[arg(long, default_value_t = 100)]
+    receivers: u32,
+    /// Messages sent to each of them.
+    #[arg(long, default_value_t = 1000)]
+    per_receiver: u64,
 }
 
 /// Bytes of every payload (as loadgen sends).
@@ -256,6 +270,9 @@ async fn main() {
     let args = Arc::new(Args::parse());
     if let Some(conns) = args.idle_conns {
         return idle(args.clone(), conns).await;
+    }
+    if let Some(phase) = args.survive {
+        return survive::run(args.clone(), phase).await;
     }
     let (go_tx, go) = tokio::sync::watch::channel(false);
     let run = Arc::new(Run {
