@@ -5,6 +5,7 @@
 //! each benchmark, its target and how to read it.
 
 pub mod peers;
+pub mod peers_plot;
 
 use bytes::{Bytes, BytesMut};
 use wire_format::{Encoder, Limits, device_address, user_address};

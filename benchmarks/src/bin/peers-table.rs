@@ -4,7 +4,8 @@
 //! the drain's, joined by `+`) <TAB> offered rate or - <TAB> server
 //! CPU-µs`), prints the
 //! comparison's Markdown table and writes it to `DIR/table.md`, with every
-//! run in `DIR/results.json`.
+//! run in `DIR/results.json` and the open-loop latencies plotted in
+//! `DIR/latency.svg`.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +67,7 @@ fn main() -> Result<(), String> {
     }
     let text = table(&results, &extra);
     std::fs::write(dir.join("table.md"), &text).map_err(|e| e.to_string())?;
+    benchmarks::peers_plot::latency_svg(&results, &dir.join("latency.svg"))?;
     let json: Vec<serde_json::Value> = results
         .iter()
         .map(|r| {
