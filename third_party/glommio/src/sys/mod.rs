@@ -306,6 +306,11 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // Patched (messaging-edge): the remote half of a symmetric Dekker
+        // handshake with `Reactor::wait` (which no longer calls
+        // `membarrier`): what the caller published is visible before
+        // `should_notify` is read.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
