@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use queue_engine::split_map::SplitMap;
 use queue_engine::{
-    DeviceRef, Engine, EngineConfig, LogConfig, NewMessage, ReclaimState, SimDisk, Storage,
-    flush_all, reclaim_scan,
+    Engine, EngineConfig, LogConfig, ReclaimState, SimDisk, Storage, flush_all, reclaim_scan,
 };
 
 const DEVICES: u64 = 2_000;
@@ -46,25 +45,8 @@ fn config(segment_bytes_max: u64) -> EngineConfig {
 fn loaded(n: u64, segment_bytes_max: u64) -> (Engine, SimDisk) {
     let mut disk = SimDisk::new(1);
     let (mut e, _) = Engine::open(&mut disk, config(segment_bytes_max), NOW).unwrap();
-    let payload = [7u8; 100];
     for i in 0..n {
-        let m = NewMessage {
-            message_id: i + 1,
-            sender: DeviceRef {
-                user: 1_000_000 + i % 100,
-                device: 0,
-            },
-            client_msg_id: 1 + i / 100,
-            recipients: &[DeviceRef {
-                user: i % DEVICES,
-                device: 0,
-            }],
-            ttl_ms: 0,
-            payload: &payload,
-            receipt: false,
-            group: 0,
-        };
-        e.append_message(NOW, &m).unwrap();
+        benchmarks::append_fixture_message(&mut e, NOW, i, DEVICES);
         if i % 1_000 == 0 {
             flush_all(&mut e, &mut disk).unwrap();
         }

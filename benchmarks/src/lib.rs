@@ -8,6 +8,7 @@ pub mod peers;
 pub mod peers_plot;
 
 use bytes::{Bytes, BytesMut};
+use queue_engine::{DeviceRef, Engine, NewMessage};
 use wire_format::{Encoder, Limits, device_address, user_address};
 
 /// Payload bytes of the typical message the targets are stated for.
@@ -38,4 +39,28 @@ pub fn read_buffer_of_sends(buffer_bytes: usize, payload_bytes: usize) -> (Bytes
 /// The sender and recipient addresses the fixtures use.
 pub fn fixture_addresses() -> (wire_format::Address, wire_format::Address) {
     (device_address(1, 0), user_address(42))
+}
+
+/// Stores message `i` of the engine fixtures: a 100-byte payload from one
+/// of 100 senders (a new client id each round) to device 0 of user
+/// `i % devices`.
+pub fn append_fixture_message(engine: &mut Engine, now_ms: u64, i: u64, devices: u64) {
+    let payload = [7u8; TYPICAL_PAYLOAD_BYTES];
+    let m = NewMessage {
+        message_id: i + 1,
+        sender: DeviceRef {
+            user: 1_000_000 + i % 100,
+            device: 0,
+        },
+        client_msg_id: 1 + i / 100,
+        recipients: &[DeviceRef {
+            user: i % devices,
+            device: 0,
+        }],
+        ttl_ms: 0,
+        payload: &payload,
+        receipt: false,
+        group: 0,
+    };
+    engine.append_message(now_ms, &m).expect("stored");
 }

@@ -19,7 +19,7 @@
 use std::hint::black_box;
 
 use bytes::Bytes;
-use queue_engine::{DeviceRef, Engine, EngineConfig, NewMessage, SimDisk};
+use queue_engine::{DeviceRef, Engine, EngineConfig, SimDisk};
 use shard_router::{Placement, Target, UserId};
 use wire_format::{Body, DeliverHeader, Encoder, Limits, decode_exact};
 
@@ -127,25 +127,8 @@ fn commit(engine: &mut Engine) {
 /// Stores messages `0..n`, one per recipient device in turn, with a group
 /// commit every [`BATCH`].
 fn append(engine: &mut Engine, n: u64) {
-    let payload = [7u8; benchmarks::TYPICAL_PAYLOAD_BYTES];
     for i in 0..n {
-        let m = NewMessage {
-            message_id: i + 1,
-            sender: DeviceRef {
-                user: 1_000_000 + i % DEVICES,
-                device: 0,
-            },
-            client_msg_id: 1 + i / DEVICES,
-            recipients: &[DeviceRef {
-                user: i % DEVICES,
-                device: 0,
-            }],
-            ttl_ms: 0,
-            payload: &payload,
-            receipt: false,
-            group: 0,
-        };
-        black_box(engine.append_message(NOW, &m).expect("stored"));
+        benchmarks::append_fixture_message(engine, NOW, i, DEVICES);
         if (i + 1) % BATCH == 0 {
             commit(engine);
         }
