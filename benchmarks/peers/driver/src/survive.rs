@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Args, Seen, System, mqtt_options, nats_connect, stamp, tls, unstamp};
 
@@ -86,31 +86,41 @@ fn mqtt_session(args: &Args, receiver: u32) -> (rumqttc::AsyncClient, rumqttc::E
 }
 
 async fn mqtt_fill(args: &Arc<Args>) -> serde_json::Value {
+    each_receiver(args, |args, r, connecting| async move {
+        let _connecting = connecting; // held until registered
+        mqtt_register(&args, r).await;
+    })
+    .await;
+    let acked = Arc::new(AtomicU64::new(0));
+    let sent = each_receiver(args, |args, r, connecting| {
+        let acked = acked.clone();
+        drop(connecting); // MQTT connects lazily: no storm of handshakes here
+        async move { mqtt_send_all(&args, r, &acked).await }
+    })
+    .await;
+    fill_json(args, sent.iter().sum(), acked.load(Ordering::SeqCst))
+}
+
+/// Runs `task` for every receiver at once and collects the results in
+/// receiver order. Each task holds a permit of [`CONNECTING_MAX`] while it
+/// connects: dropping it lets the next one start.
+async fn each_receiver<T, F, Fut>(args: &Arc<Args>, task: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Arc<Args>, u32, OwnedSemaphorePermit) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
     let connecting = Arc::new(Semaphore::new(CONNECTING_MAX));
     let mut tasks = Vec::new();
     for r in 0..args.receivers {
-        let (args, connecting) = (args.clone(), connecting.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = connecting.acquire().await.expect("open");
-            mqtt_register(&args, r).await;
-        }));
+        let permit = connecting.clone().acquire_owned().await.expect("open");
+        tasks.push(tokio::spawn(task(args.clone(), r, permit)));
     }
+    let mut results = Vec::new();
     for t in tasks {
-        t.await.expect("a receiver registers");
+        results.push(t.await.expect("a receiver's task"));
     }
-    let acked = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for r in 0..args.receivers {
-        let (args, acked) = (args.clone(), acked.clone());
-        tasks.push(tokio::spawn(async move {
-            mqtt_send_all(&args, r, &acked).await
-        }));
-    }
-    let mut sent = 0;
-    for t in tasks {
-        sent += t.await.expect("a sender");
-    }
-    fill_json(args, sent, acked.load(Ordering::SeqCst))
+    results
 }
 
 /// Subscribes `receiver`'s persistent session with QoS 1 and leaves.
@@ -172,33 +182,24 @@ async fn mqtt_send_all(args: &Args, receiver: u32, acked: &AtomicU64) -> u64 {
 }
 
 async fn mqtt_drain(args: &Arc<Args>) -> serde_json::Value {
-    let connecting = Arc::new(Semaphore::new(CONNECTING_MAX));
-    let mut tasks = Vec::new();
-    for r in 0..args.receivers {
-        let (args, connecting) = (args.clone(), connecting.clone());
-        tasks.push(tokio::spawn(async move {
-            let permit = connecting.acquire().await.expect("open");
-            let (_client, mut events) = mqtt_session(&args, r);
-            let mut seen = Seen::default();
-            let mut permit = Some(permit);
-            while let Ok(event) = tokio::time::timeout(QUIET, events.poll()).await {
-                match event.expect("MQTT drain") {
-                    rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) => drop(permit.take()),
-                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
-                        if let Some((_, counter, _)) = unstamp(&p.payload) {
-                            seen.record(counter);
-                        }
+    let seen = each_receiver(args, |args, r, permit| async move {
+        let (_client, mut events) = mqtt_session(&args, r);
+        let mut seen = Seen::default();
+        let mut permit = Some(permit);
+        while let Ok(event) = tokio::time::timeout(QUIET, events.poll()).await {
+            match event.expect("MQTT drain") {
+                rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) => drop(permit.take()),
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                    if let Some((_, counter, _)) = unstamp(&p.payload) {
+                        seen.record(counter);
                     }
-                    _ => {}
                 }
+                _ => {}
             }
-            seen
-        }));
-    }
-    let mut seen = Vec::new();
-    for t in tasks {
-        seen.push(t.await.expect("a receiver"));
-    }
+        }
+        seen
+    })
+    .await;
     drain_json(args, &seen)
 }
 
