@@ -531,6 +531,10 @@ async fn reclaim_one(shard: &Shard, dir: &std::path::Path, segment: u64) -> std:
 
 /// Waits until the log is durable below `position`.
 async fn wait_durable(shard: &Shard, position: u64) {
+    if shard.core.borrow().engine().durable() < position {
+        shard.core.borrow_mut().seal_lazy(); // tombstones too
+        shard.kick();
+    }
     while shard.core.borrow().engine().durable() < position {
         glommio::timer::sleep(Duration::from_millis(2)).await;
     }

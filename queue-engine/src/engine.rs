@@ -511,7 +511,7 @@ impl Engine {
             seq_to: seq,
             reason: DeathReason::Acked,
         };
-        self.append(&Record::Tombstone(tombstone));
+        self.append_lazy(&Record::Tombstone(tombstone));
         Ok(positions)
     }
 
@@ -649,13 +649,22 @@ impl Engine {
                 seq_to: e.seq,
                 reason: DeathReason::Expired,
             };
-            self.append(&Record::Tombstone(t));
+            self.append_lazy(&Record::Tombstone(t));
         }
     }
 
     /// Appends `record` to the log and applies it to the index.
     fn append(&mut self, record: &Record<'_>) -> u64 {
         let position = self.log.append(record);
+        self.apply(position, self.log.head() - position, record);
+        position
+    }
+
+    /// [`Engine::append`] for a record nobody waits on (a tombstone: lost
+    /// in a crash, its entries are delivered again or expire again): it
+    /// rides the next batch that is due ([`Log::append_lazy`]).
+    fn append_lazy(&mut self, record: &Record<'_>) -> u64 {
+        let position = self.log.append_lazy(record);
         self.apply(position, self.log.head() - position, record);
         position
     }
@@ -755,6 +764,8 @@ impl Engine {
             };
             self.append(&floor);
         }
+        // The delete waits for the head to be durable: tombstones too.
+        self.log.seal_lazy();
         Reclaimed {
             segment,
             after: self.log.head(),
@@ -891,8 +902,22 @@ impl Engine {
     // ---- group commit (the shell performs the I/O) -------------------------
 
     /// The next batch to write and fdatasync, if none is in flight.
+    /// Tombstones alone do not make a batch due: see
+    /// [`Engine::seal_lazy`].
     pub fn poll_flush(&mut self) -> Option<&Flush> {
         self.log.poll_flush()
+    }
+
+    /// Whether tombstones wait for a batch to be due.
+    pub fn lazy_pending(&self) -> bool {
+        self.log.lazy_pending()
+    }
+
+    /// Makes the tombstones waiting in the filling batch due: call it on a
+    /// timer (it bounds how many acknowledgments a crash can undo) and
+    /// before waiting for [`Engine::durable`] to reach the head.
+    pub fn seal_lazy(&mut self) {
+        self.log.seal_lazy();
     }
 
     /// The batch from [`Engine::poll_flush`] is durable.
@@ -1262,9 +1287,10 @@ pub fn reclaim_scan(segment: u64, bytes: &[u8]) -> Result<Vec<(u64, u64)>, Recov
 }
 
 /// The simplest shell: performs every pending flush on `storage` (create,
-/// write, fdatasync) and reports each to `engine`. Returns the new durable
+/// write, fdatasync; tombstones included) and reports each to `engine`. Returns the new durable
 /// position. The gateway does the same asynchronously on io_uring.
 pub fn flush_all(engine: &mut Engine, storage: &mut impl Storage) -> std::io::Result<u64> {
+    engine.seal_lazy();
     while let Some(flush) = engine.poll_flush() {
         write_flush(storage, flush)?;
         engine.handle_flushed();

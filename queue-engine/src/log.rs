@@ -9,6 +9,14 @@
 //! once, at high load batches grow (up to `batch_bytes_max`). Only one batch
 //! is ever unsynced, which is what lets recovery tell a torn tail from
 //! corruption.
+//!
+//! A record nobody waits on (an acknowledgment's tombstone: if a crash
+//! loses it, the entry is delivered again, which clients already handle)
+//! goes in with [`Log::append_lazy`]: it does not make its batch due by
+//! itself. It rides the next batch that is, or the one the shell seals with
+//! [`Log::seal_lazy`] (the gateway does on its 100 ms tick and before it
+//! waits for any position), so a quiet log still syncs it soon and a busy
+//! one pays no `fdatasync` for it.
 
 use std::collections::VecDeque;
 
@@ -74,6 +82,9 @@ pub struct Log {
     /// Durable up to (exclusive).
     durable: u64,
     filling: Option<Flush>,
+    /// Whether `filling` holds a record appended with [`Log::append`]
+    /// (someone waits for it): then [`Log::poll_flush`] seals it.
+    urgent: bool,
     sealed: VecDeque<Flush>,
     in_flight: bool,
     /// Segment starts, oldest first (for reclaim and recovery).
@@ -92,6 +103,7 @@ impl Log {
             head,
             durable: head,
             filling: None,
+            urgent: false,
             sealed: VecDeque::new(),
             in_flight: false,
             segments: if segments.is_empty() {
@@ -123,8 +135,30 @@ impl Log {
     }
 
     /// Appends `record`; returns its position. It is durable once
-    /// [`Log::durable`] is past it.
+    /// [`Log::durable`] is past it; its batch is due at once.
     pub fn append(&mut self, record: &Record<'_>) -> u64 {
+        let position = self.push(record);
+        self.urgent |= self.filling.is_some();
+        position
+    }
+
+    /// Appends `record`, which nobody waits on: its batch is not due
+    /// because of it (see the module's doc). Returns its position.
+    pub fn append_lazy(&mut self, record: &Record<'_>) -> u64 {
+        self.push(record)
+    }
+
+    /// Whether records appended lazily wait for a batch to be due.
+    pub fn lazy_pending(&self) -> bool {
+        self.filling.is_some() && !self.urgent
+    }
+
+    /// Makes the filling batch due even if only lazy records are in it.
+    pub fn seal_lazy(&mut self) {
+        self.seal();
+    }
+
+    fn push(&mut self, record: &Record<'_>) -> u64 {
         let len = record::encoded_len(record) as u64;
         let in_segment = self.head - self.active_segment;
         if in_segment > 0 && in_segment + len > self.config.segment_bytes_max {
@@ -147,7 +181,7 @@ impl Log {
         if self.in_flight {
             return None;
         }
-        if self.sealed.is_empty() {
+        if self.sealed.is_empty() && self.urgent {
             self.seal();
         }
         let flush = self.sealed.front()?;
@@ -193,6 +227,7 @@ impl Log {
         if let Some(batch) = self.filling.take() {
             self.sealed.push_back(batch);
         }
+        self.urgent = false;
     }
 
     fn roll(&mut self) {
@@ -207,6 +242,41 @@ impl Log {
 mod tests {
     use super::*;
     use crate::record::DeviceRef;
+
+    #[test]
+    fn a_lazy_record_rides_the_next_due_batch_or_waits_to_be_sealed() {
+        let mut log = Log::resume(LogConfig::default(), Vec::new(), 0);
+        let lazy = log.append_lazy(&device(1));
+        assert!(log.lazy_pending());
+        assert_eq!(log.poll_flush(), None, "a lazy record alone is not due");
+        let urgent = log.append(&device(2));
+        assert!(!log.lazy_pending());
+        let flush = log.poll_flush().unwrap().clone();
+        assert_eq!((flush.offset, flush.end()), (lazy, log.head()));
+        assert!(urgent > lazy);
+        log.handle_flushed();
+        assert_eq!(log.durable(), log.head(), "both in one batch");
+
+        let alone = log.append_lazy(&device(3));
+        assert_eq!(log.poll_flush(), None);
+        log.seal_lazy();
+        assert!(!log.lazy_pending());
+        let flush = log.poll_flush().unwrap().clone();
+        assert_eq!(flush.segment + flush.offset, alone);
+        log.handle_flushed();
+        assert_eq!(log.durable(), log.head());
+        assert_eq!(log.poll_flush(), None, "nothing left");
+    }
+
+    #[test]
+    fn a_lazy_record_after_an_urgent_one_keeps_the_batch_due() {
+        let mut log = Log::resume(LogConfig::default(), Vec::new(), 0);
+        log.append(&device(1));
+        log.append_lazy(&device(2));
+        assert!(!log.lazy_pending());
+        let flush = log.poll_flush().unwrap().clone();
+        assert_eq!(flush.end(), log.head(), "the lazy one rides along");
+    }
 
     fn device(n: u64) -> Record<'static> {
         Record::Device {

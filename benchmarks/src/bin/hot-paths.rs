@@ -118,6 +118,7 @@ fn engine() -> Engine {
 /// The engine's side of a group commit: every batch handed out and
 /// reported durable (the write is the shell's).
 fn commit(engine: &mut Engine) {
+    engine.seal_lazy();
     while engine.poll_flush().is_some() {
         engine.handle_flushed();
     }

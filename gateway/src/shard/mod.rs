@@ -90,6 +90,7 @@ pub use push::Wake;
 use reply::append;
 pub use reply::encode_reply;
 pub use settings::{BANNED_FOR_GOOD, DeviceState, PushToken, UserInfo};
+pub use time::LAZY_SEAL_MS;
 
 /// Limits and settings of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,6 +406,11 @@ pub struct ShardCore<S> {
     housekeeping_at: u64,
     /// When idle devices are next looked for (monotonic).
     idle_scan_at: u64,
+    /// The latest monotonic time passed in.
+    mono_ms: u64,
+    /// When the log's tombstones are made due if nothing else has
+    /// (monotonic; `u64::MAX`: none wait). Armed by `poll_timeout`.
+    lazy_seal_at: std::cell::Cell<u64>,
     stats: Stats,
 }
 
@@ -495,6 +501,8 @@ impl<S: Storage> ShardCore<S> {
             timers: BinaryHeap::new(),
             housekeeping_at: 0,
             idle_scan_at: 0,
+            mono_ms: 0,
+            lazy_seal_at: std::cell::Cell::new(u64::MAX),
             stats: Stats::default(),
         };
         core.finish_unlinks();
@@ -505,6 +513,7 @@ impl<S: Storage> ShardCore<S> {
     /// Every input passes the time first.
     fn set_now(&mut self, now: Now) {
         self.now_ms = self.now_ms.max(now.wall_ms);
+        self.mono_ms = self.mono_ms.max(now.mono_ms);
     }
 
     /// Routes `note` to the home of `to`.

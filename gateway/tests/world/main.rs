@@ -555,3 +555,59 @@ fn an_idle_device_is_unlinked_and_its_user_told() {
     assert_eq!(w.devices[&tablet].events.last(), Some(&refused));
     assert_eq!(w.anomalies(), 0);
 }
+
+/// Whether any shard's log holds tombstones that wait for a due batch.
+fn tombstones_wait(w: &World) -> bool {
+    w.cores.iter().any(|c| c.engine().lazy_pending())
+}
+
+/// An acknowledgment's tombstone pays for no `fdatasync` of its own: it
+/// rides the next batch that is due, or is made due `LAZY_SEAL_MS` later.
+#[test]
+fn an_acks_tombstone_waits_for_a_due_batch_or_the_lazy_timer() {
+    let mut w = world_with(Shape::default(), &[A, B]);
+    w.send(A, user(B), 10);
+    w.settle();
+    w.ack(B);
+    w.settle();
+    w.ack(A); // the ✓✓: its tombstone alone
+    w.settle();
+    assert!(tombstones_wait(&w), "nothing made a batch due");
+    w.advance(gateway::shard::LAZY_SEAL_MS - 1);
+    w.settle();
+    assert!(tombstones_wait(&w), "not yet");
+    w.advance(1);
+    w.settle();
+    assert!(!tombstones_wait(&w), "sealed by the timer");
+    for c in &w.cores {
+        assert_eq!(c.engine().durable(), c.engine().log().head());
+    }
+    // The next message's batch carries the next tombstones at once.
+    w.send(B, user(A), 10);
+    w.settle();
+    w.ack(A);
+    w.ack(B);
+    w.settle();
+    w.ack(B);
+    w.send(A, user(B), 10);
+    w.settle();
+    w.quiesce_and_check();
+}
+
+/// A crash that loses an ack's tombstone delivers the entry again; the
+/// client sees each message once all the same.
+#[test]
+fn a_crash_that_loses_an_acks_tombstone_redelivers_and_loses_nothing() {
+    let mut w = world_with(Shape::default(), &[A, B]);
+    for _ in 0..3 {
+        w.send(A, user(B), 10);
+    }
+    w.settle();
+    w.ack(B);
+    w.ack(A);
+    w.settle();
+    assert!(tombstones_wait(&w));
+    w.crash();
+    w.quiesce_and_check();
+    assert_eq!(w.devices[&B].got.len(), 3, "each message once");
+}

@@ -1237,6 +1237,13 @@ impl World {
                 self.ack(*dev);
             }
             self.settle();
+            // Quiet includes the tombstones' timer (`LAZY_SEAL_MS`): the
+            // acks are durable before the round counts as quiet, so a
+            // fail-stop after it (a disk fault in the reclaims below) cannot
+            // bring back entries no client will connect to ack again; one
+            // during it makes another round.
+            self.advance(gateway::shard::LAZY_SEAL_MS);
+            self.settle();
             let deferred = self.cores.iter().any(|c| c.internals().deferred > 0);
             let pending = deferred
                 || self
