@@ -28,7 +28,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -41,7 +40,6 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement as Cpu};
 use queue_engine::{Engine, EngineConfig, FsStorage};
 use rustc_hash::FxHashMap;
-use rustls::ServerConnection;
 use shard_router::{ConnId, Placement, RouterConfig, RouterCore, ShardId, ShardMsg};
 use tracing::{debug, error, info, warn};
 
@@ -50,13 +48,16 @@ use crate::mesh::{Mesh, MeshEnd, RING_BATCHES_MAX};
 use crate::metrics::Metrics;
 use crate::notify::Notify;
 use crate::shard::{Note, ShardConfig, ShardCore, UserInfo};
+use crate::tls::{TlsConn, TlsConnError, TlsEvent};
 use crate::token::Verifier;
 use crate::uring_log::UringLog;
 
 /// Bytes of the shard-wide read scratch (one TLS record plus overhead).
 const SCRATCH_BYTES: usize = 18 * 1024;
-/// Plaintext bytes handed to rustls at a time (its buffer limit is 64 KiB).
+/// Plaintext bytes encrypted and written at a time.
 const WRITE_CHUNK: usize = 48 * 1024;
+/// Capacity above which a write buffer is not kept for reuse.
+const WRITE_BUF_KEEP: usize = 64 * 1024;
 /// How long runnable tasks may run before the executor reaps I/O
 /// completions. glommio's default (100 ms) is a latency floor once
 /// thousands of connection tasks are runnable; 1 ms keeps ✓ latency low.
@@ -269,7 +270,9 @@ struct Shard {
     flush: Notify,
     spec: ServerSpec,
     scratch: RefCell<Vec<u8>>,
-    plain: RefCell<Vec<u8>>,
+    /// Write buffers lent to connection tasks while their bytes are in
+    /// flight (so an idle connection holds none).
+    write_bufs: RefCell<Vec<Vec<u8>>>,
     clock: Clock,
     timer: Notify,
     /// The monotonic ms the timer task sleeps until.
@@ -333,6 +336,20 @@ impl Shard {
         self.clock.now()
     }
 
+    /// An empty write buffer from the pool.
+    fn write_buf(&self) -> Vec<u8> {
+        self.write_bufs.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a write buffer to the pool (one grown past a chunk is
+    /// dropped, so the pool stays small).
+    fn give_write_buf(&self, mut buf: Vec<u8>) {
+        if buf.capacity() <= WRITE_BUF_KEEP {
+            buf.clear();
+            self.write_bufs.borrow_mut().push(buf);
+        }
+    }
+
     /// The log failed: not ready, counted, logged, exit. Never returns.
     fn fail_stop(&self, why: &str) -> ! {
         let control = &self.spec.control;
@@ -383,7 +400,7 @@ async fn run_shard(
         flush: Notify::default(),
         spec: spec.clone(),
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
-        plain: RefCell::new(vec![0; SCRATCH_BYTES]),
+        write_bufs: RefCell::new(Vec::new()),
         clock: Clock::new(),
         timer: Notify::default(),
         timer_at: Cell::new(u64::MAX),
@@ -712,7 +729,7 @@ enum Wake {
 async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream, conn: ConnId) {
     let notify = Rc::new(Notify::default());
     shard.wakers.borrow_mut().insert(conn, notify.clone());
-    match ServerConnection::new(shard.spec.tls.clone()) {
+    match TlsConn::new(shard.spec.tls.clone()) {
         Ok(mut tls) => {
             if let Err(e) = drive(&shard, &mut stream, &mut tls, conn, &notify).await {
                 debug!(shard = shard.id, "connection ended: {e}");
@@ -730,30 +747,30 @@ async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream, conn: ConnId) {
 async fn drive(
     shard: &Shard,
     stream: &mut TcpStream,
-    tls: &mut ServerConnection,
+    tls: &mut TlsConn,
     conn: ConnId,
     notify: &Notify,
 ) -> std::io::Result<()> {
-    let mut handshaking = true;
+    // Output made before the handshake ended (a drain's `GoAway`), sent
+    // once it has: nothing is encrypted before then.
+    let mut early = Vec::new();
     loop {
         let output = shard.core.borrow_mut().take_output(conn);
-        let Some((plaintext, close)) = output else {
+        let Some((mut plaintext, close)) = output else {
             return Ok(());
         };
-        // Chunks stay under rustls's send buffer limit; each chunk is
-        // encrypted into as few records as fit and written at once.
-        for chunk in plaintext.chunks(WRITE_CHUNK) {
-            tls.writer().write_all(chunk)?;
-            write_tls(stream, tls).await?;
+        if tls.is_handshaking() && !close {
+            early.append(&mut plaintext);
+        } else {
+            if !early.is_empty() {
+                plaintext.splice(0..0, std::mem::take(&mut early));
+            }
+            send(shard, stream, tls, &plaintext, close).await?;
+            if close {
+                return Ok(());
+            }
         }
-        if close {
-            tls.send_close_notify();
-        }
-        write_tls(stream, tls).await?;
-        if close {
-            return Ok(());
-        }
-        if !handshaking && !shard.may_read(conn) {
+        if !tls.is_handshaking() && !shard.may_read(conn) {
             // Backpressure: the peer's bytes wait in TCP buffers.
             notify.wait().await;
             continue;
@@ -769,11 +786,15 @@ async fn drive(
             Wake::Output => continue,
             Wake::Read(Ok(0)) => shard.core.borrow_mut().peer_closed(shard.now(), conn),
             Wake::Read(Ok(n)) => {
-                if let Err(e) = take_input(shard, tls, conn, n, &mut handshaking) {
+                let mut out = shard.write_buf();
+                let taken = take_input(shard, tls, conn, n, &mut out);
+                if taken.is_err() {
                     shard.spec.metrics.tls_error(shard.id);
-                    let _ = write_tls(stream, tls).await; // the alert
-                    return Err(std::io::Error::other(e));
                 }
+                // The handshake's answer, or the alert after a failure.
+                let written = write_out(shard, stream, out).await;
+                taken.map_err(std::io::Error::other)?;
+                written?;
             }
             Wake::Read(Err(e)) => return Err(e),
         }
@@ -781,66 +802,66 @@ async fn drive(
     }
 }
 
-/// Feeds `n` bytes of the scratch buffer through TLS to the core. No
-/// await inside: the scratch is not reused before this returns.
-fn take_input(
+/// Encrypts `plaintext` (then `close_notify` if `close`) and writes it,
+/// a bounded chunk at a time.
+async fn send(
     shard: &Shard,
-    tls: &mut ServerConnection,
-    conn: ConnId,
-    n: usize,
-    handshaking: &mut bool,
+    stream: &mut TcpStream,
+    tls: &mut TlsConn,
+    plaintext: &[u8],
+    close: bool,
 ) -> std::io::Result<()> {
-    let scratch = shard.scratch.borrow();
-    let mut input = &scratch[..n];
-    while !input.is_empty() {
-        tls.read_tls(&mut input)?;
-        tls.process_new_packets().map_err(std::io::Error::other)?;
-        if *handshaking && !tls.is_handshaking() {
-            *handshaking = false;
-            shard.spec.metrics.handshake(shard.id);
-            shard.core.borrow_mut().handshake_done(shard.now(), conn);
-        }
-        deliver_plaintext(shard, tls, conn)?;
+    if tls.is_handshaking() {
+        return Ok(()); // closing before the handshake: nothing to encrypt with
+    }
+    for chunk in plaintext.chunks(WRITE_CHUNK) {
+        let mut out = shard.write_buf();
+        tls.encrypt(chunk, &mut out)
+            .map_err(std::io::Error::other)?;
+        write_out(shard, stream, out).await?;
+    }
+    if close {
+        let mut out = shard.write_buf();
+        tls.close(&mut out).map_err(std::io::Error::other)?;
+        write_out(shard, stream, out).await?;
     }
     Ok(())
 }
 
-/// Hands every decrypted byte to the core.
-fn deliver_plaintext(
+/// Feeds `n` bytes of the scratch buffer through TLS to the core; what
+/// TLS answers goes to `out`. No await inside: the scratch is not reused
+/// before this returns.
+fn take_input(
     shard: &Shard,
-    tls: &mut ServerConnection,
+    tls: &mut TlsConn,
     conn: ConnId,
-) -> std::io::Result<()> {
-    let mut plain = shard.plain.borrow_mut();
-    loop {
-        match tls.reader().read(&mut plain) {
-            Ok(0) => {
-                shard.core.borrow_mut().peer_closed(shard.now(), conn);
-                return Ok(());
+    n: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), TlsConnError> {
+    let mut scratch = shard.scratch.borrow_mut();
+    tls.read(&mut scratch[..n], out, |event| {
+        let mut core = shard.core.borrow_mut();
+        match event {
+            TlsEvent::HandshakeDone => {
+                shard.spec.metrics.handshake(shard.id);
+                core.handshake_done(shard.now(), conn);
             }
-            Ok(n) => {
-                let verifier = &shard.spec.verifier;
-                shard
-                    .core
-                    .borrow_mut()
-                    .handle_bytes(shard.now(), conn, &plain[..n], verifier);
+            TlsEvent::Plaintext(bytes) => {
+                core.handle_bytes(shard.now(), conn, bytes, &shard.spec.verifier);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
+            TlsEvent::PeerClosed => core.peer_closed(shard.now(), conn),
         }
-    }
+    })
 }
 
-/// Writes whatever TLS has to send.
-async fn write_tls(stream: &mut TcpStream, tls: &mut ServerConnection) -> std::io::Result<()> {
-    if !tls.wants_write() {
-        return Ok(());
-    }
-    let mut out = Vec::new();
-    while tls.wants_write() {
-        tls.write_tls(&mut out)?;
-    }
-    stream.write_all(&out).await
+/// Writes `out` (if anything is in it) and gives it back to the pool.
+async fn write_out(shard: &Shard, stream: &mut TcpStream, out: Vec<u8>) -> std::io::Result<()> {
+    let written = match out.is_empty() {
+        true => Ok(()),
+        false => stream.write_all(&out).await,
+    };
+    shard.give_write_buf(out);
+    written
 }
 
 /// Reads into the shard's shared scratch buffer, borrowing it only inside

@@ -3,6 +3,13 @@
 //! or from a self-signed ECDSA P-256 development certificate generated into
 //! the data directory on first start (P-256 because RSA signing costs about
 //! five times more per handshake here).
+//!
+//! Each connection's session is a [`TlsConn`] (`conn.rs`), the one place
+//! that drives rustls's caller-buffered API.
+
+mod conn;
+
+pub use conn::{TlsConn, TlsConnError, TlsEvent};
 
 use std::io;
 use std::path::{Path, PathBuf};
