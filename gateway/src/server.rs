@@ -729,13 +729,8 @@ enum Wake {
 async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream, conn: ConnId) {
     let notify = Rc::new(Notify::default());
     shard.wakers.borrow_mut().insert(conn, notify.clone());
-    match TlsConn::new(shard.spec.tls.clone()) {
-        Ok(mut tls) => {
-            if let Err(e) = drive(&shard, &mut stream, &mut tls, conn, &notify).await {
-                debug!(shard = shard.id, "connection ended: {e}");
-            }
-        }
-        Err(e) => warn!("TLS setup failed: {e}"),
+    if let Err(e) = drive(&shard, &mut stream, conn, &notify).await {
+        debug!(shard = shard.id, "connection ended: {e}");
     }
     shard.wakers.borrow_mut().remove(&conn);
     shard.core.borrow_mut().remove_conn(shard.now(), conn);
@@ -747,10 +742,12 @@ async fn serve_conn(shard: Rc<Shard>, mut stream: TcpStream, conn: ConnId) {
 async fn drive(
     shard: &Shard,
     stream: &mut TcpStream,
-    tls: &mut TlsConn,
     conn: ConnId,
     notify: &Notify,
 ) -> std::io::Result<()> {
+    // Made here, not in the caller: a `TlsConn` bound out of a `match`
+    // was stored twice in the task's state (2,936 B against 1,808 B).
+    let tls = &mut TlsConn::new(shard.spec.tls.clone()).map_err(std::io::Error::other)?;
     // Output made before the handshake ended (a drain's `GoAway`), sent
     // once it has: nothing is encrypted before then.
     let mut early = Vec::new();

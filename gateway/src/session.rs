@@ -498,6 +498,18 @@ impl Session {
         self.replies.pop_front()
     }
 
+    /// Frees the event and reply queues if they are drained, so an idle
+    /// connection holds neither (about 400 B); the next frame makes them
+    /// again. For the shell to call once per wake-up, not per frame.
+    pub fn release_buffers(&mut self) {
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.replies.is_empty() {
+            self.replies = VecDeque::new();
+        }
+    }
+
     /// When [`Session::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.state {

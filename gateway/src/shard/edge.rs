@@ -61,7 +61,7 @@ impl<S: Storage> ShardCore<S> {
             read_receipts: true,
             abuse: None,
         };
-        self.conns.insert(id, conn);
+        self.conns.insert(id, Box::new(conn));
         self.stats.conns_opened += 1;
         self.schedule(id);
         Some(id)
@@ -134,6 +134,7 @@ impl<S: Storage> ShardCore<S> {
     pub fn take_output(&mut self, conn: ConnId) -> Option<(Vec<u8>, bool)> {
         let c = self.conns.get_mut(&conn)?;
         c.ready = false;
+        c.session.release_buffers();
         let closed = c.session.is_closed();
         if closed {
             // Closing before its Welcome came: send what waited anyway.

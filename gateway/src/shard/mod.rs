@@ -352,7 +352,9 @@ pub struct ShardCore<S> {
     engine: Engine,
     reader: S,
     encoder: Encoder,
-    conns: FxHashMap<ConnId, Conn>,
+    /// Boxed: the map's empty slots (it is at most 7/8 full, and often
+    /// half) then cost a pointer each, not a whole `Conn`.
+    conns: FxHashMap<ConnId, Box<Conn>>,
     next_conn: u64,
     ready: Vec<ConnId>,
     devices: FxHashMap<UserId, Vec<DeviceId>>,
