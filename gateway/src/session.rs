@@ -20,6 +20,7 @@
 //! touched.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use wire_format::fb::{self, ErrorCode};
@@ -55,6 +56,14 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
+    fn send_rate(&self) -> Rate {
+        Rate::new(self.sends_per_s, self.burst_s)
+    }
+
+    fn send_bytes_rate(&self) -> Rate {
+        Rate::new(self.send_bytes_per_s, self.burst_s)
+    }
+
     /// The ping interval `Welcome` announces: 40% of the idle timeout, so a
     /// client that follows it is never closed as idle (the server probes at
     /// half the timeout and closes at all of it). 120 s for the default 300 s.
@@ -263,26 +272,38 @@ pub enum Reply {
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     milli: u64,
-    cap_milli: u64,
-    per_s: u64,
     at_ms: u64,
 }
 
-impl Bucket {
-    fn new(per_s: u32, burst_s: u32, now_ms: u64) -> Self {
-        let cap_milli = u64::from(per_s) * u64::from(burst_s.max(1)) * 1000;
+/// A bucket's rate and depth (from the session's config, not stored per
+/// connection).
+#[derive(Clone, Copy)]
+struct Rate {
+    per_s: u64,
+    cap_milli: u64,
+}
+
+impl Rate {
+    fn new(per_s: u32, burst_s: u32) -> Self {
         Self {
-            milli: cap_milli,
-            cap_milli,
             per_s: u64::from(per_s),
+            cap_milli: u64::from(per_s) * u64::from(burst_s.max(1)) * 1000,
+        }
+    }
+}
+
+impl Bucket {
+    fn full(rate: Rate, now_ms: u64) -> Self {
+        Self {
+            milli: rate.cap_milli,
             at_ms: now_ms,
         }
     }
 
     /// Takes `n` tokens if there are enough at `now_ms`.
-    fn take(&mut self, n: u64, now_ms: u64) -> bool {
-        let refill = now_ms.saturating_sub(self.at_ms) * self.per_s;
-        self.milli = (self.milli + refill).min(self.cap_milli);
+    fn take(&mut self, rate: Rate, n: u64, now_ms: u64) -> bool {
+        let refill = now_ms.saturating_sub(self.at_ms) * rate.per_s;
+        self.milli = (self.milli + refill).min(rate.cap_milli);
         self.at_ms = now_ms;
         let need = n * 1000;
         if self.milli < need {
@@ -296,7 +317,8 @@ impl Bucket {
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Session {
-    config: SessionConfig,
+    /// Shared by the shard's sessions (64 bytes each otherwise).
+    config: Rc<SessionConfig>,
     state: State,
     deadline_ms: u64,
     last_rx_ms: u64,
@@ -311,13 +333,18 @@ pub struct Session {
 impl Session {
     /// A connection accepted at `now_ms`; the TLS handshake starts.
     pub fn new(now_ms: u64, config: SessionConfig) -> Self {
+        Self::with_shared(now_ms, Rc::new(config))
+    }
+
+    /// [`Session::new`] with a configuration shared by many sessions.
+    pub fn with_shared(now_ms: u64, config: Rc<SessionConfig>) -> Self {
         Self {
             state: State::Handshaking,
             deadline_ms: now_ms + config.handshake_timeout_ms,
             last_rx_ms: now_ms,
             probe_nonce: None,
-            sends: Bucket::new(config.sends_per_s, config.burst_s, now_ms),
-            send_bytes: Bucket::new(config.send_bytes_per_s, config.burst_s, now_ms),
+            sends: Bucket::full(config.send_rate(), now_ms),
+            send_bytes: Bucket::full(config.send_bytes_rate(), now_ms),
             refusals_in_a_row: 0,
             events: VecDeque::new(),
             replies: VecDeque::new(),
@@ -642,8 +669,10 @@ impl Session {
         if payload.len() > self.config.payload_bytes_max as usize {
             return self.refuse(ErrorCode::PayloadTooLarge, client_msg_id);
         }
-        let allowed =
-            self.sends.take(1, now_ms) && self.send_bytes.take(payload.len() as u64, now_ms);
+        let allowed = self.sends.take(self.config.send_rate(), 1, now_ms)
+            && self
+                .send_bytes
+                .take(self.config.send_bytes_rate(), payload.len() as u64, now_ms);
         if !allowed {
             self.refusals_in_a_row += 1;
             if self.refusals_in_a_row >= self.config.refusals_before_close {

@@ -97,12 +97,14 @@ pub fn decode_exact(buf: Bytes, limits: &Limits) -> Result<Frame, WireError> {
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: BytesMut,
+    /// (The verifier's options are made from these per frame: cheaper
+    /// than 32 more bytes on every idle connection.)
     limits: Limits,
-    opts: VerifierOptions,
     /// The verified header of the frame at the front, while its payload
     /// is still arriving.
     pending: Option<Progress>,
-    failed: Option<WireError>,
+    /// Boxed: the error is 72 bytes, and only a dead stream has one.
+    failed: Option<Box<WireError>>,
 }
 
 impl FrameDecoder {
@@ -110,7 +112,6 @@ impl FrameDecoder {
     pub fn new(limits: Limits) -> Self {
         Self {
             buf: BytesMut::new(),
-            opts: limits.verifier_options(),
             limits,
             pending: None,
             failed: None,
@@ -156,7 +157,7 @@ impl FrameDecoder {
     pub fn bytes_wanted(&self) -> usize {
         match self.pending {
             Some(Progress::Header { frame_len, .. }) => frame_len,
-            _ => match parse_front(&self.buf, &self.limits, &self.opts) {
+            _ => match parse_front(&self.buf, &self.limits, &self.limits.verifier_options()) {
                 Ok(Progress::NeedBytes(need)) => need,
                 Ok(Progress::Header { frame_len, .. }) => frame_len,
                 Err(_) => 0,
@@ -177,14 +178,14 @@ impl FrameDecoder {
     /// The next complete frame, `None` if more bytes are needed.
     pub fn decode(&mut self) -> Result<Option<Frame>, WireError> {
         if let Some(error) = &self.failed {
-            return Err(error.clone());
+            return Err(WireError::clone(error));
         }
         let progress = match self.pending.take() {
             Some(progress) => progress,
-            None => match parse_front(&self.buf, &self.limits, &self.opts) {
+            None => match parse_front(&self.buf, &self.limits, &self.limits.verifier_options()) {
                 Ok(progress) => progress,
                 Err(error) => {
-                    self.failed = Some(error.clone());
+                    self.failed = Some(Box::new(error.clone()));
                     return Err(error);
                 }
             },

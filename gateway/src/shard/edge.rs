@@ -9,8 +9,8 @@ use wire_format::fb::{self, ErrorCode};
 use wire_format::{DeliverHeader, FrameDecoder, GroupChangedHeader, OutFrame, user_address};
 
 use super::{
-    Conn, Note, PushToken, Receipt, ShardCore, ToConn, ToHome, address, append, encode_reply,
-    target,
+    BeforeWelcome, Conn, Note, PushToken, Receipt, ShardCore, ToConn, ToHome, address, append,
+    encode_reply, target,
 };
 use crate::abuse::{Limit, Refusal};
 use crate::clock::Now;
@@ -29,10 +29,24 @@ impl Conn {
             self.session.state(),
             State::Authenticated(_) | State::Draining(_)
         );
-        match (&mut self.held, authenticated) {
+        match (
+            self.waiting.as_mut().and_then(|w| w.held.as_mut()),
+            authenticated,
+        ) {
             (Some(held), true) => held,
             _ => &mut self.out,
         }
+    }
+
+    /// Whether frames still wait behind the `Welcome`.
+    fn holding(&self) -> bool {
+        self.waiting.as_ref().is_some_and(|w| w.held.is_some())
+    }
+
+    /// Bytes waiting behind the `Welcome`.
+    fn held_len(&self) -> usize {
+        let held = self.waiting.as_ref().and_then(|w| w.held.as_ref());
+        held.map_or(0, Vec::len)
     }
 }
 
@@ -50,12 +64,14 @@ impl<S: Storage> ShardCore<S> {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
         let conn = Conn {
-            session: Session::new(now.mono_ms, self.config.session),
+            session: Session::with_shared(now.mono_ms, self.session_config.clone()),
             decoder: FrameDecoder::new(self.config.limits),
             device: None,
             out: Vec::new(),
-            held: Some(Vec::new()),
-            early: Vec::new(),
+            waiting: Some(Box::new(BeforeWelcome {
+                held: Some(Vec::new()),
+                early: Vec::new(),
+            })),
             ready: false,
             timer_at: u64::MAX,
             read_receipts: true,
@@ -138,7 +154,7 @@ impl<S: Storage> ShardCore<S> {
         let closed = c.session.is_closed();
         if closed {
             // Closing before its Welcome came: send what waited anyway.
-            if let Some(held) = c.held.take() {
+            if let Some(held) = c.waiting.as_mut().and_then(|w| w.held.take()) {
                 c.out.extend_from_slice(&held);
             }
         }
@@ -218,7 +234,11 @@ impl<S: Storage> ShardCore<S> {
                 self.mark_ready(conn);
             }
             (event, Some(device)) => match self.conns.get_mut(&conn) {
-                Some(c) if c.held.is_some() => c.early.push(event),
+                Some(c) if c.holding() => {
+                    if let Some(waiting) = c.waiting.as_mut() {
+                        waiting.early.push(event);
+                    }
+                }
                 _ => self.on_device_event(now_ms, reply, device, event),
             },
             // The session emits device events only once authenticated.
@@ -592,8 +612,10 @@ impl<S: Storage> ShardCore<S> {
                 c.read_receipts = read_receipts;
                 c.abuse = abuse;
                 // Welcome goes out first, then what waited for it.
-                let held = c.held.take();
-                let early = std::mem::take(&mut c.early);
+                let (held, early) = match c.waiting.take() {
+                    Some(waiting) => (waiting.held, waiting.early),
+                    None => (None, Vec::new()),
+                };
                 c.session.welcome(backlog_count, resume_seq);
                 self.flush_replies(conn);
                 if let (Some(c), Some(held)) = (self.conns.get_mut(&conn), held) {
@@ -714,7 +736,7 @@ impl<S: Storage> ShardCore<S> {
         }
         self.stats.frames_out += 1;
         append(c.sink(), &frame);
-        if c.out.len() + c.held.as_ref().map_or(0, Vec::len) > self.config.out_bytes_max {
+        if c.out.len() + c.held_len() > self.config.out_bytes_max {
             c.session.refuse_from_shard(ErrorCode::SlowReader, 0);
             self.flush_replies(conn);
         }

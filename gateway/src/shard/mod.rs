@@ -323,13 +323,8 @@ struct Conn {
     decoder: FrameDecoder,
     device: Option<DeviceKey>,
     out: Vec<u8>,
-    /// Frames that arrived before `Welcome` was written: the client sees
-    /// `Welcome` first, whichever shard answers first.
-    held: Option<Vec<u8>>,
-    /// What the device asked for before its home let it in (`Welcome`):
-    /// acted on only then, so a refused (unlinked, over the limit) device
-    /// never sends anything.
-    early: Vec<Event>,
+    /// Until `Welcome` (boxed: an idle connection past it pays a pointer).
+    waiting: Option<Box<BeforeWelcome>>,
     ready: bool,
     /// The deadline of its live entry in the timer heap (`u64::MAX`: none).
     timer_at: u64,
@@ -341,6 +336,18 @@ struct Conn {
     abuse: Option<Box<AbuseState>>,
 }
 
+/// What a connection keeps until its `Welcome` is written.
+#[derive(Debug, Default)]
+struct BeforeWelcome {
+    /// Frames that arrived before `Welcome` was written: the client sees
+    /// `Welcome` first, whichever shard answers first.
+    held: Option<Vec<u8>>,
+    /// What the device asked for before its home let it in (`Welcome`):
+    /// acted on only then, so a refused (unlinked, over the limit) device
+    /// never sends anything.
+    early: Vec<Event>,
+}
+
 /// One shard's decisions. Inputs are `handle_*` (and the socket events of
 /// `edge.rs`), outputs `poll_*` and `take_*`; the order a shell drives them
 /// in, and what each file owns, is in the module docs above.
@@ -348,6 +355,8 @@ struct Conn {
 pub struct ShardCore<S> {
     shard: ShardId,
     config: ShardConfig,
+    /// `config.session`, shared by every connection's session.
+    session_config: std::rc::Rc<SessionConfig>,
     router: RouterCore<Note>,
     engine: Engine,
     reader: S,
@@ -471,6 +480,7 @@ impl<S: Storage> ShardCore<S> {
         let mut core = Self {
             shard: router.shard(),
             group_ids: config.id_seed ^ (u64::from(router.shard().0) << 48),
+            session_config: std::rc::Rc::new(config.session),
             config,
             router,
             engine,
