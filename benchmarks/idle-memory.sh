@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# What an idle authenticated TLS connection costs the whole gateway
+# process (issue #17): starts a gateway, opens CONNS connections that
+# authenticate and then stay silent (`loadgen idle`, from PROCS processes
+# and two loopback source addresses, since one process may hold 20,000
+# files here), and prints the gateway's resident memory per connection
+# (RSS after minus before, from /proc). The counting-allocator figure for
+# the core and TLS alone is `gateway/tests/conn_memory.rs`.
+#
+#   benchmarks/idle-memory.sh                 # 19,000 connections, 2 shards
+#   CONNS=9000 benchmarks/idle-memory.sh
+#
+# Knobs (environment): CONNS (19000), PROCS (2), SHARDS (2), HOLD (5s),
+# BIN (target/release), OUT (a fresh temporary directory: loadgen's
+# report.json, with `gateway_bytes_per_conn` under `extra`).
+set -euo pipefail
+
+CONNS=${CONNS:-19000}
+PROCS=${PROCS:-2}
+SHARDS=${SHARDS:-2}
+HOLD=${HOLD:-5s}
+root=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$(cd "${BIN:-$root/target/release}" && pwd)
+WORK=$(mktemp -d)
+OUT=${OUT:-$WORK/report}
+. "$root/benchmarks/lib.sh"
+
+port=$(free_port)
+admin=$(free_port)
+data="$WORK/data"
+trap 'kill "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true' EXIT
+start_gateway
+"$BIN/loadgen" idle --addr "127.0.0.1:$port" --conns "$CONNS" --procs "$PROCS" \
+    --source 127.0.0.2,127.0.0.3 --data-dir "$data" --gateway-pid "$gw" \
+    --hold "$HOLD" --out "$OUT" --quiet | grep -E "gateway_|verification"
+echo "report: $OUT/report.json"
