@@ -27,6 +27,10 @@ use rustls::unbuffered::{
 const RECORD_OVERHEAD: usize = 32;
 /// Plaintext bytes per record.
 const RECORD_PLAINTEXT: usize = 16 * 1024;
+/// Most bytes kept between reads: more than one whole record (rustls
+/// refuses larger ones), so only a peer that goes on sending after its
+/// `close_notify`, which rustls no longer reads, reaches it.
+const PARTIAL_MAX: usize = 64 * 1024;
 
 /// What a read produced, in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,6 +56,9 @@ pub enum TlsConnError {
     /// Data was to be written after both sides closed.
     #[error("tls: the connection is closed")]
     Closed,
+    /// The peer went on sending after its `close_notify`.
+    #[error("tls: data after close_notify")]
+    AfterClose,
     /// The record sequence ran out (2^64 records): the keys are spent.
     #[error("tls: the traffic keys are exhausted")]
     Exhausted,
@@ -103,12 +110,14 @@ impl TlsConn {
     ) -> Result<(), TlsConnError> {
         if self.partial.is_empty() {
             let used = self.process(input, out, &mut on)?;
+            keep_at_most(input.len() - used)?;
             self.partial.extend_from_slice(&input[used..]);
             return Ok(());
         }
         let mut buffer = std::mem::take(&mut self.partial);
         buffer.extend_from_slice(input);
         let used = self.process(&mut buffer, out, &mut on)?;
+        keep_at_most(buffer.len() - used)?;
         if used < buffer.len() {
             buffer.drain(..used);
             self.partial = buffer;
@@ -216,6 +225,14 @@ impl TlsConn {
                 _ => return Err(TlsConnError::Handshaking),
             }
         }
+    }
+}
+
+/// Refuses to keep more than [`PARTIAL_MAX`] bytes between reads.
+fn keep_at_most(left: usize) -> Result<(), TlsConnError> {
+    match left > PARTIAL_MAX {
+        true => Err(TlsConnError::AfterClose),
+        false => Ok(()),
     }
 }
 
@@ -484,6 +501,31 @@ mod tests {
         let mut plain = Vec::new();
         // End of stream (not "would block"): the close arrived.
         assert_eq!(client.reader().read_to_end(&mut plain).unwrap(), 0);
+    }
+
+    #[test]
+    fn bytes_after_close_notify_are_bounded() {
+        let (mut client, mut server) = pair("after-close");
+        let mut seen = Seen::default();
+        pump(&mut client, &mut server, &mut seen, usize::MAX);
+        client.send_close_notify();
+        pump(&mut client, &mut server, &mut seen, usize::MAX);
+        assert!(seen.peer_closed);
+        // rustls reads nothing after close_notify: the bytes would pile up.
+        let mut out = Vec::new();
+        let mut refused = None;
+        for _ in 0..100 {
+            let mut more = vec![0x17; 4096];
+            if let Err(e) = server.read(&mut more, &mut out, |e| seen.on(e)) {
+                refused = Some(e);
+                break;
+            }
+        }
+        assert!(
+            matches!(refused, Some(TlsConnError::AfterClose)),
+            "{refused:?}"
+        );
+        assert!(server.partial.len() <= PARTIAL_MAX);
     }
 
     #[test]
