@@ -58,6 +58,10 @@ const SCRATCH_BYTES: usize = 18 * 1024;
 const WRITE_CHUNK: usize = 48 * 1024;
 /// Capacity above which a write buffer is not kept for reuse.
 const WRITE_BUF_KEEP: usize = 64 * 1024;
+/// Write buffers a shard keeps for reuse: as many as are usually in
+/// flight at once. Thousands can be, behind slow readers; they are freed
+/// when written rather than kept at that high-water mark.
+const WRITE_BUFS_KEPT: usize = 64;
 /// How long runnable tasks may run before the executor reaps I/O
 /// completions. glommio's default (100 ms) is a latency floor once
 /// thousands of connection tasks are runnable; 1 ms keeps ✓ latency low.
@@ -341,12 +345,13 @@ impl Shard {
         self.write_bufs.borrow_mut().pop().unwrap_or_default()
     }
 
-    /// Returns a write buffer to the pool (one grown past a chunk is
-    /// dropped, so the pool stays small).
+    /// Returns a write buffer to the pool (dropped if it grew past a
+    /// chunk or the pool is full, so the pool stays small).
     fn give_write_buf(&self, mut buf: Vec<u8>) {
-        if buf.capacity() <= WRITE_BUF_KEEP {
+        let mut pool = self.write_bufs.borrow_mut();
+        if buf.capacity() <= WRITE_BUF_KEEP && pool.len() < WRITE_BUFS_KEPT {
             buf.clear();
-            self.write_bufs.borrow_mut().push(buf);
+            pool.push(buf);
         }
     }
 
