@@ -276,43 +276,35 @@ fn step(
     }
 }
 
-/// An error that may say how much room it needed.
-trait NeedsRoom: Sized {
-    /// The bytes needed, if room was the problem.
-    fn required(&self) -> Option<usize>;
-    /// The error to report otherwise.
-    fn into_error(self) -> TlsConnError;
+/// Why rustls did not write into the room it was given.
+enum Short {
+    /// It needs this many bytes.
+    Room(usize),
+    /// Anything else: the connection is over.
+    Failed(TlsConnError),
 }
 
-impl NeedsRoom for EncodeError {
-    fn required(&self) -> Option<usize> {
-        match self {
-            EncodeError::InsufficientSize(e) => Some(e.required_size),
-            _ => None,
+impl From<EncodeError> for Short {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::InsufficientSize(s) => Short::Room(s.required_size),
+            e => Short::Failed(rustls::Error::General(e.to_string()).into()),
         }
-    }
-
-    fn into_error(self) -> TlsConnError {
-        rustls::Error::General(self.to_string()).into()
     }
 }
 
-impl NeedsRoom for EncryptError {
-    fn required(&self) -> Option<usize> {
-        match self {
-            EncryptError::InsufficientSize(e) => Some(e.required_size),
-            _ => None,
+impl From<EncryptError> for Short {
+    fn from(e: EncryptError) -> Self {
+        match e {
+            EncryptError::InsufficientSize(s) => Short::Room(s.required_size),
+            _ => Short::Failed(TlsConnError::Exhausted),
         }
-    }
-
-    fn into_error(self) -> TlsConnError {
-        TlsConnError::Exhausted
     }
 }
 
 /// Lets `fill` write into the end of `out`, first with `guess` bytes of
 /// room and then with what it says it needs.
-fn append<E: NeedsRoom>(
+fn append<E: Into<Short>>(
     out: &mut Vec<u8>,
     guess: usize,
     mut fill: impl FnMut(&mut [u8]) -> Result<usize, E>,
@@ -321,18 +313,16 @@ fn append<E: NeedsRoom>(
     let mut room = guess;
     loop {
         out.resize(start + room, 0);
-        match fill(&mut out[start..]) {
-            Ok(written) => {
-                out.truncate(start + written);
-                return Ok(());
+        let filled = fill(&mut out[start..]);
+        out.truncate(start + *filled.as_ref().unwrap_or(&0));
+        match filled.map_err(Into::into) {
+            Ok(_) => return Ok(()),
+            Err(Short::Room(needed)) if needed > room => room = needed,
+            Err(Short::Room(needed)) => {
+                let what = format!("rustls asked for {needed} bytes of {room}");
+                return Err(rustls::Error::General(what).into());
             }
-            Err(e) => {
-                out.truncate(start);
-                match e.required() {
-                    Some(needed) if needed > room => room = needed,
-                    _ => return Err(e.into_error()),
-                }
-            }
+            Err(Short::Failed(e)) => return Err(e),
         }
     }
 }
@@ -409,6 +399,24 @@ mod tests {
         Ok(plain)
     }
 
+    /// A pair whose client has sent `close_notify`, which the server saw.
+    fn closed_by_client(name: &str) -> (ClientConnection, TlsConn, Seen) {
+        let (mut client, mut server) = pair(name);
+        let mut seen = Seen::default();
+        pump(&mut client, &mut server, &mut seen, usize::MAX);
+        client.send_close_notify();
+        pump(&mut client, &mut server, &mut seen, usize::MAX);
+        assert!(seen.peer_closed);
+        (client, server, seen)
+    }
+
+    /// What the client reads of `plain` encrypted by the server.
+    fn server_says(server: &mut TlsConn, client: &mut ClientConnection, plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        server.encrypt(plain, &mut out).unwrap();
+        to_client(client, &out).unwrap()
+    }
+
     /// Runs both sides until neither has anything to say, feeding the
     /// server `piece` bytes per read.
     fn pump(client: &mut ClientConnection, server: &mut TlsConn, seen: &mut Seen, piece: usize) {
@@ -438,9 +446,10 @@ mod tests {
         assert_eq!(seen.plaintext, b"hello");
         assert!(!server.is_handshaking());
 
-        let mut out = Vec::new();
-        server.encrypt(b"welcome", &mut out).unwrap();
-        assert_eq!(to_client(&mut client, &out).unwrap(), b"welcome");
+        assert_eq!(
+            server_says(&mut server, &mut client, b"welcome"),
+            b"welcome"
+        );
     }
 
     #[test]
@@ -482,19 +491,12 @@ mod tests {
         client.writer().write_all(b"after").unwrap();
         pump(&mut client, &mut server, &mut seen, usize::MAX);
         assert_eq!(seen.plaintext, b"after");
-        let mut out = Vec::new();
-        server.encrypt(b"answer", &mut out).unwrap();
-        assert_eq!(to_client(&mut client, &out).unwrap(), b"answer");
+        assert_eq!(server_says(&mut server, &mut client, b"answer"), b"answer");
     }
 
     #[test]
     fn close_notify_goes_both_ways() {
-        let (mut client, mut server) = pair("close");
-        let mut seen = Seen::default();
-        pump(&mut client, &mut server, &mut seen, usize::MAX);
-        client.send_close_notify();
-        pump(&mut client, &mut server, &mut seen, usize::MAX);
-        assert!(seen.peer_closed);
+        let (mut client, mut server, _) = closed_by_client("close");
         let mut out = Vec::new();
         server.close(&mut out).unwrap();
         assert_eq!(to_client(&mut client, &out).unwrap(), b"");
@@ -505,12 +507,7 @@ mod tests {
 
     #[test]
     fn bytes_after_close_notify_are_bounded() {
-        let (mut client, mut server) = pair("after-close");
-        let mut seen = Seen::default();
-        pump(&mut client, &mut server, &mut seen, usize::MAX);
-        client.send_close_notify();
-        pump(&mut client, &mut server, &mut seen, usize::MAX);
-        assert!(seen.peer_closed);
+        let (_client, mut server, mut seen) = closed_by_client("after-close");
         // rustls reads nothing after close_notify: the bytes would pile up.
         let mut out = Vec::new();
         let mut refused = None;
