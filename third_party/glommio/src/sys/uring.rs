@@ -1223,6 +1223,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    // Patched (messaging-edge): whether the armed latency timer is a
+    // preemption timer (kept across busy turns) or a sleep's user timer.
+    latency_timer_preempts: Cell<bool>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1354,6 +1357,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_timer_preempts: Cell::new(false),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1818,22 +1822,30 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
-
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
+        // Patched (messaging-edge): upstream cancels both preemption timers
+        // and arms new ones on every turn, three `io_uring_enter`s and an
+        // hrtimer start and cancel each time, although nothing has fired: a
+        // shard that turns between messages paid them per message. A
+        // pending timer is now kept. The preemption timer is kept on a busy
+        // turn only (one that will not sleep: it would wake the sleeper), so
+        // a task queue's slice may end early, never late; the throughput
+        // timer counts completions over several turns instead of one.
+        let busy = preempt_timer().is_some();
+        let kept = self.latency_preemption_timeout_src.take().filter(|src| {
+            busy && self.latency_timer_preempts.get() && src.result().is_none()
+        });
+        self.latency_preemption_timeout_src.set(kept);
+        let kept = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|src| src.result().is_none());
+        let throughput = kept.unwrap_or_else(|| {
             main_ring.prepare_throughput_preemption_timer(
                 self.ring_depth() as u32,
                 self.eventfd_src.raw(),
-            ),
-        ));
+            )
+        });
+        self.throughput_preemption_timeout_src.set(Some(throughput));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1855,6 +1867,7 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
+                self.latency_timer_preempts.set(false);
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                 assert!(flush_rings!(lat_ring)? > 0);
@@ -1886,9 +1899,14 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            let kept = self.latency_preemption_timeout_src.take();
+            let armed = kept.is_some();
+            let timer = kept.unwrap_or_else(|| lat_ring.prepare_latency_preemption_timer(preempt));
+            self.latency_timer_preempts.set(true);
+            self.latency_preemption_timeout_src.set(Some(timer));
+            if !armed {
+                flush_rings!(lat_ring, main_ring)?;
+            }
         }
 
         // A Note about `need_preempt`:
