@@ -76,3 +76,36 @@ fn a_kept_preemption_timer_keeps_firing_and_a_later_sleep_still_wakes() {
     assert_eq!(preempted, 200);
     executor.join().unwrap();
 }
+
+/// Timers under patch 5's kept preemption timer: many tasks sleeping for
+/// changing, overlapping times, so the executor parks and wakes thousands
+/// of times with the next deadline moving at almost every park; every
+/// sleep must still end. (A variant that armed a park's timer before the
+/// turn's last completions were consumed slept through a timer that had
+/// fired meanwhile: this test caught it, and it was not kept.)
+#[test]
+fn sleeps_whose_next_deadline_keeps_moving_all_end() {
+    let (done, finished) = mpsc::channel();
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let tasks: Vec<_> = (0..64u64)
+                .map(|t| {
+                    glommio::spawn_local(async move {
+                        for i in 0..50u64 {
+                            let us = 20 + (t * 7919 + i * 104_729) % 900;
+                            glommio::timer::sleep(Duration::from_micros(us)).await;
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+            done.send(()).unwrap();
+        })
+        .unwrap();
+    finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a sleep never woke: the park's timer was lost");
+    executor.join().unwrap();
+}
