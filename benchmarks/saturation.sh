@@ -3,9 +3,10 @@
 # ladder, a fresh gateway and `loadgen chat --rate R` (500 pairs, WARMUP s
 # of warm-up, then SECS s measured), and per rate one line: send→delivered
 # p50/p99 (ms), the gateway's and loadgen's CPU seconds (utime + stime,
-# warm-up included), and how busy both cores were (/proc/stat: user,
-# system, irq and softirq over all time but idle and iowait). When the
-# cores are near 90% busy, latency is queueing for a core, not work.
+# warm-up included), how busy both cores were (/proc/stat: user,
+# system, irq and softirq) and how much time the hypervisor gave to
+# someone else (steal). When the cores are near 90% busy, latency is
+# queueing for a core, not work; steal says the sitting was a noisy one.
 #
 #   benchmarks/saturation.sh                    # 2k 5k 10k 20k 40k
 #   RATES="10000 20000" SECS=10 benchmarks/saturation.sh
@@ -27,7 +28,7 @@ cleanup() { [[ -n "${gw:-}" ]] && kill -9 "$gw" 2>/dev/null || true; }
 trap cleanup EXIT
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-printf '%8s %9s %9s %8s %8s %6s\n' msgs/s p50_ms p99_ms gw_cpu_s lg_cpu_s busy%
+printf '%8s %9s %9s %8s %8s %6s %6s\n' msgs/s p50_ms p99_ms gw_cpu_s lg_cpu_s busy% steal%
 for rate in $RATES; do
     WORK=$(mktemp -d)
     port=$(free_port) admin=$(free_port) data="$WORK/data"
@@ -50,9 +51,10 @@ rate, report, gw_ticks, lg_cpu, s0, s1 = sys.argv[1:]
 lat = json.load(open(report))["latency_us"]["send_to_delivered"]
 lg = sum(map(float, open(lg_cpu).read().split()[:2]))
 d = [int(b) - int(a) for a, b in zip(s0.split()[1:9], s1.split()[1:9])]
-busy = 100 * (sum(d) - d[3] - d[4]) / sum(d)  # all but idle and iowait
+busy = 100 * (sum(d) - d[3] - d[4] - d[7]) / sum(d)  # all but idle, iowait, steal
+steal = 100 * d[7] / sum(d)  # the hypervisor ran someone else
 print(f"{rate:>8} {lat['p50'] / 1e3:9.2f} {lat['p99'] / 1e3:9.2f} "
-      f"{int(gw_ticks) / 100:8.2f} {lg:8.2f} {busy:6.1f}")
+      f"{int(gw_ticks) / 100:8.2f} {lg:8.2f} {busy:6.1f} {steal:6.1f}")
 EOF
     rm -rf "$WORK"
 done
