@@ -11,32 +11,49 @@
 //! certain.
 //!
 //! It keeps a pending preemption timer across busy turns (patch 5); the
-//! second test checks that the timer still fires and a later sleep wakes.
+//! other two tests check that the timer still fires and that sleeps, with
+//! their deadlines moving, still wake.
 
+use std::future::Future;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+/// Runs `work` on a fresh executor with `preempt` (glommio's default if
+/// `None`) and returns its output; panics with `hung` if it takes 30 s
+/// (what a lost wake-up looks like: the executor sleeps for good).
+fn run_bounded<T, F, W>(preempt: Option<Duration>, hung: &str, work: W) -> T
+where
+    T: Send + 'static,
+    F: Future<Output = T> + 'static,
+    W: FnOnce() -> F + Send + 'static,
+{
+    let (done, finished) = mpsc::channel();
+    let mut builder = LocalExecutorBuilder::new(Placement::Unbound);
+    if let Some(preempt) = preempt {
+        builder = builder.preempt_timer(preempt);
+    }
+    let executor = builder
+        .spawn(move || async move { done.send(work().await).unwrap() })
+        .unwrap();
+    let out = finished.recv_timeout(Duration::from_secs(30)).expect(hung);
+    executor.join().unwrap();
+    out
+}
+
 #[test]
 fn an_executor_whose_preempt_timer_always_expired_still_runs_its_tasks() {
-    let (done, finished) = mpsc::channel();
-    let executor = LocalExecutorBuilder::new(Placement::Unbound)
-        .preempt_timer(Duration::from_micros(1))
-        .spawn(move || async move {
-            let mut total = 0u64;
-            for i in 0..1_000u64 {
-                total += glommio::spawn_local(async move { i }).await;
-                glommio::yield_if_needed().await;
-            }
-            done.send(total).unwrap();
-        })
-        .unwrap();
-    let total = finished
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the executor parked with runnable tasks");
+    let hung = "the executor parked with runnable tasks";
+    let total = run_bounded(Some(Duration::from_micros(1)), hung, || async {
+        let mut total = 0u64;
+        for i in 0..1_000u64 {
+            total += glommio::spawn_local(async move { i }).await;
+            glommio::yield_if_needed().await;
+        }
+        total
+    });
     assert_eq!(total, 999 * 1_000 / 2);
-    executor.join().unwrap();
 }
 
 /// The patched reactor keeps a pending preemption timer across busy turns
@@ -46,35 +63,28 @@ fn an_executor_whose_preempt_timer_always_expired_still_runs_its_tasks() {
 /// preemption signal again and again, then a sleep ends.
 #[test]
 fn a_kept_preemption_timer_keeps_firing_and_a_later_sleep_still_wakes() {
-    let (done, finished) = mpsc::channel();
-    let executor = LocalExecutorBuilder::new(Placement::Unbound)
-        .preempt_timer(Duration::from_micros(100))
-        .spawn(move || async move {
-            // Other tasks make every turn a busy one.
-            let _busy = glommio::spawn_local(async {
-                loop {
-                    glommio::yield_if_needed().await;
-                    glommio::executor().yield_now().await;
-                }
-            })
-            .detach();
-            let mut preempted = 0;
-            while preempted < 200 {
-                if glommio::executor().need_preempt() {
-                    preempted += 1;
-                    glommio::executor().yield_now().await;
-                }
-                std::hint::spin_loop();
+    let hung = "the preemption timer stopped firing, or the sleep never woke";
+    let preempted = run_bounded(Some(Duration::from_micros(100)), hung, || async {
+        // Other tasks make every turn a busy one.
+        glommio::spawn_local(async {
+            loop {
+                glommio::yield_if_needed().await;
+                glommio::executor().yield_now().await;
             }
-            glommio::timer::sleep(Duration::from_millis(2)).await;
-            done.send(preempted).unwrap();
         })
-        .unwrap();
-    let preempted = finished
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the preemption timer stopped firing, or the sleep never woke");
+        .detach();
+        let mut preempted = 0;
+        while preempted < 200 {
+            if glommio::executor().need_preempt() {
+                preempted += 1;
+                glommio::executor().yield_now().await;
+            }
+            std::hint::spin_loop();
+        }
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+        preempted
+    });
     assert_eq!(preempted, 200);
-    executor.join().unwrap();
 }
 
 /// Timers under patch 5's kept preemption timer: many tasks sleeping for
@@ -85,27 +95,24 @@ fn a_kept_preemption_timer_keeps_firing_and_a_later_sleep_still_wakes() {
 /// fired meanwhile: this test caught it, and it was not kept.)
 #[test]
 fn sleeps_whose_next_deadline_keeps_moving_all_end() {
-    let (done, finished) = mpsc::channel();
-    let executor = LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(move || async move {
-            let tasks: Vec<_> = (0..64u64)
-                .map(|t| {
-                    glommio::spawn_local(async move {
-                        for i in 0..50u64 {
-                            let us = 20 + (t * 7919 + i * 104_729) % 900;
-                            glommio::timer::sleep(Duration::from_micros(us)).await;
-                        }
-                    })
+    let hung = "a sleep never woke: the park's timer was lost";
+    let slept = run_bounded(None, hung, || async {
+        let tasks: Vec<_> = (0..64u64)
+            .map(|t| {
+                glommio::spawn_local(async move {
+                    for i in 0..50u64 {
+                        let us = 20 + (t * 7919 + i * 104_729) % 900;
+                        glommio::timer::sleep(Duration::from_micros(us)).await;
+                    }
+                    50
                 })
-                .collect();
-            for task in tasks {
-                task.await;
-            }
-            done.send(()).unwrap();
-        })
-        .unwrap();
-    finished
-        .recv_timeout(Duration::from_secs(30))
-        .expect("a sleep never woke: the park's timer was lost");
-    executor.join().unwrap();
+            })
+            .collect();
+        let mut slept = 0;
+        for task in tasks {
+            slept += task.await;
+        }
+        slept
+    });
+    assert_eq!(slept, 64 * 50);
 }
