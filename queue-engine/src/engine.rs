@@ -1267,7 +1267,8 @@ pub struct ReclaimState {
 
 /// The records of segment `segment` (its `bytes`), as `(position, len)`,
 /// checksums verified: the CPU-heavy half of a reclaim, which needs no
-/// engine (a shell runs it off its event loop).
+/// engine (a shell runs it off its event loop). Zeros after the last
+/// record are the segment's unused end; anything else there is corruption.
 pub fn reclaim_scan(segment: u64, bytes: &[u8]) -> Result<Vec<(u64, u64)>, RecoveryError> {
     let mut records = Vec::new();
     let (valid, bad) = crate::recovery::scan(
@@ -1276,7 +1277,7 @@ pub fn reclaim_scan(segment: u64, bytes: &[u8]) -> Result<Vec<(u64, u64)>, Recov
         &mut |position, len, _| records.push((position, len)),
         &mut 0,
     );
-    match bad {
+    match bad.filter(|_| !crate::recovery::zeros(&bytes[valid..])) {
         Some(error) => Err(RecoveryError::Corruption {
             segment,
             offset: valid as u64,

@@ -24,7 +24,7 @@ pub use engine::{
     Accepted, Engine, EngineConfig, Expired, NewMessage, QueueError, ReclaimState, Reclaimed,
     StoredMessage, TTL_MAX_MS, flush_all, read_message, reclaim_all, reclaim_scan, write_flush,
 };
-pub use log::{Flush, Log, LogConfig};
+pub use log::{Flush, Log, LogConfig, WRITE_BLOCK};
 pub use record::{DeviceLife, DeviceRef, SETTING_VALUE_BYTES_MAX, SettingKey};
 pub use recovery::{Recovered, RecoveryError};
 pub use storage::{

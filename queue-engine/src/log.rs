@@ -48,6 +48,14 @@ impl LogConfig {
     }
 }
 
+/// A shell may write a batch as whole blocks of this many bytes, aligned
+/// to it (for `O_DIRECT`): the batch's first block rewritten with the bytes
+/// before the batch that it already held, its last padded with zeros. It
+/// may also pre-size a segment with zeros before its first write. Recovery
+/// reads zeros after a segment's last record as that segment's end, and a
+/// torn batch can reach this much past its last byte.
+pub const WRITE_BLOCK: u64 = 4096;
+
 /// One write + fdatasync for the shell to perform.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flush {

@@ -11,10 +11,10 @@
 //! | # | found on disk | action |
 //! |---|---|---|
 //! | 1 | no segment | empty log; the first flush creates segment 0 |
-//! | 2 | every record of every segment valid to its end | replay all |
-//! | 3 | last segment: a bad or incomplete record (short, zero length, bad checksum) within its final torn window | torn tail: truncate the segment at that record (durably), replay what precedes it |
-//! | 4 | last segment: a bad record before its final torn window | `Corruption { segment, offset }`: refuse to open |
-//! | 5 | older segment: a bad or incomplete record anywhere | `Corruption { segment, offset }`: refuse to open |
+//! | 2 | every record of every segment valid to its end, or followed by nothing but zeros to its end (a pre-sized segment, a zero-padded block) | replay all |
+//! | 3 | last segment: a bad or incomplete record (short, zero length, bad checksum), and nothing but zeros from one torn window and one [`WRITE_BLOCK`] past it to the end | torn tail: truncate the segment at that record (durably), replay what precedes it |
+//! | 4 | last segment: a bad record with bytes other than zeros further on than that | `Corruption { segment, offset }`: refuse to open |
+//! | 5 | older segment: a bad or incomplete record followed by anything but zeros | `Corruption { segment, offset }`: refuse to open |
 //! | 6 | a segment does not start where the previous one ends (missing or extra bytes between) | `Gap { expected, found }`: refuse to open |
 //! | 7 | no checkpoint | rows 1–6 over the whole log |
 //! | 8 | a checkpoint that is torn or not one (short, bad checksum, bad magic) | ignored: rows 1–6 over the whole log |
@@ -34,7 +34,7 @@
 
 use std::io;
 
-use crate::log::LogConfig;
+use crate::log::{LogConfig, WRITE_BLOCK};
 use crate::record::{self, Record, RecordError};
 use crate::storage::Storage;
 
@@ -144,9 +144,10 @@ pub(crate) fn recover_from(
         );
         let valid = skip + tail;
         skip = 0;
-        if let Some(error) = bad {
+        if let Some(error) = bad.filter(|_| !zeros(&data[valid..])) {
             let last = i + 1 == segments.len();
-            let torn = last && (data.len() - valid) as u64 <= config.torn_window();
+            let reach = valid + usize::try_from(config.torn_window() + WRITE_BLOCK).expect("small");
+            let torn = last && zeros(data.get(reach..).unwrap_or_default());
             if !torn {
                 return Err(RecoveryError::Corruption {
                     segment: start,
@@ -161,6 +162,11 @@ pub(crate) fn recover_from(
     }
     found.head = expected;
     Ok(Ok(found))
+}
+
+/// Whether `bytes` are all zero: space no record was written to.
+pub(crate) fn zeros(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
 }
 
 /// Replays the valid prefix of one segment; returns its length and the
@@ -277,14 +283,14 @@ mod tests {
     }
 
     #[test]
-    fn row_4_damage_before_the_torn_window_of_the_last_segment_is_corruption() {
+    fn row_4_damage_before_the_torn_reach_of_the_last_segment_is_corruption() {
         let r = rec(0).len();
         let config = LogConfig {
             batch_bytes_max: 0,
             ..LogConfig::default()
         };
         let window = config.torn_window() as usize;
-        let (mut disk, starts) = disk(1, (window / r + 5) as u64);
+        let (mut disk, starts) = disk(1, ((window + WRITE_BLOCK as usize) / r + 5) as u64);
         disk.flip_bit(starts[0], r + 9, 0); // in the second record, far before the window
         let (found, _) = open(&mut disk, &config);
         match found.unwrap_err() {
@@ -315,6 +321,86 @@ mod tests {
             4 * r,
             "nothing was cut"
         );
+    }
+
+    /// Pads every segment of `disk` with zeros to `size` bytes, as a shell
+    /// that pre-sizes its segments leaves them.
+    fn presize(disk: &mut SimDisk, starts: &[u64], size: usize) {
+        for &start in starts {
+            let len = disk.read(start).unwrap().len();
+            disk.write(start, len as u64, &vec![0; size - len]).unwrap();
+            disk.sync(start).unwrap();
+        }
+    }
+
+    #[test]
+    fn row_2_zeros_after_the_last_record_are_a_segments_end() {
+        let r = rec(0).len() as u64;
+        let (mut disk, starts) = disk(3, 4);
+        presize(&mut disk, &starts, 3 << 20);
+        let (found, seen) = open(&mut disk, &LogConfig::default());
+        let found = found.unwrap();
+        assert_eq!(found.truncated, None, "zeros are no torn tail");
+        assert_eq!(found.records, 12);
+        assert_eq!(seen.len(), 12);
+        assert_eq!(found.head, starts[2] + 4 * r);
+        assert_eq!(disk.read(starts[2]).unwrap().len(), 3 << 20, "nothing cut");
+        for (i, &start) in starts.iter().enumerate() {
+            let bytes = disk.read(start).unwrap();
+            let records = crate::engine::reclaim_scan(start, &bytes).unwrap();
+            assert_eq!(records.len(), 4, "segment {i}");
+        }
+    }
+
+    #[test]
+    fn row_3_a_torn_batch_in_a_presized_segment_is_truncated() {
+        let r = rec(0).len() as u64;
+        let (mut disk, starts) = disk(2, 4);
+        let last = starts[1];
+        presize(&mut disk, &starts, 3 << 20);
+        // A torn block-padded batch: its first sector zero, garbage later.
+        disk.write(last, 4 * r + 512, &rec(999)).unwrap();
+        let (found, seen) = open(&mut disk, &LogConfig::default());
+        let found = found.unwrap();
+        assert_eq!(seen.len(), 8);
+        assert_eq!(found.head, last + 4 * r);
+        assert_eq!(found.truncated, Some((last, 4 * r, (3 << 20) - 4 * r)));
+        assert_eq!(disk.read(last).unwrap().len() as u64, 4 * r, "cut durably");
+    }
+
+    #[test]
+    fn row_4_bytes_past_the_torn_reach_of_a_presized_segment_are_corruption() {
+        let r = rec(0).len() as u64;
+        let config = LogConfig::default();
+        let reach = config.torn_window() + WRITE_BLOCK;
+        let (mut disk, starts) = disk(1, 4);
+        presize(&mut disk, &starts, 3 << 20);
+        // A stray byte just inside the reach is a torn tail...
+        let mut torn = disk.clone();
+        torn.write(0, 4 * r + reach - 1, &[1]).unwrap();
+        assert!(open(&mut torn, &config).0.unwrap().truncated.is_some());
+        // ...one just past it cannot be: only one batch is ever unsynced.
+        disk.write(0, 4 * r + reach, &[1]).unwrap();
+        let error = open(&mut disk, &config).0.unwrap_err();
+        assert!(
+            matches!(error, RecoveryError::Corruption { segment: 0, offset, error: RecordError::BadLength { len: 0 } } if offset == 4 * r),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn row_5_a_stray_byte_after_an_older_segments_zeros_is_corruption() {
+        let r = rec(0).len() as u64;
+        let (mut disk, starts) = disk(3, 4);
+        presize(&mut disk, &starts, 1 << 16);
+        disk.write(starts[1], (1 << 16) - 1, &[1]).unwrap();
+        let error = open(&mut disk, &LogConfig::default()).0.unwrap_err();
+        assert!(
+            matches!(error, RecoveryError::Corruption { segment, offset, .. } if segment == starts[1] && offset == 4 * r),
+            "{error}"
+        );
+        let bytes = disk.read(starts[1]).unwrap();
+        assert!(crate::engine::reclaim_scan(starts[1], &bytes).is_err());
     }
 
     #[test]
