@@ -2,7 +2,9 @@
 //! a 4 KiB append + fdatasync with buffered writes (`std::fs`, what
 //! `FsStorage` does), the same over pre-written blocks (segment recycling),
 //! the same with glommio's `DmaFile` (O_DIRECT on io_uring), and durable
-//! messages per second through the engine's group commit on real files.
+//! messages per second through the engine's group commit on real files:
+//! on the calling thread, on glommio's blocking pool, buffered on io_uring
+//! (the gateway before) and direct on io_uring (`UringLog`, the gateway).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -141,9 +143,39 @@ enum Commit {
     /// `write_flush` on glommio's blocking thread pool (the gateway before
     /// issue #14).
     BlockingPool,
-    /// `UringLog`: write + fdatasync on the executor's io_uring (the
-    /// gateway now).
+    /// One buffered `O_DSYNC` write per commit on the executor's io_uring
+    /// (the gateway before its direct writes; io_uring hands each to a
+    /// worker thread).
+    UringBuffered,
+    /// `UringLog`: one direct `O_DSYNC` write per commit into an allocated
+    /// segment, on the executor's io_uring (the gateway now).
     Uring,
+}
+
+/// The gateway's group commit before direct writes: a buffered `O_DSYNC`
+/// file per segment, each batch one io_uring write at its offset.
+async fn write_buffered(
+    files: &mut std::collections::BTreeMap<u64, glommio::io::BufferedFile>,
+    dir: &std::path::Path,
+    flush: &queue_engine::Flush,
+) {
+    if let std::collections::btree_map::Entry::Vacant(slot) = files.entry(flush.segment) {
+        let file = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_DSYNC)
+            .buffered_open(dir.join(queue_engine::segment_file_name(flush.segment)))
+            .await
+            .unwrap();
+        slot.insert(file);
+    }
+    let want = flush.bytes.len();
+    let wrote = files[&flush.segment]
+        .write_at(flush.bytes.clone(), flush.offset)
+        .await
+        .unwrap();
+    assert_eq!(wrote, want);
 }
 
 /// Time for `iters` group commits of `per_batch` messages each, made the
@@ -153,14 +185,17 @@ fn commit_in_executor(dir: PathBuf, per_batch: u64, iters: u64, commit: Commit) 
         .spawn(move || async move {
             let (mut engine, storage) = fresh_engine(&dir);
             let mut storage = Some(storage);
-            let mut log = gateway::uring_log::UringLog::new(dir.clone());
+            let segment_bytes = queue_engine::LogConfig::default().segment_bytes_max;
+            let mut log = gateway::uring_log::UringLog::new(dir.clone(), segment_bytes);
+            let mut buffered = std::collections::BTreeMap::new();
             let mut id = 0;
             let start = Instant::now();
             for _ in 0..iters {
                 append_batch(&mut engine, &mut id, per_batch);
                 while let Some(flush) = engine.poll_flush().cloned() {
                     match commit {
-                        Commit::Uring => log.write_flush(flush).await.unwrap(),
+                        Commit::Uring => log.write_flush(&flush).await.unwrap(),
+                        Commit::UringBuffered => write_buffered(&mut buffered, &dir, &flush).await,
                         Commit::BlockingPool => {
                             let mut s = storage.take().unwrap();
                             let (s, result) = glommio::executor()
@@ -208,6 +243,7 @@ fn group_commit(c: &mut Criterion) {
         });
         for (name, commit) in [
             ("blocking_pool", Commit::BlockingPool),
+            ("uring_buffered", Commit::UringBuffered),
             ("uring", Commit::Uring),
         ] {
             let id = format!("group_commit_{name}_{per_batch}_msgs_of_100B");

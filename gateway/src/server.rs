@@ -414,7 +414,11 @@ async fn run_shard(
         paused: RefCell::new(rustc_hash::FxHashSet::default()),
     });
     glommio::spawn_local(exchange(shard.clone(), end)).detach();
-    glommio::spawn_local(flusher(shard.clone(), UringLog::new(dir.clone()))).detach();
+    glommio::spawn_local(flusher(
+        shard.clone(),
+        UringLog::new(dir.clone(), spec.engine.log.segment_bytes_max),
+    ))
+    .detach();
     glommio::spawn_local(reclaimer(shard.clone(), dir)).detach();
     spec.control.set_stage(usize::from(id.0), Stage::Serving);
     spec.control.listening.fetch_add(1, Ordering::SeqCst);
@@ -463,7 +467,7 @@ async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
             let Some(flush) = flush else { break };
             let started = Instant::now();
             let len = flush.bytes.len();
-            if let Err(e) = log.write_flush(flush).await {
+            if let Err(e) = log.write_flush(&flush).await {
                 // Fail-stop: nothing waiting on this batch was answered.
                 shard.core.borrow_mut().handle_flush_failed(&e);
                 let why = shard

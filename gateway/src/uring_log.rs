@@ -1,14 +1,32 @@
 //! The group commit's disk writes on io_uring: each batch from
 //! [`queue_engine::Engine::poll_flush`] is one write through the shard's
-//! own executor (glommio's `BufferedFile`), on a file opened `O_DSYNC`, so
-//! the write completes only once its data (and the file size) is durable,
-//! as write + fdatasync would, in one io_uring operation instead of two
-//! in a row. Segment files are opened once and kept; a new segment is
-//! created with `create_new` and its directory entry made durable before
-//! the batch is written; a sealed segment's file is closed once the next
-//! one is created (so a reclaimed segment's space is freed when it is
-//! deleted). The layout is `FsStorage`'s (`queue_engine`), which recovery
-//! and the backlog reads use.
+//! own executor, on a segment file opened `O_DIRECT | O_DSYNC` (glommio's
+//! `DmaFile`), so the write completes only once its data is durable, in
+//! one io_uring operation, without the page cache.
+//!
+//! Why direct: a buffered `O_DSYNC` append cannot be issued without
+//! blocking, so io_uring hands every one to a worker thread (on the
+//! shard's own core), and each append that grows the file also writes the
+//! inode. A direct write inside the file's allocated size is issued inline
+//! and leaves the size alone. So every new segment is allocated to its full
+//! size when it is created (`fallocate`, which writes nothing: the blocks
+//! read as zeros until written). If that fails (no space for a whole
+//! segment, a file-size limit), the segment is still used and grows as it
+//! is written, more slowly.
+//!
+//! Direct I/O writes whole aligned blocks ([`queue_engine::WRITE_BLOCK`]):
+//! a batch is written from the start of the block it begins in, that
+//! block's earlier bytes (kept from the last write, or read back after a
+//! restart) rewritten unchanged in front of it, and padded with zeros to
+//! the end of its last block. Recovery reads zeros after a segment's last
+//! record as its end (`queue_engine::recovery`). A segment that grows past
+//! its allocated size, or was cut by recovery, still works: the kernel
+//! then extends the file, more slowly.
+//!
+//! Sealed segments' files are closed once the next one is created (so a
+//! reclaimed segment's space is freed when it is deleted). The layout is
+//! `FsStorage`'s (`queue_engine`), which recovery and the backlog reads
+//! use.
 //!
 //! Reclaim's disk work is here too, on the executor's blocking pool so the
 //! event loop never waits for it: [`read_for_reclaim`] reads a sealed
@@ -19,21 +37,41 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 
-use glommio::io::{BufferedFile, Directory, OpenOptions};
-use queue_engine::Flush;
+use glommio::io::{Directory, DmaFile, OpenOptions};
+use queue_engine::{Flush, WRITE_BLOCK};
+use tracing::warn;
+
+/// [`WRITE_BLOCK`] as a length.
+const BLOCK: usize = 4096;
+const _: () = assert!(BLOCK as u64 == WRITE_BLOCK);
 
 /// A shard's log directory, written on io_uring.
 pub struct UringLog {
     dir: PathBuf,
-    files: BTreeMap<u64, BufferedFile>,
+    /// Bytes a new segment is allocated to.
+    presize: u64,
+    files: BTreeMap<u64, DmaFile>,
+    /// The last partial block written, rewritten in front of the next batch.
+    tail: Option<Tail>,
+}
+
+/// The bytes of the log's last partial block, as written.
+struct Tail {
+    segment: u64,
+    /// Offset in the segment just past the last byte written.
+    end: u64,
+    bytes: Vec<u8>,
 }
 
 impl UringLog {
-    /// The log in `dir` (which recovery opened already).
-    pub fn new(dir: PathBuf) -> Self {
+    /// The log in `dir` (which recovery opened already), whose new segments
+    /// are allocated to `segment_bytes` (rounded up to whole blocks).
+    pub fn new(dir: PathBuf, segment_bytes: u64) -> Self {
         Self {
             dir,
+            presize: segment_bytes.div_ceil(WRITE_BLOCK).max(1) * WRITE_BLOCK,
             files: BTreeMap::new(),
+            tail: None,
         }
     }
 
@@ -43,49 +81,98 @@ impl UringLog {
 
     /// Performs one batch: creates its segment if new and writes it,
     /// durably. Report success with `Engine::handle_flushed`.
-    pub async fn write_flush(&mut self, flush: Flush) -> io::Result<()> {
+    pub async fn write_flush(&mut self, flush: &Flush) -> io::Result<()> {
         if flush.create {
-            // Sealed segments are never written again.
-            for (_, sealed) in std::mem::take(&mut self.files) {
-                sealed.close().await?;
-            }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_DSYNC)
-                .buffered_open(self.path(flush.segment))
-                .await?;
-            self.files.insert(flush.segment, file);
-            Directory::open(&self.dir).await?.sync().await?;
+            self.create(flush.segment).await?;
         }
-        let file = self.file(flush.segment).await?;
-        let want = flush.bytes.len();
-        let wrote = file.write_at(flush.bytes, flush.offset).await?;
-        if wrote != want {
+        self.open(flush.segment).await?;
+        let start = flush.offset / WRITE_BLOCK * WRITE_BLOCK;
+        let mut prefix = self.prefix(flush.segment, start, flush.offset).await?;
+        let file = &self.files[&flush.segment];
+        let len = prefix.len() + flush.bytes.len();
+        let padded = len.next_multiple_of(BLOCK);
+        let mut buf = file.alloc_dma_buffer(padded);
+        let bytes = buf.as_bytes_mut();
+        bytes[..prefix.len()].copy_from_slice(&prefix);
+        bytes[prefix.len()..len].copy_from_slice(&flush.bytes);
+        bytes[len..].fill(0);
+        // What the next batch rewrites: this one's last partial block.
+        prefix.clear();
+        prefix.extend_from_slice(&bytes[len / BLOCK * BLOCK..len]);
+        let wrote = file.write_at(buf, start).await?;
+        if wrote != padded {
             // The kernel writes a regular file short only when it cannot
             // write the rest (no space, file size limit): fail-stop, as
             // for the error the next write would return.
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
-                format!("short log write: {wrote} of {want} bytes (disk full?)"),
+                format!("short log write: {wrote} of {padded} bytes (disk full?)"),
             ));
         }
+        self.tail = Some(Tail {
+            segment: flush.segment,
+            end: flush.end() - flush.segment,
+            bytes: prefix,
+        });
         Ok(())
     }
 
-    /// The open segment `segment`, opened on first use.
-    async fn file(&mut self, segment: u64) -> io::Result<&BufferedFile> {
+    /// The bytes of `segment` from `start` (a block boundary) to `offset`,
+    /// where a batch begins: kept from the last write, or read back (the
+    /// first write after a restart).
+    async fn prefix(&mut self, segment: u64, start: u64, offset: u64) -> io::Result<Vec<u8>> {
+        let before = usize::try_from(offset - start).expect("within a block");
+        let prefix = match self.tail.take() {
+            Some(t) if t.segment == segment && t.end == offset => t.bytes,
+            _ if before == 0 => Vec::new(),
+            _ => self.files[&segment].read_at(start, before).await?.to_vec(),
+        };
+        if prefix.len() != before {
+            return Err(io::Error::other(format!(
+                "log segment {segment} is shorter than the offset {offset} it is written at"
+            )));
+        }
+        Ok(prefix)
+    }
+
+    /// Creates segment `segment` (failing if it exists), allocates it, makes
+    /// its name durable, and closes the sealed segments.
+    async fn create(&mut self, segment: u64) -> io::Result<()> {
+        // Sealed segments are never written again.
+        for (_, sealed) in std::mem::take(&mut self.files) {
+            sealed.close().await?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_DSYNC)
+            .dma_open(self.path(segment))
+            .await?;
+        if let Err(e) = file.pre_allocate(self.presize, false).await {
+            // Still correct, only slower: the file grows as written.
+            warn!(
+                segment,
+                "log segment not allocated ({e}); it grows as it is written"
+            );
+        }
+        self.files.insert(segment, file);
+        Directory::open(&self.dir).await?.sync().await?;
+        Ok(())
+    }
+
+    /// Opens segment `segment` for direct writes, if it is not yet.
+    async fn open(&mut self, segment: u64) -> io::Result<()> {
         if !self.files.contains_key(&segment) {
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .custom_flags(libc::O_DSYNC)
-                .buffered_open(self.path(segment))
+                .dma_open(self.path(segment))
                 .await?;
             self.files.insert(segment, file);
         }
-        Ok(&self.files[&segment])
+        Ok(())
     }
 }
 

@@ -264,6 +264,10 @@ fn every_acknowledged_message_survives_sigkill_and_arrives_once() {
             alice.core().pending().is_empty(),
             "every send is ✓ after the retry"
         );
+        // Once more: the retries were written after the first restart, over
+        // the block the log had left half full (read back, rewritten).
+        drop(alice);
+        gw.kill_and_restart();
         let (mut bob, backlog) = gw.login(2, 0, 0).await;
         assert_eq!(
             backlog, N,

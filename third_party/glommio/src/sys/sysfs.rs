@@ -124,6 +124,16 @@ impl BlockDevice {
 
         let cache_data = read_to_string(queue.join("write_cache")).unwrap();
         let cache = cache_data.parse::<StorageCache>().unwrap();
+        // Patched (messaging-edge): a device whose queue says it has no
+        // poll queues (`io_poll` 0) never gets the poll ring. Upstream
+        // only probes with a read, which such a device no longer fails
+        // with ENOTSUP on recent kernels (the request completes by
+        // interrupt), so every direct I/O went to the poll ring and the
+        // executor spun on it while any was in flight.
+        let iopoll = match read_to_string(queue.join("io_poll")) {
+            Ok(v) if v.trim() == "0" => Some(false),
+            _ => None,
+        };
         let subcomponents = read_dir(dir.join("slaves"))
             .unwrap()
             .map(|x| x.unwrap().path())
@@ -139,7 +149,7 @@ impl BlockDevice {
             max_sectors_size: max_sectors_kb << 10,
             max_segment_size,
             cache,
-            iopoll: None,
+            iopoll,
             subcomponents,
         }
     }
