@@ -150,12 +150,16 @@ impl UringLog {
             .custom_flags(libc::O_DSYNC)
             .dma_open(self.path(segment))
             .await?;
-        if let Err(e) = file.pre_allocate(self.presize, false).await {
+        match file.pre_allocate(self.presize, false).await {
+            // The size and the allocation made durable before any write
+            // relies on them: a write inside the size does not change it,
+            // so nothing else would sync it.
+            Ok(()) => file.fdatasync().await?,
             // Still correct, only slower: the file grows as written.
-            warn!(
+            Err(e) => warn!(
                 segment,
                 "log segment not allocated ({e}); it grows as it is written"
-            );
+            ),
         }
         self.files.insert(segment, file);
         Directory::open(&self.dir).await?.sync().await?;
