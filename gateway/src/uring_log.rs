@@ -50,7 +50,7 @@ const _: () = assert!(BLOCK as u64 == WRITE_BLOCK);
 pub struct UringLog {
     dir: PathBuf,
     /// Bytes a new segment is allocated to.
-    presize: u64,
+    segment_bytes: u64,
     files: BTreeMap<u64, DmaFile>,
     /// The last partial block written, rewritten in front of the next batch.
     tail: Option<Tail>,
@@ -70,7 +70,7 @@ impl UringLog {
     pub fn new(dir: PathBuf, segment_bytes: u64) -> Self {
         Self {
             dir,
-            presize: segment_bytes.div_ceil(WRITE_BLOCK).max(1) * WRITE_BLOCK,
+            segment_bytes: segment_bytes.div_ceil(WRITE_BLOCK).max(1) * WRITE_BLOCK,
             files: BTreeMap::new(),
             tail: None,
         }
@@ -150,7 +150,7 @@ impl UringLog {
             .custom_flags(libc::O_DSYNC)
             .dma_open(self.path(segment))
             .await?;
-        match file.pre_allocate(self.presize, false).await {
+        match file.pre_allocate(self.segment_bytes, false).await {
             // The size and the allocation made durable before any write
             // relies on them: a write inside the size does not change it,
             // so nothing else would sync it.

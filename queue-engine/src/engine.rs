@@ -1277,7 +1277,7 @@ pub fn reclaim_scan(segment: u64, bytes: &[u8]) -> Result<Vec<(u64, u64)>, Recov
         &mut |position, len, _| records.push((position, len)),
         &mut 0,
     );
-    match bad.filter(|_| !crate::recovery::zeros(&bytes[valid..])) {
+    match bad {
         Some(error) => Err(RecoveryError::Corruption {
             segment,
             offset: valid as u64,

@@ -144,7 +144,7 @@ pub(crate) fn recover_from(
         );
         let valid = skip + tail;
         skip = 0;
-        if let Some(error) = bad.filter(|_| !zeros(&data[valid..])) {
+        if let Some(error) = bad {
             let last = i + 1 == segments.len();
             let reach = valid + usize::try_from(config.torn_window() + WRITE_BLOCK).expect("small");
             let torn = last && zeros(data.get(reach..).unwrap_or_default());
@@ -165,12 +165,13 @@ pub(crate) fn recover_from(
 }
 
 /// Whether `bytes` are all zero: space no record was written to.
-pub(crate) fn zeros(bytes: &[u8]) -> bool {
+fn zeros(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| *b == 0)
 }
 
 /// Replays the valid prefix of one segment; returns its length and the
-/// error that ended it, if any.
+/// error that ended it, if any. Zeros from there to the end are no error:
+/// they are the segment's unwritten end.
 pub(crate) fn scan(
     data: &[u8],
     start: u64,
@@ -185,7 +186,7 @@ pub(crate) fn scan(
                 *records += 1;
                 offset += len;
             }
-            Err(error) => return (offset, Some(error)),
+            Err(error) => return (offset, (!zeros(&data[offset..])).then_some(error)),
         }
     }
     (offset, None)
