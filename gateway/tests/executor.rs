@@ -13,11 +13,19 @@
 //! It keeps a pending preemption timer across busy turns (patch 5); the
 //! other two tests check that the timer still fires and that sleeps, with
 //! their deadlines moving, still wake.
+//!
+//! Its main ring is set up with `COOP_TASKRUN` (patch 7): a completion
+//! another thread causes no longer interrupts the shard with an IPI but
+//! waits until the shard next enters the kernel. The last two tests pin
+//! the flags and check that such completions still arrive whether the
+//! executor parks between them or spins without a syscall of its own.
 
 use std::future::Future;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 
 /// Runs `work` on a fresh executor with `preempt` (glommio's default if
@@ -115,4 +123,69 @@ fn sleeps_whose_next_deadline_keeps_moving_all_end() {
         slept
     });
     assert_eq!(slept, 64 * 50);
+}
+
+/// `IORING_SETUP_COOP_TASKRUN` and `IORING_SETUP_TASKRUN_FLAG`.
+const COOP: u32 = (1 << 8) | (1 << 9);
+
+#[test]
+fn the_main_ring_is_set_up_cooperative() {
+    let flags = run_bounded(None, "the executor did not start", || async {
+        glommio::executor().main_ring_setup_flags()
+    });
+    assert_eq!(flags & COOP, COOP, "main ring flags {flags:#x}");
+}
+
+/// Another thread answers each of 2,000 one-byte pings over loopback TCP,
+/// so every answer completes as task work queued from the other thread.
+/// With `spin` the executor never parks: it polls its rings in a loop and
+/// sees such a completion only because the ring's `TASKRUN` flag makes the
+/// poll enter the kernel (or a timer tick happens to run the work). Without
+/// it the executor parks between answers and the sleeping thread is woken.
+fn ping_pong(spin: bool) -> u32 {
+    let (done, finished) = mpsc::channel();
+    let mut builder = LocalExecutorBuilder::new(Placement::Unbound);
+    if spin {
+        builder = builder.spin_before_park(Duration::from_secs(60));
+    }
+    let executor = builder
+        .spawn(move || async move {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let echo = std::thread::spawn(move || {
+                let (mut theirs, _) = listener.accept().unwrap();
+                let mut byte = [0u8; 1];
+                while std::io::Read::read_exact(&mut theirs, &mut byte).is_ok() {
+                    std::io::Write::write_all(&mut theirs, &byte).unwrap();
+                }
+            });
+            let mut ours = TcpStream::connect(addr).await.unwrap();
+            let mut answered = 0u32;
+            for i in 0..2_000u32 {
+                let ping = i.to_le_bytes()[0];
+                ours.write_all(&[ping]).await.unwrap();
+                let mut byte = [0u8; 1];
+                ours.read_exact(&mut byte).await.unwrap();
+                answered += u32::from(byte[0] == ping);
+            }
+            drop(ours);
+            echo.join().unwrap();
+            done.send(answered).unwrap();
+        })
+        .unwrap();
+    let answered = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a completion from another thread never arrived");
+    executor.join().unwrap();
+    answered
+}
+
+#[test]
+fn completions_from_another_thread_arrive_at_a_spinning_executor() {
+    assert_eq!(ping_pong(true), 2_000);
+}
+
+#[test]
+fn completions_from_another_thread_wake_a_parked_executor() {
+    assert_eq!(ping_pong(false), 2_000);
 }

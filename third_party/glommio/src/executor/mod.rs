@@ -2506,6 +2506,15 @@ impl ExecutorProxy {
         });
     }
 
+    /// Patched (messaging-edge): the `io_uring_setup` flags of this
+    /// executor's main ring (patch 7 sets `COOP_TASKRUN` and
+    /// `TASKRUN_FLAG` there), so a test outside this crate can pin them.
+    #[doc(hidden)]
+    #[cfg(not(feature = "native-tls"))]
+    pub fn main_ring_setup_flags(&self) -> u32 {
+        LOCAL_EX.with(|local_ex| local_ex.get_reactor().sys.main_ring_setup_flags())
+    }
+
     /// Returns an [`IoStats`] struct with information about IO performed by
     /// this executor's reactor
     ///

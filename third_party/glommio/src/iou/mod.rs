@@ -92,6 +92,13 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        // Patched (messaging-edge): see `SleepableRing::new`.
+        /// Completions posted by task work do not interrupt a running task
+        /// (no IPI); they run at its next kernel entry.
+        const COOP_TASKRUN = 1 << 8;
+        /// With `COOP_TASKRUN`: the kernel sets `IORING_SQ_TASKRUN` in the
+        /// SQ flags while such task work is pending.
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

@@ -905,7 +905,7 @@ impl SleepableRing {
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring: Self::setup(size, name)?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -915,6 +915,43 @@ impl SleepableRing {
             source_map,
             in_kernel: 0,
         })
+    }
+
+    /// Patched (messaging-edge): the main ring (sockets, files, the
+    /// eventfd foreign wakes arrive on) is set up with `COOP_TASKRUN`.
+    /// Upstream's default signals the ring's thread for every completion
+    /// that runs as task work (every socket poll, every eventfd write):
+    /// when that thread is running on another core, the waker sends it an
+    /// IPI, which on a VM is an exit on both sides. Under load, where the
+    /// shard is always running, that was most of what a loopback `send`
+    /// cost its caller. With `COOP_TASKRUN` a running thread is not
+    /// interrupted; the work runs at its next kernel entry, and a sleeping
+    /// thread is still woken. `TASKRUN_FLAG` makes the kernel say in the SQ
+    /// flags that such work waits, and `needs_kernel_enter` then enters
+    /// the kernel, so a turn that makes no syscall of its own still sees
+    /// it. The latency ring keeps the default: the preemption timer's
+    /// completion is read from its CQ without a syscall. Kernels before
+    /// 5.19 refuse the flags; the ring is then set up as upstream does.
+    fn setup(size: usize, name: &'static str) -> io::Result<iou::IoUring> {
+        if name == "main" {
+            let coop = iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG;
+            if let Ok(ring) =
+                iou::IoUring::new_with_flags(size as _, coop, iou::SetupFeatures::empty())
+            {
+                return Ok(ring);
+            }
+        }
+        iou::IoUring::new(size as _)
+    }
+
+    /// Patched (messaging-edge): completions wait as task work (see
+    /// `setup`) until this thread enters the kernel.
+    fn task_work_pending(&self) -> bool {
+        let flags = self.ring.raw().sq.kflags;
+        // SAFETY: `kflags` points into the SQ ring mapping, which lives as
+        // long as `self.ring`; the kernel updates it concurrently.
+        let flags = unsafe { &*(flags as *const std::sync::atomic::AtomicU32) };
+        flags.load(std::sync::atomic::Ordering::Acquire) & uring_sys::IORING_SQ_TASKRUN != 0
     }
 
     fn ring_fd(&self) -> RawFd {
@@ -1132,7 +1169,8 @@ impl UringCommon for SleepableRing {
     fn needs_kernel_enter(&self) -> bool {
         // We only need to enter the kernel to submit SQEs, not to collect CQEs (the
         // kernel posts the CQEs asynchronously for us)
-        self.waiting_kernel_submission() > 0
+        // Patched (messaging-edge): ... unless they wait as task work.
+        self.waiting_kernel_submission() > 0 || self.task_work_pending()
     }
 
     fn can_sleep(&self) -> bool {
@@ -1934,6 +1972,11 @@ impl Reactor {
     pub(crate) fn async_truncate(&self, fd: RawFd, size: u64) {
         // actually synchronous for now!
         let _ = sys::truncate_file(fd, size);
+    }
+
+    /// Patched (messaging-edge): see `SleepableRing::setup`.
+    pub(crate) fn main_ring_setup_flags(&self) -> u32 {
+        self.main_ring.borrow().ring.raw().flags
     }
 
     /// RAII-close asynchronously files that were not closed explicitly.
