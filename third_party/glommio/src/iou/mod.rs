@@ -99,6 +99,11 @@ bitflags::bitflags! {
         /// With `COOP_TASKRUN`: the kernel sets `IORING_SQ_TASKRUN` in the
         /// SQ flags while such task work is pending.
         const TASKRUN_FLAG = 1 << 9;
+        /// Only one thread submits (required by `DEFER_TASKRUN`).
+        const SINGLE_ISSUER = 1 << 12;
+        /// Task work runs only when the thread asks for completions
+        /// (`io_uring_enter` with `IORING_ENTER_GETEVENTS`).
+        const DEFER_TASKRUN = 1 << 13;
     }
 }
 

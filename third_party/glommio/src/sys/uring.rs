@@ -918,30 +918,64 @@ impl SleepableRing {
     }
 
     /// Patched (messaging-edge): the main ring (sockets, files, the
-    /// eventfd foreign wakes arrive on) is set up with `COOP_TASKRUN`.
-    /// Upstream's default signals the ring's thread for every completion
-    /// that runs as task work (every socket poll, every eventfd write):
-    /// when that thread is running on another core, the waker sends it an
-    /// IPI, which on a VM is an exit on both sides. Under load, where the
-    /// shard is always running, that was most of what a loopback `send`
-    /// cost its caller. With `COOP_TASKRUN` a running thread is not
-    /// interrupted; the work runs at its next kernel entry, and a sleeping
-    /// thread is still woken. `TASKRUN_FLAG` makes the kernel say in the SQ
-    /// flags that such work waits, and `needs_kernel_enter` then enters
-    /// the kernel, so a turn that makes no syscall of its own still sees
-    /// it. The latency ring keeps the default: the preemption timer's
-    /// completion is read from its CQ without a syscall. Kernels before
-    /// 5.19 refuse the flags; the ring is then set up as upstream does.
+    /// eventfd foreign wakes arrive on) defers its task work. Upstream's
+    /// default signals the ring's thread for every completion that runs
+    /// as task work (every socket poll, every eventfd write): when that
+    /// thread is running on another core, the waker sends it an IPI, which
+    /// on a VM is an exit on both sides. Under load, where the shard is
+    /// always running, that was most of what a loopback `send` cost its
+    /// caller. With `DEFER_TASKRUN` (Linux 6.1+, with `SINGLE_ISSUER`: only
+    /// this thread submits) the work waits, uninterrupting, until this
+    /// thread asks for completions, all of them in one go; a thread asleep
+    /// in `io_uring_enter` is still woken. Where the kernel refuses it,
+    /// `COOP_TASKRUN` (5.19+) is next: no IPI either, but the work runs at
+    /// every kernel entry. `TASKRUN_FLAG` makes the kernel say in the SQ
+    /// flags that such work waits, and `needs_kernel_enter` and
+    /// `submit_sqes` then enter the kernel for it, as liburing's
+    /// `io_uring_peek_cqe` does, so a turn that makes no syscall of its own
+    /// still sees it. The latency ring keeps upstream's setup: the
+    /// preemption timer's completion is read from its CQ without a syscall.
+    /// Older kernels get upstream's ring.
     fn setup(size: usize, name: &'static str) -> io::Result<iou::IoUring> {
+        use iou::SetupFlags as F;
         if name == "main" {
-            let coop = iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG;
-            if let Ok(ring) =
-                iou::IoUring::new_with_flags(size as _, coop, iou::SetupFeatures::empty())
-            {
-                return Ok(ring);
+            let deferred = F::DEFER_TASKRUN | F::SINGLE_ISSUER | F::TASKRUN_FLAG;
+            for flags in [deferred, F::COOP_TASKRUN | F::TASKRUN_FLAG] {
+                if let Ok(ring) =
+                    iou::IoUring::new_with_flags(size as _, flags, iou::SetupFeatures::empty())
+                {
+                    return Ok(ring);
+                }
             }
         }
         iou::IoUring::new(size as _)
+    }
+
+    /// Whether task work waits for `IORING_ENTER_GETEVENTS` (see `setup`);
+    /// otherwise any kernel entry runs it.
+    fn deferred(&self) -> bool {
+        self.ring.raw().flags & iou::SetupFlags::DEFER_TASKRUN.bits() != 0
+    }
+
+    /// Runs the deferred task work: its completions land in the CQ.
+    fn get_events(&self) -> io::Result<()> {
+        // SAFETY: io_uring_enter on our own ring, submitting and waiting
+        // for nothing; no pointer is passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.ring.raw().ring_fd,
+                0,
+                0,
+                uring_sys::IORING_ENTER_GETEVENTS,
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Patched (messaging-edge): completions wait as task work (see
@@ -1198,6 +1232,10 @@ impl UringCommon for SleepableRing {
     fn submit_sqes(&mut self) -> io::Result<usize> {
         let x = self.ring.submit_sqes()? as usize;
         self.in_kernel += x;
+        // Patched (messaging-edge): see `setup`.
+        if self.deferred() && self.task_work_pending() {
+            self.get_events()?;
+        }
         Ok(x)
     }
 
