@@ -206,6 +206,10 @@ async fn send(
                 counter,
                 sent_ns: epoch_ns(at),
             };
+            if plan.rate_per_sender.is_some() && epoch_ns(at) >= plan.measure_from_ns {
+                rec.borrow_mut()
+                    .latency(Latency::SendLag, micros(now.saturating_duration_since(at)));
+            }
             let id = link.core().send(to, 0, stamp.payload(plan.payload));
             out.unacked.insert(id, (counter, at));
             counter += 1;

@@ -112,17 +112,22 @@ pub enum Latency {
     Backlog,
     /// Send → delivered to the last online member of the group.
     LastMember,
+    /// Open loop: a send's scheduled time → when the sender got to it
+    /// (queued it on its connection). The load generator's own lateness:
+    /// when this grows, the figures above measure loadgen, not the server.
+    SendLag,
 }
 
 impl Latency {
     /// Every latency, in report order.
-    pub const ALL: [Latency; 6] = [
+    pub const ALL: [Latency; 7] = [
         Latency::Ack,
         Latency::Delivered,
         Latency::Receipt,
         Latency::Connect,
         Latency::Backlog,
         Latency::LastMember,
+        Latency::SendLag,
     ];
 
     /// Its JSON name (and `.hgrm` file name).
@@ -134,6 +139,7 @@ impl Latency {
             Latency::Connect => "connect",
             Latency::Backlog => "storm_to_backlog_read",
             Latency::LastMember => "send_to_last_member",
+            Latency::SendLag => "scheduled_to_sent",
         }
     }
 }

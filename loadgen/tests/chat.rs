@@ -92,6 +92,26 @@ fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// Open loop: every send's lateness against its schedule is reported
+/// (`scheduled_to_sent`), once per send, so a reader can tell the server's
+/// latency from the load generator's own; a closed-loop run reports none.
+#[test]
+fn an_open_loop_run_reports_how_late_each_send_went_out() {
+    let gw = Gateway::start("chat-open");
+    let report_dir = gw.dir.join("report");
+    let chat = ["chat", "--pairs", "10", "--duration", "2s", "--rate", "500"];
+    let args = [&["--threads", "2"][..], &chat, &["--warmup", "0s"]].concat();
+    let out = gw.loadgen(&report_dir, &args);
+    drop(gw);
+    let table = passed(&out);
+    let report = read_json(&report_dir.join("report.json"));
+    let sent = report["counters"]["sent"].as_u64().unwrap();
+    assert!(sent > 500, "messages flowed: {table}");
+    let lag = &report["latency_us"]["scheduled_to_sent"];
+    assert_eq!(lag["count"].as_u64(), Some(sent), "{table}");
+    assert!(lag["p99"].as_u64().unwrap() >= lag["p50"].as_u64().unwrap());
+}
+
 #[test]
 fn a_short_verified_chat_run_passes() {
     let gw = Gateway::start("chat");
@@ -116,6 +136,8 @@ fn a_short_verified_chat_run_passes() {
     assert_eq!(counters["connects"].as_u64(), Some(40));
     let delivered = &report["latency_us"]["send_to_delivered"];
     assert_eq!(delivered["count"].as_u64(), Some(acked));
+    let lag = &report["latency_us"]["scheduled_to_sent"]["count"];
+    assert_eq!(lag.as_u64().unwrap_or(0), 0, "closed loop has no schedule");
     assert!(delivered["p99"].as_u64().unwrap() >= delivered["p50"].as_u64().unwrap());
     let per_second: u64 = report["series"]
         .as_array()
