@@ -3,7 +3,7 @@
 # "where a message's time goes"): starts a gateway, runs
 # `loadgen chat --rate RATE`, and over a WINDOW in the middle of the run
 # counts, per message stored, the frames in and out, group-commit batches,
-# io_uring_enter syscalls, context switches and CPU-µs (the gateway's
+# io_uring_enter, send and recv syscalls, context switches and CPU-µs (the gateway's
 # utime + stime), then records a `perf` profile of the same load and prints
 # its split between kernel and user space and its top user symbols.
 #
@@ -48,7 +48,7 @@ in0=$(sum gateway_frames_in_total)
 out0=$(sum gateway_frames_out_total)
 batches0=$(sum gateway_fdatasync_seconds_count)
 cpu0=$(cpu_ticks)
-perf stat -x, -e context-switches,syscalls:sys_enter_io_uring_enter -p "$gw" \
+perf stat -x, -e context-switches,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom -p "$gw" \
     -- sleep "$WINDOW" 2>"$WORK/perf-stat.csv"
 stored=$(($(sum gateway_messages_stored_total) - stored0))
 frames_in=$(($(sum gateway_frames_in_total) - in0))
@@ -57,17 +57,21 @@ batches=$(($(sum gateway_fdatasync_seconds_count) - batches0))
 cpu=$(($(cpu_ticks) - cpu0))
 switches=$(awk -F, '$3 == "context-switches" {print $1}' "$WORK/perf-stat.csv")
 enters=$(awk -F, '$3 ~ /io_uring_enter/ {print $1}' "$WORK/perf-stat.csv")
+sends=$(awk -F, '$3 ~ /sys_enter_sendto/ {print $1}' "$WORK/perf-stat.csv")
+recvs=$(awk -F, '$3 ~ /sys_enter_recvfrom/ {print $1}' "$WORK/perf-stat.csv")
 
-python3 - "$stored" "$frames_in" "$frames_out" "$batches" "$cpu" "${switches:-0}" "${enters:-0}" "$WINDOW" "$RATE" <<'EOF'
+python3 - "$stored" "$frames_in" "$frames_out" "$batches" "$cpu" "${switches:-0}" "${enters:-0}" \
+    "${sends:-0}" "${recvs:-0}" "$WINDOW" "$RATE" <<'EOF'
 import sys
-stored, fin, fout, batches, ticks, switches, enters = map(int, sys.argv[1:8])
-window, rate = float(sys.argv[8]), sys.argv[9]
+stored, fin, fout, batches, ticks, switches, enters, sends, recvs = map(int, sys.argv[1:10])
+window, rate = float(sys.argv[10]), sys.argv[11]
 if stored == 0:
     sys.exit("no message was stored in the window: see loadgen.txt")
 n = stored
 print(f"offered {rate} msgs/s; {stored} messages stored in {window:.0f} s")
 print(f"per message: {fin / n:.2f} frames in, {fout / n:.2f} frames out, "
       f"{batches / n:.2f} group-commit batches, {enters / n:.2f} io_uring_enter, "
+      f"{sends / n:.2f} send, {recvs / n:.2f} recv, "
       f"{switches / n:.2f} context switches, {ticks * 10_000 / n:.1f} CPU-µs")
 EOF
 

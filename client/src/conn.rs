@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
-use crate::{ClientCore, ClientEvent};
+use crate::{ACK_DELAY, ClientCore, ClientEvent};
 
 /// A client TLS configuration trusting the PEM certificates in `path`.
 pub fn trust(path: &Path) -> io::Result<Arc<ClientConfig>> {
@@ -41,6 +41,8 @@ pub struct Connection {
     tls: ClientConnection,
     core: ClientCore,
     buf: Vec<u8>,
+    /// Since when the core holds an acknowledgment back (`ack_later`).
+    ack_held_since: Option<Instant>,
 }
 
 impl Connection {
@@ -79,6 +81,7 @@ impl Connection {
             tls,
             core,
             buf: vec![0; 16 * 1024],
+            ack_held_since: None,
         };
         conn.handshake().await?;
         conn.flush().await?;
@@ -148,7 +151,9 @@ impl Connection {
 
     /// [`Connection::next_event`] with a deadline: `Ok(None)` when it passes.
     /// Only the wait for bytes is cut short, never a write, so the TLS
-    /// stream stays whole.
+    /// stream stays whole. An acknowledgment the core holds back
+    /// ([`ClientCore::ack_later`]) is written once it has waited
+    /// [`ACK_DELAY`] for another frame to ride.
     pub async fn next_event_within(&mut self, limit: Duration) -> io::Result<Option<ClientEvent>> {
         let deadline = Instant::now() + limit;
         loop {
@@ -159,7 +164,14 @@ impl Connection {
             if self.core.is_closed() {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let ack_due = self.ack_due(now);
+            if ack_due.is_some_and(|due| due <= now) {
+                self.core.release_ack();
+                continue;
+            }
+            let until = ack_due.map_or(deadline, |due| due.min(deadline));
+            let left = until.saturating_duration_since(now);
             if left.is_zero() {
                 return Ok(None);
             }
@@ -169,10 +181,27 @@ impl Connection {
                 None
             };
             match read.or(timer).await {
-                None => return Ok(None),
+                None if until == deadline => return Ok(None),
+                None => {}
                 Some(n) => self.take_input(n?)?,
             }
         }
+    }
+
+    /// When the acknowledgment the core holds back is to be written.
+    fn ack_due(&mut self, now: Instant) -> Option<Instant> {
+        if !self.core.ack_held() {
+            self.ack_held_since = None;
+            return None;
+        }
+        Some(*self.ack_held_since.get_or_insert(now) + ACK_DELAY)
+    }
+
+    /// Writes what the core has queued, a held-back acknowledgment too:
+    /// before closing.
+    pub async fn finish(&mut self) -> io::Result<()> {
+        self.core.release_ack();
+        self.flush().await
     }
 
     /// Feeds `n` bytes of the read buffer through TLS to the core.

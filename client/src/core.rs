@@ -6,8 +6,18 @@
 //! remember: the sends not yet answered with ✓ (to resend with the same
 //! client message id, which the server dedups) and the highest seq it has
 //! acknowledged (to resume the backlog after it).
+//!
+//! Delivery acknowledgments can be held back ([`ClientCore::ack_later`],
+//! what a client should use by default), as TCP delays its ACKs: a held
+//! ack rides the next frame the client writes anyway, and the shell
+//! ([`crate::Connection`]) writes it on its own once [`ACK_DELAY`] passes;
+//! [`ACK_BATCH`] unacknowledged seqs release it at once. That saves the
+//! server a read, and both sides a TLS record and a syscall, per message
+//! a busy conversation acknowledges; the cost is ✓✓ arriving up to
+//! [`ACK_DELAY`] later.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use bytes::Bytes;
 use wire_format::fb::{self, ErrorCode};
@@ -15,6 +25,14 @@ use wire_format::{
     Address, Body, DEDUP_WINDOW, Encoder, Frame, FrameDecoder, Limits, OutFrame, PROTOCOL_VERSION,
     WireError,
 };
+
+/// How long [`ClientCore::ack_later`] holds an acknowledgment that no other
+/// frame carried before the shell writes it on its own.
+pub const ACK_DELAY: Duration = Duration::from_millis(20);
+
+/// Seqs [`ClientCore::ack_later`] leaves unacknowledged at most: the
+/// messages a dropped connection has the server deliver again.
+pub const ACK_BATCH: u64 = 64;
 
 /// What the server told us.
 #[derive(Debug, Clone, PartialEq)]
@@ -198,6 +216,8 @@ pub struct ClientCore {
     sent_through: u64,
     next_client_msg_id: u64,
     last_acked_seq: u64,
+    /// The seq of the last cumulative ack queued (or the `Hello`'s).
+    ack_sent_seq: u64,
     authenticated: bool,
     closed: bool,
     /// `retry_after_ms` of the last `Error` received.
@@ -219,6 +239,7 @@ impl ClientCore {
             sent_through: 0,
             next_client_msg_id: first_client_msg_id.max(1),
             last_acked_seq,
+            ack_sent_seq: last_acked_seq,
             authenticated: false,
             closed: false,
             retry_after_ms: 0,
@@ -264,10 +285,37 @@ impl ClientCore {
         }
     }
 
-    /// Acknowledges every message up to `seq` (stored on this device).
+    /// Acknowledges every message up to `seq` (stored on this device), at
+    /// once: a frame of its own unless others are queued.
     pub fn ack(&mut self, seq: u64) {
+        self.ack_later(seq);
+        self.release_ack();
+    }
+
+    /// Acknowledges every message up to `seq`, held back: the ack rides the
+    /// next frame written, or the shell writes it after [`ACK_DELAY`]
+    /// ([`ClientCore::ack_held`], [`ClientCore::release_ack`]). Past
+    /// [`ACK_BATCH`] unacknowledged seqs it is queued at once. A reconnect
+    /// resumes after `seq` either way.
+    pub fn ack_later(&mut self, seq: u64) {
         if seq > self.last_acked_seq {
             self.last_acked_seq = seq;
+            if seq >= self.ack_sent_seq + ACK_BATCH {
+                self.release_ack();
+            }
+        }
+    }
+
+    /// Whether an acknowledgment is held back (see [`ClientCore::ack_later`]).
+    pub fn ack_held(&self) -> bool {
+        self.last_acked_seq > self.ack_sent_seq
+    }
+
+    /// Queues the held-back acknowledgment, if any.
+    pub fn release_ack(&mut self) {
+        if self.ack_held() {
+            let seq = self.last_acked_seq;
+            self.ack_sent_seq = seq;
             self.push(|e| e.delivery_ack(seq, true));
         }
     }
@@ -305,8 +353,12 @@ impl ClientCore {
         self.close(None);
     }
 
-    /// The next frame to write.
+    /// The next frame to write. A held acknowledgment rides along with
+    /// any other frame.
     pub fn poll_transmit(&mut self) -> Option<OutFrame> {
+        if !self.outbound.is_empty() {
+            self.release_ack();
+        }
         self.outbound.pop_front()
     }
 
@@ -587,6 +639,63 @@ mod tests {
             .server_ack(client_msg_id, 7, 0, fb::AckStatus::Stored)
             .unwrap();
         core.handle_bytes(&frame.to_vec());
+    }
+
+    /// What the core writes next, one word per frame (`ack 5` for a
+    /// cumulative delivery ack of seq 5).
+    fn written(core: &mut ClientCore) -> Vec<String> {
+        std::iter::from_fn(|| core.poll_transmit())
+            .map(|f| {
+                let frame = wire_format::decode_exact(Bytes::from(f.to_vec()), &Limits::default());
+                match frame.unwrap().body() {
+                    Body::DeliveryAck(a) if a.cumulative() => format!("ack {}", a.seq()),
+                    Body::Send(_) => "send".to_owned(),
+                    Body::Hello(h) => format!("hello {}", h.last_acked_seq()),
+                    other => format!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_held_ack_rides_the_next_frame_or_waits_for_release() {
+        let mut core = ClientCore::new(b"token", 3, 1);
+        assert_eq!(written(&mut core), ["hello 3"]);
+        core.ack_later(5);
+        assert!(core.ack_held());
+        assert!(written(&mut core).is_empty(), "held, nothing else to ride");
+        core.ack_later(9);
+        core.send(user_address(2), 0, Bytes::from_static(b"hi"));
+        assert_eq!(
+            written(&mut core),
+            ["send", "ack 9"],
+            "one write carries both"
+        );
+        assert!(!core.ack_held());
+        core.ack_later(10);
+        core.release_ack();
+        assert_eq!(written(&mut core), ["ack 10"], "the shell's delay ran out");
+        core.ack(12);
+        assert_eq!(written(&mut core), ["ack 12"], "ack is immediate");
+        core.ack_later(13);
+        let mut next = core.reconnect(b"token");
+        // A reconnect resumes after it (and writes the unanswered send again).
+        assert_eq!(written(&mut next), ["hello 13", "send"]);
+        assert!(!next.ack_held());
+    }
+
+    #[test]
+    fn a_batch_of_unacknowledged_seqs_releases_the_held_ack() {
+        let mut core = ClientCore::new(b"token", 0, 1);
+        assert_eq!(written(&mut core), ["hello 0"]);
+        core.ack_later(ACK_BATCH - 1);
+        assert!(written(&mut core).is_empty());
+        core.ack_later(ACK_BATCH);
+        assert_eq!(written(&mut core), [format!("ack {ACK_BATCH}")]);
+        core.ack_later(ACK_BATCH + 1);
+        core.ack_later(ACK_BATCH);
+        assert!(core.ack_held(), "an older seq changes nothing");
+        assert!(written(&mut core).is_empty());
     }
 
     #[test]

@@ -15,4 +15,4 @@ mod core;
 pub mod token;
 
 pub use crate::conn::{Connection, trust};
-pub use crate::core::{ClientCore, ClientEvent, PendingSend};
+pub use crate::core::{ACK_BATCH, ACK_DELAY, ClientCore, ClientEvent, PendingSend};

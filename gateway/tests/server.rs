@@ -75,6 +75,43 @@ fn send_ack_deliver_ack_receipt_between_two_devices() {
     });
 }
 
+/// A client that holds its delivery ack back (`ack_later`, the default
+/// for busy clients) and has nothing else to write still sends it: the
+/// connection writes it once `ACK_DELAY` has passed, and the sender gets ✓✓.
+#[test]
+fn a_held_ack_goes_out_on_its_own_and_brings_the_receipt() {
+    let dir = temp_dir("e2e-held-ack");
+    let gw = Gateway::start(&dir, &[]);
+    run(async move || {
+        let (mut bob, _) = gw.login(2, 0, 0).await;
+        let (mut alice, _) = gw.login(1, 0, 0).await;
+        alice
+            .core()
+            .send(user_address(2), 0, Bytes::from_static(b"hi bob"));
+        alice.flush().await.unwrap();
+        let seq = match next(&mut bob).await {
+            ClientEvent::Message { seq, .. } => seq,
+            other => panic!("expected the message, got {other:?}"),
+        };
+        bob.core().ack_later(seq);
+        assert!(bob.core().ack_held());
+        // Bob only waits: nothing for the ack to ride.
+        let waited = bob.next_event_within(client::ACK_DELAY * 10).await.unwrap();
+        assert!(waited.is_none(), "{waited:?}");
+        assert!(!bob.core().ack_held(), "written when the delay ran out");
+        loop {
+            match next(&mut alice).await {
+                ClientEvent::Acked { .. } => {}
+                ClientEvent::Receipt { kind, .. } => {
+                    assert_eq!(kind, ReceiptKind::Delivered);
+                    break;
+                }
+                other => panic!("expected ✓✓, got {other:?}"),
+            }
+        }
+    });
+}
+
 /// Collects `n` messages (acking each), returning (seq, payload) pairs.
 async fn receive(conn: &mut client::Connection, n: usize) -> Vec<(u64, Vec<u8>)> {
     let mut got = Vec::new();

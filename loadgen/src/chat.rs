@@ -242,7 +242,7 @@ async fn send(
                 plan.measure_from_ns,
             );
         }
-        link.core().ack(receipt_seq);
+        link.core().ack_later(receipt_seq);
     }
     stream.borrow_mut().sender_done = true;
     {
@@ -342,7 +342,7 @@ async fn receive(
                 on_message(&payload, &plan, &stream, &rec);
             }
         }
-        link.core().ack(last_seq);
+        link.core().ack_later(last_seq);
     }
     link.close().await;
 }

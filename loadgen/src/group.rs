@@ -243,7 +243,7 @@ async fn member_task(
                 &mut last_seq,
             );
         }
-        link.core().ack(last_seq);
+        link.core().ack_later(last_seq);
     }
     rec.borrow_mut().add(Counter::Unacked, unacked.len() as u64);
     link.close().await;

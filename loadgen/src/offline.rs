@@ -251,7 +251,7 @@ async fn read_backlog(
                 None => rec.borrow_mut().add(Counter::Stale, 1),
             }
         }
-        link.core().ack(last_seq);
+        link.core().ack_later(last_seq);
     }
     link.close().await;
 }

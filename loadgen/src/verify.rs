@@ -231,7 +231,7 @@ impl Link {
 
     /// Writes what is queued and closes.
     pub async fn close(mut self) {
-        let _ = self.conn.flush().await;
+        let _ = self.conn.finish().await;
         self.rec.borrow_mut().conns(-1);
     }
 }
