@@ -510,6 +510,8 @@ impl ClientCore {
             Body::Welcome(w) => {
                 self.authenticated = true;
                 self.last_acked_seq = self.last_acked_seq.min(w.resume_seq());
+                // Acks above the server's resume point are to be written again.
+                self.ack_sent_seq = self.ack_sent_seq.min(self.last_acked_seq);
                 ClientEvent::Welcome {
                     user: w.user(),
                     device: w.device(),
@@ -682,6 +684,26 @@ mod tests {
         // A reconnect resumes after it (and writes the unanswered send again).
         assert_eq!(written(&mut next), ["hello 13", "send"]);
         assert!(!next.ack_held());
+    }
+
+    /// A `Welcome` whose resume point is below what this device acked
+    /// (the server lost acks in a crash) makes those seqs ackable again.
+    #[test]
+    fn acks_below_a_lowered_resume_point_are_written_again() {
+        let mut core = ClientCore::new(b"token", 0, 1);
+        core.ack(8);
+        assert_eq!(written(&mut core), ["hello 0", "ack 8"]);
+        let mut next = core.reconnect(b"token");
+        assert_eq!(written(&mut next), ["hello 8"]);
+        let mut body = fb::WelcomeT::default();
+        body.resume_seq = 5;
+        let mut welcome = fb::FrameT::default();
+        welcome.body = fb::BodyT::Welcome(Box::new(body));
+        let mut e = Encoder::new(Limits::default());
+        next.handle_bytes(&e.encode_owned(&welcome, Bytes::new()).unwrap().to_vec());
+        assert_eq!(next.last_acked_seq(), 5);
+        next.ack(7);
+        assert_eq!(written(&mut next), ["ack 7"]);
     }
 
     #[test]
