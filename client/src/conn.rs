@@ -43,6 +43,8 @@ pub struct Connection {
     buf: Vec<u8>,
     /// Since when the core holds an acknowledgment back (`ack_later`).
     ack_held_since: Option<Instant>,
+    /// How long a held acknowledgment waits for a frame to ride.
+    ack_delay: Duration,
 }
 
 impl Connection {
@@ -82,6 +84,7 @@ impl Connection {
             core,
             buf: vec![0; 16 * 1024],
             ack_held_since: None,
+            ack_delay: ACK_DELAY,
         };
         conn.handshake().await?;
         conn.flush().await?;
@@ -153,7 +156,8 @@ impl Connection {
     /// Only the wait for bytes is cut short, never a write, so the TLS
     /// stream stays whole. An acknowledgment the core holds back
     /// ([`ClientCore::ack_later`]) is written once it has waited
-    /// [`ACK_DELAY`] for another frame to ride.
+    /// [`ACK_DELAY`] (or [`Connection::set_ack_delay`]) for another frame
+    /// to ride.
     pub async fn next_event_within(&mut self, limit: Duration) -> io::Result<Option<ClientEvent>> {
         let deadline = Instant::now() + limit;
         loop {
@@ -194,7 +198,15 @@ impl Connection {
             self.ack_held_since = None;
             return None;
         }
-        Some(*self.ack_held_since.get_or_insert(now) + ACK_DELAY)
+        Some(*self.ack_held_since.get_or_insert(now) + self.ack_delay)
+    }
+
+    /// How long a held acknowledgment waits for another frame to ride
+    /// before it is written on its own ([`ACK_DELAY`] unless set): longer
+    /// coalesces more acks of a slower conversation, and delays its ✓✓ as
+    /// much.
+    pub fn set_ack_delay(&mut self, delay: Duration) {
+        self.ack_delay = delay;
     }
 
     /// Writes what the core has queued, a held-back acknowledgment too:

@@ -28,7 +28,7 @@ use wire_format::{
 
 /// How long [`ClientCore::ack_later`] holds an acknowledgment that no other
 /// frame carried before the shell writes it on its own.
-pub const ACK_DELAY: Duration = Duration::from_millis(20);
+pub const ACK_DELAY: Duration = Duration::from_millis(100);
 
 /// Seqs [`ClientCore::ack_later`] leaves unacknowledged at most: the
 /// messages a dropped connection has the server deliver again.

@@ -105,6 +105,11 @@ struct Common {
     /// Connections being opened at once, per worker.
     #[arg(long, global = true, default_value_t = 64)]
     concurrency: usize,
+    /// How long a client holds a delivery ack back for another frame to
+    /// ride before writing it on its own, in ms (the client crate's
+    /// default is 100).
+    #[arg(long, global = true)]
+    ack_delay_ms: Option<u64>,
     /// Directory for report.json, *.hgrm and report.svg.
     #[arg(long, global = true, default_value = "loadgen-report")]
     out: PathBuf,
@@ -394,6 +399,9 @@ fn target_spec(c: &Common, scenario: &Scenario) -> Result<TargetSpec, String> {
         sources: c.source.clone(),
         ramp_per_s: ramp / workers,
         concurrency: c.concurrency,
+        ack_delay: c
+            .ack_delay_ms
+            .map_or(client::ACK_DELAY, Duration::from_millis),
     })
 }
 

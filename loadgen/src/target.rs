@@ -32,6 +32,8 @@ pub struct TargetSpec {
     pub ramp_per_s: f64,
     /// Connections being opened at once by this worker.
     pub concurrency: usize,
+    /// How long a held delivery ack waits for a frame to ride.
+    pub ack_delay: Duration,
 }
 
 /// One worker's view of the gateway.
@@ -134,6 +136,7 @@ impl Target {
         )
         .await
         .map_err(|e| format!("connect to {}: {e}", self.spec.addr))?;
+        conn.set_ack_delay(self.spec.ack_delay);
         match conn.next_event_within(Duration::from_secs(30)).await {
             Ok(Some(ClientEvent::Welcome { backlog_count, .. })) => Ok((conn, backlog_count)),
             other => Err(format!("expected Welcome, got {other:?}")),
