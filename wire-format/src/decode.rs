@@ -166,13 +166,18 @@ impl FrameDecoder {
     }
 
     /// Lets go of the buffer's memory if no partial frame is held, so an
-    /// idle connection costs nothing here. Returns whether it did.
+    /// idle connection costs nothing here. Returns whether it held any.
+    ///
+    /// An empty buffer with no capacity left may still share memory with
+    /// the frames split off it (one that a frame filled exactly): it is let
+    /// go of too, so a frame the core dropped is freed.
     pub fn release_if_empty(&mut self) -> bool {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
-            self.buf = BytesMut::new();
-            return true;
+        if !self.buf.is_empty() {
+            return false;
         }
-        false
+        let held = self.buf.capacity() > 0;
+        self.buf = BytesMut::new();
+        held
     }
 
     /// The next complete frame, `None` if more bytes are needed.
@@ -287,6 +292,24 @@ mod tests {
             first,
             "no resync after a bad frame"
         );
+    }
+
+    #[test]
+    fn a_frame_that_filled_the_buffer_exactly_is_let_go_of_too() {
+        // A buffer made for exactly one frame (the first read of a
+        // connection, its `Hello`) has no room left once the frame is split
+        // off, yet still shares the frame's memory: releasing only buffers
+        // with spare capacity kept every idle connection's `Hello` (232 B).
+        let wire = send_frame(b"payload");
+        let mut dec = FrameDecoder::new(Limits::default());
+        dec.extend_from_slice(&wire);
+        let frame = dec.decode().unwrap().unwrap();
+        let bytes = frame.as_bytes().clone();
+        drop(frame);
+        assert!(!bytes.is_unique(), "the decoder still shares the buffer");
+        dec.release_if_empty();
+        assert!(bytes.is_unique(), "the decoder let go of the buffer");
+        assert_eq!(dec.capacity(), 0);
     }
 
     #[test]
