@@ -74,6 +74,10 @@ const RECV_BATCHES_PER_TURN: usize = 64;
 const RECLAIM_CHECK: Duration = Duration::from_millis(500);
 /// Records copied forward between two yields of a reclaim.
 const RECLAIM_RECORDS_PER_SLICE: usize = 4096;
+/// Checks in a row with nothing to reclaim after which the read buffer (a
+/// segment's size) is freed: kept while reclaim runs, not for a quiet
+/// shard's life.
+const RECLAIM_SPACE_IDLE_CHECKS: u32 = 20;
 /// Exit status after an I/O error on the log (EX_SOFTWARE).
 pub const EXIT_LOG_FAILED: i32 = 70;
 
@@ -289,6 +293,8 @@ struct Shard {
     /// Connections that did not read because a budget was spent; woken
     /// when none is.
     paused: RefCell<rustc_hash::FxHashSet<ConnId>>,
+    /// The buffer reclaim reads segments into, kept between reclaims.
+    reclaim_space: RefCell<Vec<u8>>,
 }
 
 impl Shard {
@@ -412,6 +418,7 @@ async fn run_shard(
         peer_held: Cell::new(0),
         checkpoint_at: Cell::new(found.checkpoint),
         paused: RefCell::new(rustc_hash::FxHashSet::default()),
+        reclaim_space: RefCell::new(Vec::new()),
     });
     glommio::spawn_local(exchange(shard.clone(), end)).detach();
     glommio::spawn_local(flusher(
@@ -492,15 +499,21 @@ async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
 /// slice at a time (yielding between slices), and it is deleted once the
 /// copies are durable. Any I/O error is fail-stop.
 async fn reclaimer(shard: Rc<Shard>, dir: PathBuf) {
+    let mut idle_checks = 0;
     loop {
         glommio::timer::sleep(RECLAIM_CHECK).await;
         if checkpoint_due(&shard) {
             write_checkpoint(&shard, &dir).await;
         }
+        idle_checks += 1;
+        if idle_checks == RECLAIM_SPACE_IDLE_CHECKS {
+            shard.reclaim_space.take();
+        }
         loop {
             // (No borrow of the core may live across the awaits below.)
             let due = shard.core.borrow().reclaim_due();
             let Some(segment) = due else { break };
+            idle_checks = 0;
             if let Err(e) = reclaim_one(&shard, &dir, segment).await {
                 let mut core = shard.core.borrow_mut();
                 core.handle_reclaim_failed(&e.to_string());
@@ -514,7 +527,9 @@ async fn reclaimer(shard: Rc<Shard>, dir: PathBuf) {
 
 async fn reclaim_one(shard: &Shard, dir: &std::path::Path, segment: u64) -> std::io::Result<()> {
     let started = Instant::now();
-    let (bytes, records) = crate::uring_log::read_for_reclaim(dir.to_owned(), segment).await?;
+    let space = shard.reclaim_space.take();
+    let (bytes, records) =
+        crate::uring_log::read_for_reclaim(dir.to_owned(), segment, space).await?;
     let mut state = queue_engine::ReclaimState::default();
     for part in records.chunks(RECLAIM_RECORDS_PER_SLICE) {
         shard
@@ -524,7 +539,7 @@ async fn reclaim_one(shard: &Shard, dir: &std::path::Path, segment: u64) -> std:
         glommio::yield_if_needed().await;
     }
     let after = shard.core.borrow_mut().reclaim_finish(segment, state);
-    drop(bytes);
+    shard.reclaim_space.replace(bytes.into_space());
     shard.kick(); // the flusher writes the copies
     wait_durable(shard, after).await;
     // A checkpoint inside the segment would be stale once it is gone.
