@@ -250,8 +250,7 @@ fn read_segment(path: &std::path::Path, mut space: Vec<u8>) -> io::Result<Segmen
     let size = usize::try_from(file.metadata()?.len()).expect("a segment fits in memory");
     let padded = size.next_multiple_of(BLOCK);
     if space.len() < padded + BLOCK {
-        space = Vec::new(); // not resized: that would copy the old bytes
-        space.resize(padded + BLOCK, 0);
+        space = vec![0; padded + BLOCK]; // not resized: that would copy the old bytes
     }
     let at = space.as_ptr().align_offset(BLOCK);
     let buf = &mut space[at..at + padded];
