@@ -1021,6 +1021,7 @@ impl Engine {
         self.shared.shrink_to_fit();
         self.windows.shrink_to_fit();
         self.expiry.shrink_to_fit();
+        self.log.shrink_to_fit();
     }
 
     /// Group records recovered from the log, in the order they were

@@ -97,6 +97,10 @@ pub struct Log {
     in_flight: bool,
     /// Segment starts, oldest first (for reclaim and recovery).
     segments: Vec<u64>,
+    /// The buffer of the last batch written, emptied, for the next batch:
+    /// one grown from nothing reallocates its way up to a megabyte (and
+    /// the allocator hands out freshly faulted pages for it) every batch.
+    spare: Vec<u8>,
 }
 
 impl Log {
@@ -119,6 +123,7 @@ impl Log {
             } else {
                 segments
             },
+            spare: Vec::new(),
         }
     }
 
@@ -208,6 +213,16 @@ impl Log {
         );
         self.durable = flush.end();
         self.in_flight = false;
+        // A batch past the limit holds one large record: not kept.
+        if flush.bytes.capacity() <= 2 * self.config.batch_bytes_max {
+            self.spare = flush.bytes;
+            self.spare.clear();
+        }
+    }
+
+    /// Frees the buffer kept for the next batch.
+    pub fn shrink_to_fit(&mut self) {
+        self.spare = Vec::new();
     }
 
     /// Forgets segment `start` (deleted by reclaim).
@@ -223,11 +238,12 @@ impl Log {
         let create = !self.active_created;
         self.active_created = true;
         let (segment, offset) = (self.active_segment, self.head - self.active_segment);
+        let spare = &mut self.spare;
         self.filling.get_or_insert_with(|| Flush {
             segment,
             create,
             offset,
-            bytes: Vec::new(),
+            bytes: std::mem::take(spare),
         })
     }
 
@@ -274,6 +290,25 @@ mod tests {
         log.handle_flushed();
         assert_eq!(log.durable(), log.head());
         assert_eq!(log.poll_flush(), None, "nothing left");
+    }
+
+    #[test]
+    fn a_written_batch_lends_its_buffer_to_the_next() {
+        let mut log = Log::resume(LogConfig::default(), Vec::new(), 0);
+        for n in 0..100 {
+            log.append(&device(n));
+        }
+        let capacity = log.poll_flush().unwrap().bytes.capacity();
+        log.handle_flushed();
+        log.append(&device(100));
+        let head = log.head();
+        let next = log.poll_flush().unwrap();
+        assert_eq!(
+            next.bytes.capacity(),
+            capacity,
+            "the buffer is reused, not grown again from nothing"
+        );
+        assert_eq!(next.end(), head, "holding only the new record");
     }
 
     #[test]
