@@ -68,6 +68,9 @@ pub struct Settings {
     /// A shard not serving this long after start is stuck: the process
     /// exits (status 75) naming it, seconds.
     pub startup_timeout_s: u64,
+    /// How long memory the process freed stays with it before it is given
+    /// back to the kernel, ms; -1: never (reused by later allocations).
+    pub allocator_purge_delay_ms: i64,
     /// Log segment size, bytes: reclaim deletes whole segments, so the log
     /// stays within 2 × live bytes + 2 segments.
     pub segment_bytes: u64,
@@ -136,6 +139,7 @@ impl Default for Settings {
             ttl_default_s: engine.ttl_default_ms / 1000,
             listen_backlog: 4096,
             startup_timeout_s: 300,
+            allocator_purge_delay_ms: -1,
             segment_bytes: engine.log.segment_bytes_max,
             dedup_ids_s: engine.dedup_ids_ms / 1000,
             log_unsynced_bytes_max: shard.log_unsynced_bytes_max,
@@ -249,6 +253,8 @@ overrides! {
     listen_backlog: u32,
     /// Start-up watchdog: exit if a shard is not serving by then, seconds [default: 300].
     startup_timeout_s: u64,
+    /// Freed memory is given back to the kernel after this long, ms; -1: never [default: -1].
+    allocator_purge_delay_ms: i64,
     /// Log segment size, bytes, at least 1 MiB [default: 67108864].
     segment_bytes: u64,
     /// Original ids kept for answering retries, seconds [default: 3600].
@@ -332,6 +338,9 @@ impl Settings {
         }
         if self.listen_backlog == 0 || self.startup_timeout_s == 0 {
             return bad("listen_backlog and startup_timeout_s must be positive");
+        }
+        if self.allocator_purge_delay_ms < -1 {
+            return bad("allocator_purge_delay_ms must be -1 (never) or at least 0");
         }
         if self.segment_bytes < SEGMENT_BYTES_MIN {
             return bad("segment_bytes must be at least 1 MiB (a record's limit)");
@@ -437,6 +446,23 @@ mod tests {
             assert!(error.to_string().contains("frame_bytes_max"), "{error}");
         }
         assert!(with_frame(FRAME_BYTES_MIN - 1).validate().is_err());
+    }
+
+    #[test]
+    fn a_purge_delay_is_never_or_at_least_zero() {
+        let with = |ms| Settings {
+            allocator_purge_delay_ms: ms,
+            ..Settings::default()
+        };
+        assert_eq!(Settings::default().allocator_purge_delay_ms, -1, "never");
+        for ok in [-1, 0, 1_000] {
+            assert!(with(ok).validate().is_ok(), "{ok}");
+        }
+        let error = with(-2).validate().unwrap_err();
+        assert!(
+            error.to_string().contains("allocator_purge_delay_ms"),
+            "{error}"
+        );
     }
 
     #[test]

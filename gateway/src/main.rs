@@ -106,6 +106,7 @@ fn main() -> ExitCode {
 fn serve(overrides: &Overrides) -> Result<(), String> {
     init_logs();
     let mut settings = overrides.settings().map_err(|e| e.to_string())?;
+    allocator::set_purge_delay(settings.allocator_purge_delay_ms);
     if settings.shards == 0 {
         settings.shards = std::thread::available_parallelism().map_or(1, |n| n.get());
     }
@@ -353,4 +354,33 @@ fn id_seed() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() ^ u64::from(d.subsec_nanos()) << 32);
     nanos ^ (u64::from(std::process::id()) << 40)
+}
+
+/// The global allocator's options.
+mod allocator {
+    /// mimalloc's `mi_option_purge_delay` (v3 `mimalloc.h`; the Rust
+    /// binding names no constant for it).
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    /// Its default in that version: seeing it confirms the option's number.
+    const PURGE_DELAY_DEFAULT: std::ffi::c_long = 1000;
+
+    /// Sets how long freed memory stays with the process before mimalloc
+    /// purges it (-1: never). Under load, purged pages came back at once:
+    /// faulted in, zeroed by the kernel and re-initialised, 2% of the
+    /// gateway's CPU in closed loop and 4-5% of its throughput.
+    #[allow(unsafe_code)]
+    pub fn set_purge_delay(ms: i64) {
+        // SAFETY: reading and setting an option are plain calls into
+        // mimalloc, valid at any time from any thread.
+        let current = unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) };
+        if current != PURGE_DELAY_DEFAULT {
+            tracing::warn!(
+                "mimalloc option {PURGE_DELAY} reads {current}, not the purge delay's default \
+                 {PURGE_DELAY_DEFAULT}: allocator_purge_delay_ms not applied"
+            );
+            return;
+        }
+        // SAFETY: as above.
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, ms as std::ffi::c_long) };
+    }
 }
