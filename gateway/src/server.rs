@@ -50,7 +50,7 @@ use crate::notify::Notify;
 use crate::shard::{Note, ShardConfig, ShardCore, UserInfo};
 use crate::tls::{TlsConn, TlsConnError, TlsEvent};
 use crate::token::Verifier;
-use crate::uring_log::UringLog;
+use crate::uring_log::{Place, UringLog};
 
 /// Bytes of the shard-wide read scratch (one TLS record plus overhead).
 const SCRATCH_BYTES: usize = 18 * 1024;
@@ -470,11 +470,23 @@ async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
     loop {
         shard.flush.wait().await;
         loop {
-            let flush = shard.core.borrow_mut().poll_flush().cloned();
-            let Some(flush) = flush else { break };
+            let place = shard.core.borrow_mut().poll_flush().map(Place::of);
+            let Some(place) = place else { break };
             let started = Instant::now();
-            let len = flush.bytes.len();
-            if let Err(e) = log.write_flush(&flush).await {
+            let mut len = 0;
+            let written = async {
+                log.prepare(place).await?;
+                // The batch is copied once, into the write's own buffer,
+                // while the core lends it (no await holds the borrow).
+                let staged = {
+                    let core = shard.core.borrow();
+                    let flush = core.flush_in_flight().expect("handed out, not flushed");
+                    len = flush.bytes.len();
+                    log.stage(flush)
+                };
+                log.write_staged(staged).await
+            };
+            if let Err(e) = written.await {
                 // Fail-stop: nothing waiting on this batch was answered.
                 shard.core.borrow_mut().handle_flush_failed(&e);
                 let why = shard

@@ -64,6 +64,35 @@ struct Tail {
     bytes: Vec<u8>,
 }
 
+/// Where a batch goes: what [`UringLog::prepare`] needs of a [`Flush`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    segment: u64,
+    create: bool,
+    offset: u64,
+}
+
+impl Place {
+    /// The place of `flush`.
+    pub fn of(flush: &Flush) -> Self {
+        Self {
+            segment: flush.segment,
+            create: flush.create,
+            offset: flush.offset,
+        }
+    }
+}
+
+/// A batch in its aligned buffer, ready for [`UringLog::write_staged`].
+pub struct Staged {
+    buf: glommio::io::DmaBuffer,
+    /// Where the buffer goes in its segment (a block boundary).
+    start: u64,
+    padded: usize,
+    /// The log's last partial block once it is written.
+    tail: Tail,
+}
+
 impl UringLog {
     /// The log in `dir` (which recovery opened already), whose new segments
     /// are allocated to `segment_bytes` (rounded up to whole blocks).
@@ -81,14 +110,47 @@ impl UringLog {
     }
 
     /// Performs one batch: creates its segment if new and writes it,
-    /// durably. Report success with `Engine::handle_flushed`.
+    /// durably. Report success with `Engine::handle_flushed`. The three
+    /// steps, for a caller that cannot hold `flush` across an await:
+    /// [`UringLog::prepare`], [`UringLog::stage`], [`UringLog::write_staged`].
     pub async fn write_flush(&mut self, flush: &Flush) -> io::Result<()> {
-        if flush.create {
-            self.create(flush.segment).await?;
+        self.prepare(Place::of(flush)).await?;
+        let staged = self.stage(flush);
+        self.write_staged(staged).await
+    }
+
+    /// Gets a batch's segment ready: created if new, opened, and the bytes
+    /// its first block already holds at hand (read back after a restart).
+    pub async fn prepare(&mut self, place: Place) -> io::Result<()> {
+        if place.create {
+            self.create(place.segment).await?;
         }
-        self.open(flush.segment).await?;
+        self.open(place.segment).await?;
+        let start = place.offset / WRITE_BLOCK * WRITE_BLOCK;
+        let prefix = self.prefix(place.segment, start, place.offset).await?;
+        self.tail = Some(Tail {
+            segment: place.segment,
+            end: place.offset,
+            bytes: prefix,
+        });
+        Ok(())
+    }
+
+    /// Copies `flush` (whose place was [`UringLog::prepare`]d) into an
+    /// aligned buffer, whole blocks: no await, so a caller may lend the
+    /// batch for just this call.
+    ///
+    /// # Panics
+    /// If the place of `flush` was not prepared last.
+    pub fn stage(&mut self, flush: &Flush) -> Staged {
+        let mut prefix = match self.tail.take() {
+            Some(t) if t.segment == flush.segment && t.end == flush.offset => t.bytes,
+            _ => panic!(
+                "stage without prepare for segment {} offset {}",
+                flush.segment, flush.offset
+            ),
+        };
         let start = flush.offset / WRITE_BLOCK * WRITE_BLOCK;
-        let mut prefix = self.prefix(flush.segment, start, flush.offset).await?;
         let file = &self.files[&flush.segment];
         let len = prefix.len() + flush.bytes.len();
         let padded = len.next_multiple_of(BLOCK);
@@ -100,7 +162,27 @@ impl UringLog {
         // What the next batch rewrites: this one's last partial block.
         prefix.clear();
         prefix.extend_from_slice(&bytes[len / BLOCK * BLOCK..len]);
-        let wrote = file.write_at(buf, start).await?;
+        Staged {
+            buf,
+            start,
+            padded,
+            tail: Tail {
+                segment: flush.segment,
+                end: flush.end() - flush.segment,
+                bytes: prefix,
+            },
+        }
+    }
+
+    /// Writes a staged batch, durably (the file is `O_DSYNC`).
+    pub async fn write_staged(&mut self, staged: Staged) -> io::Result<()> {
+        let Staged {
+            buf,
+            start,
+            padded,
+            tail,
+        } = staged;
+        let wrote = self.files[&tail.segment].write_at(buf, start).await?;
         if wrote != padded {
             // The kernel writes a regular file short only when it cannot
             // write the rest (no space, file size limit): fail-stop, as
@@ -110,11 +192,7 @@ impl UringLog {
                 format!("short log write: {wrote} of {padded} bytes (disk full?)"),
             ));
         }
-        self.tail = Some(Tail {
-            segment: flush.segment,
-            end: flush.end() - flush.segment,
-            bytes: prefix,
-        });
+        self.tail = Some(tail);
         Ok(())
     }
 

@@ -909,6 +909,12 @@ impl Engine {
         self.log.poll_flush()
     }
 
+    /// The batch [`Engine::poll_flush`] handed out, until
+    /// [`Engine::handle_flushed`].
+    pub fn flush_in_flight(&self) -> Option<&Flush> {
+        self.log.in_flight()
+    }
+
     /// Whether tombstones wait for a batch to be due.
     pub fn lazy_pending(&self) -> bool {
         self.log.lazy_pending()

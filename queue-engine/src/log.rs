@@ -202,6 +202,11 @@ impl Log {
         Some(flush)
     }
 
+    /// The batch [`Log::poll_flush`] handed out, until it is flushed.
+    pub fn in_flight(&self) -> Option<&Flush> {
+        self.sealed.front().filter(|_| self.in_flight)
+    }
+
     /// The batch from [`Log::poll_flush`] is written and synced.
     pub fn handle_flushed(&mut self) {
         assert!(self.in_flight, "handle_flushed without a flush in flight");
@@ -290,6 +295,18 @@ mod tests {
         log.handle_flushed();
         assert_eq!(log.durable(), log.head());
         assert_eq!(log.poll_flush(), None, "nothing left");
+    }
+
+    #[test]
+    fn the_batch_in_flight_is_the_one_handed_out_until_flushed() {
+        let mut log = Log::resume(LogConfig::default(), Vec::new(), 0);
+        log.append(&device(1));
+        assert_eq!(log.in_flight(), None, "nothing handed out yet");
+        let handed = log.poll_flush().unwrap().clone();
+        log.append(&device(2)); // the next batch fills meanwhile
+        assert_eq!(log.in_flight(), Some(&handed));
+        log.handle_flushed();
+        assert_eq!(log.in_flight(), None);
     }
 
     #[test]

@@ -597,6 +597,13 @@ impl<S: Storage> ShardCore<S> {
         self.engine.poll_flush()
     }
 
+    /// The batch [`ShardCore::poll_flush`] handed out, until it is flushed
+    /// (a shell that must not hold the core across its write reads it
+    /// again here, rather than copying it).
+    pub fn flush_in_flight(&self) -> Option<&Flush> {
+        self.engine.flush_in_flight()
+    }
+
     /// Writing or syncing the batch from [`ShardCore::poll_flush`] failed.
     /// That is fail-stop: the shell must exit non-zero (the supervisor
     /// restarts it and recovery replays the log). Nothing waiting on the
