@@ -139,7 +139,7 @@ impl Default for Settings {
             ttl_default_s: engine.ttl_default_ms / 1000,
             listen_backlog: 4096,
             startup_timeout_s: 300,
-            allocator_purge_delay_ms: -1,
+            allocator_purge_delay_ms: 1_000,
             segment_bytes: engine.log.segment_bytes_max,
             dedup_ids_s: engine.dedup_ids_ms / 1000,
             log_unsynced_bytes_max: shard.log_unsynced_bytes_max,
@@ -253,7 +253,7 @@ overrides! {
     listen_backlog: u32,
     /// Start-up watchdog: exit if a shard is not serving by then, seconds [default: 300].
     startup_timeout_s: u64,
-    /// Freed memory is given back to the kernel after this long, ms; -1: never [default: -1].
+    /// Freed memory is given back to the kernel after this long, ms; -1: never [default: 1000].
     allocator_purge_delay_ms: i64,
     /// Log segment size, bytes, at least 1 MiB [default: 67108864].
     segment_bytes: u64,
@@ -454,7 +454,11 @@ mod tests {
             allocator_purge_delay_ms: ms,
             ..Settings::default()
         };
-        assert_eq!(Settings::default().allocator_purge_delay_ms, -1, "never");
+        assert_eq!(
+            Settings::default().allocator_purge_delay_ms,
+            1_000,
+            "mimalloc's own default"
+        );
         for ok in [-1, 0, 1_000] {
             assert!(with(ok).validate().is_ok(), "{ok}");
         }
