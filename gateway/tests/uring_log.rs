@@ -1,7 +1,8 @@
 //! The gateway's log writer (`UringLog`: direct writes of whole blocks
 //! into allocated segments) on the real disk, read back by the queue
 //! engine's recovery: every record comes back, across segment rolls,
-//! batches of every alignment and a writer restarted mid-block.
+//! batches of every alignment and a writer restarted mid-block. And
+//! reclaim's reads (`read_for_reclaim`) into a reused buffer.
 
 use glommio::{LocalExecutorBuilder, Placement};
 use queue_engine::{DeviceRef, Engine, EngineConfig, FsStorage, LogConfig, NewMessage, Storage};
@@ -90,4 +91,44 @@ fn every_record_written_directly_is_recovered() {
         assert_eq!(std::fs::metadata(name).unwrap().len(), SEGMENT);
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Reclaim reads segments into the buffer of the last one
+/// (`read_for_reclaim`'s `space`): a smaller segment read after a larger
+/// one comes back exactly as on disk, with nothing of the larger one's
+/// bytes past its end, and with the same records.
+#[test]
+fn a_reused_reclaim_buffer_shows_only_the_segment_read() {
+    let dir = std::env::temp_dir().join(format!("uring-log-reuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    write(&dir, 1..400, 3, 5);
+    let segments = FsStorage::open(&dir).unwrap().segments().unwrap();
+    let (first, second) = (segments[0], segments[1]);
+    // The first segment grew past its allocated size (as one that could
+    // not be allocated does): two more blocks (zeros, read as its end).
+    let path = |s: u64| dir.join(queue_engine::segment_file_name(s));
+    let mut grown = std::fs::read(path(first)).unwrap();
+    grown.extend_from_slice(&[0; 8192]);
+    std::fs::write(path(first), &grown).unwrap();
+    let on_disk = std::fs::read(path(second)).unwrap();
+    let expected = queue_engine::reclaim_scan(second, &on_disk).unwrap();
+    let (read, records) = LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            use gateway::uring_log::read_for_reclaim;
+            let (bytes, _) = read_for_reclaim(dir.clone(), first, Vec::new())
+                .await
+                .unwrap();
+            let space = bytes.into_space();
+            let (bytes, records) = read_for_reclaim(dir.clone(), second, space).await.unwrap();
+            let read = bytes.to_vec();
+            std::fs::remove_dir_all(&dir).unwrap();
+            (read, records)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(read.len(), on_disk.len(), "the second segment's length");
+    assert!(read == on_disk, "the second segment's bytes, nothing else");
+    assert_eq!(records, expected);
+    assert!(!records.is_empty());
 }
