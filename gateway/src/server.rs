@@ -517,7 +517,7 @@ async fn reclaimer(shard: Rc<Shard>, dir: PathBuf) {
         if checkpoint_due(&shard) {
             write_checkpoint(&shard, &dir).await;
         }
-        idle_checks += 1;
+        idle_checks = idle_checks.saturating_add(1);
         if idle_checks == RECLAIM_SPACE_IDLE_CHECKS {
             shard.reclaim_space.take();
         }
