@@ -511,7 +511,7 @@ async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
 /// slice at a time (yielding between slices), and it is deleted once the
 /// copies are durable. Any I/O error is fail-stop.
 async fn reclaimer(shard: Rc<Shard>, dir: PathBuf) {
-    let mut idle_checks = 0;
+    let mut idle_checks: u32 = 0;
     loop {
         glommio::timer::sleep(RECLAIM_CHECK).await;
         if checkpoint_due(&shard) {
