@@ -14,7 +14,8 @@
 # SHARDS (2), BIN (directory holding gateway and loadgen; default: build
 # them with `cargo build --release`), WORK (a directory for data, logs and
 # the report; default: a fresh temporary one), LIMIT seconds for the whole
-# run (RESTARTS × EVERY + 120).
+# run (RESTARTS × EVERY + 120), GATEWAY_ARGS (more `gateway serve` flags,
+# split on spaces: "--segment-bytes 1048576").
 set -euo pipefail
 
 RESTARTS=${RESTARTS:-20}
@@ -50,7 +51,7 @@ start_gateway() {
     RUST_LOG=${RUST_LOG:-warn} "$BIN/gateway" serve --shards "$SHARDS" \
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
         --data-dir "$data" --sends-per-s 1000000 --send-bytes-per-s 1000000000 \
-        $NO_ABUSE_LIMITS \
+        $NO_ABUSE_LIMITS ${GATEWAY_ARGS:-} \
         >"$WORK/gateway.out" 2>>"$WORK/gateway.err" &
     gw=$!
     for _ in $(seq 1 600); do

@@ -28,6 +28,7 @@ impl Proc {
             .args(["serve", "--shards", "1", "--listen", listen])
             .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
+            .args(["--segment-bytes", "1048576"])
             .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -88,7 +89,7 @@ impl Proc {
 
 /// A data directory whose shard 0 log starts with a FIFO: recovery blocks
 /// opening it, as on a disk that stopped answering.
-fn stuck_dir(name: &str) -> std::path::PathBuf {
+fn stuck_dir(name: &str) -> support::ScratchDir {
     let dir = temp_dir(name);
     let shard = dir.join("shard-0");
     std::fs::create_dir_all(&shard).unwrap();
@@ -115,7 +116,8 @@ fn a_second_gateway_on_the_same_data_directory_refuses_to_start() {
 fn a_port_another_process_listens_on_is_refused() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = taken.local_addr().unwrap().to_string();
-    let mut gw = Proc::start(&temp_dir("life-port"), &listen, &[]);
+    let dir = temp_dir("life-port");
+    let mut gw = Proc::start(&dir, &listen, &[]);
     let status = gw.exit();
     assert!(!status.success(), "{status}");
     let said = gw.rest();

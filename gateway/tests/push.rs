@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
@@ -51,10 +52,9 @@ impl Webhook {
     }
 }
 
-fn gateway(name: &str, hook: &Webhook, interval_s: &str) -> Gateway {
-    let dir = temp_dir(name);
+fn gateway(dir: &Path, hook: &Webhook, interval_s: &str) -> Gateway {
     Gateway::start(
-        &dir,
+        dir,
         &[
             "--push-webhook-url",
             &hook.url,
@@ -119,7 +119,8 @@ fn wakeups(post: &serde_json::Value) -> &Vec<serde_json::Value> {
 #[test]
 fn an_offline_device_is_woken_once_per_interval_with_the_documented_fields() {
     let hook = Webhook::start(Vec::new());
-    let gw = gateway("push-fields", &hook, "2");
+    let dir = temp_dir("push-fields");
+    let gw = gateway(&dir, &hook, "2");
     let mut gw = run(async move || {
         drop(register(&gw, 1, b"\x01\x02token").await);
         gw
@@ -169,7 +170,8 @@ fn a_failed_post_is_retried_and_a_rejected_token_is_forgotten() {
         r#"{"rejected": [{"user": 1, "device": 0, "token_hex": "6f6c642d746f6b656e"}]}"#;
     assert_eq!(hex::encode(token), "6f6c642d746f6b656e");
     let hook = Webhook::start(vec![(500, "busy"), (200, rejection)]);
-    let gw = gateway("push-retry", &hook, "1");
+    let dir = temp_dir("push-retry");
+    let gw = gateway(&dir, &hook, "1");
     run(async move || {
         drop(register(&gw, 1, token).await);
         wait_offline(&gw, 1);
@@ -202,7 +204,8 @@ fn a_failed_post_is_retried_and_a_rejected_token_is_forgotten() {
 #[test]
 fn a_connected_device_is_not_woken_and_connecting_cancels_a_pending_wake() {
     let hook = Webhook::start(Vec::new());
-    let gw = gateway("push-online", &hook, "2");
+    let dir = temp_dir("push-online");
+    let gw = gateway(&dir, &hook, "2");
     run(async move || {
         let mut phone = register(&gw, 1, b"t").await;
         send(&gw, 1, 3).await;

@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use testkit::ScratchDir;
+
 /// A gateway process on a free port with its own data directory.
 struct Gateway {
     process: std::process::Child,
@@ -14,16 +16,13 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn start(name: &str) -> Self {
+    fn start(dir: &Path) -> Self {
         let gateway = loadgen().with_file_name("gateway");
         assert!(
             gateway.exists(),
             "cargo test --workspace builds {}",
             gateway.display()
         );
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("loadgen-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -35,8 +34,10 @@ impl Gateway {
             .args(["--admin-listen", "127.0.0.1:0", "--sends-per-s", "100000"])
             .args(["--abuse-messages-per-recipient-per-s", "0"])
             .args(["--abuse-new-conversations-per-h", "0"])
+            // The smallest segments: 1 MiB allocated per shard, not 64.
+            .args(["--segment-bytes", "1048576"])
             .arg("--data-dir")
-            .arg(&dir)
+            .arg(dir)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .spawn()
@@ -49,7 +50,7 @@ impl Gateway {
         Self {
             process,
             listen,
-            dir,
+            dir: dir.to_path_buf(),
         }
     }
 
@@ -71,6 +72,12 @@ impl Drop for Gateway {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
+}
+
+/// A test's data directory (the gateway's, and loadgen's reports under
+/// it): removed when the test passes.
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new_in(env!("CARGO_TARGET_TMPDIR"), &format!("loadgen-{name}"))
 }
 
 fn loadgen() -> PathBuf {
@@ -97,7 +104,8 @@ fn read_json(path: &Path) -> serde_json::Value {
 /// latency from the load generator's own; a closed-loop run reports none.
 #[test]
 fn an_open_loop_run_reports_how_late_each_send_went_out() {
-    let gw = Gateway::start("chat-open");
+    let dir = scratch("chat-open");
+    let gw = Gateway::start(&dir);
     let report_dir = gw.dir.join("report");
     let chat = ["chat", "--pairs", "10", "--duration", "2s", "--rate", "500"];
     let args = [&["--threads", "2"][..], &chat, &["--warmup", "0s"]].concat();
@@ -114,8 +122,9 @@ fn an_open_loop_run_reports_how_late_each_send_went_out() {
 
 #[test]
 fn a_short_verified_chat_run_passes() {
-    let gw = Gateway::start("chat");
-    let (dir, loadgen) = (gw.dir.clone(), loadgen());
+    let dir = scratch("chat");
+    let gw = Gateway::start(&dir);
+    let loadgen = loadgen();
     let report_dir = dir.join("report");
     let chat = ["chat", "--pairs", "20", "--duration", "2s", "--window", "8"];
     let args = [&["--threads", "2"][..], &chat, &["--warmup", "0s"]].concat();
@@ -169,7 +178,8 @@ fn a_short_verified_chat_run_passes() {
 /// address of its own turn) and merges their reports into one.
 #[test]
 fn worker_processes_merge_into_one_verified_report() {
-    let gw = Gateway::start("procs");
+    let dir = scratch("procs");
+    let gw = Gateway::start(&dir);
     let report_dir = gw.dir.join("report");
     let out = gw.loadgen(
         &report_dir,
@@ -207,7 +217,8 @@ fn worker_processes_merge_into_one_verified_report() {
 /// and in order; send→last member is recorded once per message.
 #[test]
 fn a_short_verified_group_run_passes() {
-    let gw = Gateway::start("group");
+    let dir = scratch("group");
+    let gw = Gateway::start(&dir);
     let report_dir = gw.dir.join("report");
     let group = ["group", "--groups", "3", "--size", "8", "--senders", "2"];
     let rest = ["--offline", "1", "--duration", "1s", "--window", "8"];

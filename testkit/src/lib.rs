@@ -1,6 +1,7 @@
 //! What the workspace's tests share: [`Counting`], a global allocator that
 //! forwards to the system's and counts the bytes live, so memory tests
-//! measure exactly (deterministic, unlike time).
+//! measure exactly (deterministic, unlike time); and [`ScratchDir`], a
+//! test's own directory, removed when the test passes.
 //!
 //! ```ignore
 //! #[global_allocator]
@@ -11,6 +12,10 @@
 // A counting global allocator needs `unsafe impl GlobalAlloc`; it forwards
 // every call to the system allocator unchanged.
 #![allow(unsafe_code)]
+
+mod scratch;
+
+pub use scratch::ScratchDir;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use client::{ClientCore, ClientEvent, Connection};
 use gateway::token::SigningKey;
+pub use testkit::ScratchDir;
 
 /// Flags for tests that send fast: no per-connection rate limit and no
 /// per-device abuse limits.
@@ -82,13 +83,24 @@ impl Drop for SmallFs {
     }
 }
 
-/// A fresh directory under the target dir (kept on failure for a look).
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory under the target dir: removed when the test passes,
+/// kept when it fails (for a look).
+pub fn temp_dir(name: &str) -> ScratchDir {
+    ScratchDir::new_in(env!("CARGO_TARGET_TMPDIR"), name)
+}
+
+/// Log segment size of test gateways unless a test sets its own: the
+/// smallest the gateway takes, so each shard allocates 1 MiB on disk up
+/// front instead of the default 64 MiB.
+const TEST_SEGMENT_BYTES: &str = "1048576";
+
+/// `--segment-bytes` for a test gateway, unless `extra` sets it.
+fn segment_default(extra: &[String]) -> &'static [&'static str] {
+    if extra.iter().any(|a| a.starts_with("--segment-bytes")) {
+        &[]
+    } else {
+        &["--segment-bytes", TEST_SEGMENT_BYTES]
+    }
 }
 
 fn free_port() -> u16 {
@@ -144,6 +156,7 @@ impl Gateway {
             // A stuck start names its shard on stderr before the 60 s here.
             .args(["--startup-timeout-s", "45"])
             .args(&extra)
+            .args(segment_default(&extra))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
