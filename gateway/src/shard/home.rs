@@ -324,7 +324,7 @@ impl<S: Storage> ShardCore<S> {
         position: u64,
     ) -> Option<(DeviceKey, Target, ToConn)> {
         let cached = match (
-            self.meta.get(&position),
+            self.meta.get(position),
             self.engine.recent_payload(position),
         ) {
             (Some(meta), Some(payload)) => Some((*meta, Bytes::copy_from_slice(payload))),
@@ -419,7 +419,7 @@ impl<S: Storage> ShardCore<S> {
     /// with it (acked or expired): what is known of it, and its meta is
     /// forgotten with its last recipient.
     pub(super) fn forget_one(&mut self, device: DeviceKey, position: u64) -> Option<Meta> {
-        let Some(meta) = self.meta.get_mut(&position) else {
+        let Some(meta) = self.meta.get_mut(position) else {
             return self.read_back(device, position).map(|(meta, _)| meta);
         };
         let Some(pending) = meta.pending.checked_sub(1) else {
@@ -429,7 +429,7 @@ impl<S: Storage> ShardCore<S> {
         meta.pending = pending;
         let m = *meta;
         if pending == 0 {
-            self.meta.remove(&position);
+            self.meta.remove(position);
         }
         Some(m)
     }

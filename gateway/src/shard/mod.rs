@@ -17,6 +17,7 @@
 //! | `time.rs` | the timer heap of session deadlines, TTL expiry, housekeeping |
 //! | `reply.rs` | encoding a session's replies |
 //! | `note.rs` | the notes between shards: [`ToHome`] and [`ToConn`] |
+//! | `by_position.rs` | the per-record meta's map: recent records in a ring in log order, the rest hashed |
 //!
 //! One message, end to end (see `docs/architecture.md`):
 //! the sender's shard decodes a `Send` and routes a [`ToHome::Submit`] to the
@@ -54,6 +55,7 @@
 //!    returns, delete the segment and call `segment_deleted`;
 //! 4. sleeps until the next input or [`ShardCore::poll_timeout`].
 
+mod by_position;
 mod devices;
 mod edge;
 mod gaps;
@@ -69,7 +71,7 @@ mod time;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use queue_engine::split_map::SplitMap;
+use by_position::ByPosition;
 use queue_engine::{DeviceRef, Engine, Flush, ReclaimState, Storage};
 use rustc_hash::FxHashMap;
 use shard_router::{
@@ -368,8 +370,9 @@ pub struct ShardCore<S> {
     ready: Vec<ConnId>,
     devices: FxHashMap<UserId, Vec<DeviceId>>,
     cursors: FxHashMap<DeviceKey, Cursor>,
-    /// Per live record; split so its growth never stalls the shard.
-    meta: SplitMap<u64, Meta>,
+    /// Per live record: recent ones in a ring, the rest in a map split so
+    /// its growth never stalls the shard.
+    meta: ByPosition<Meta>,
     waiting: VecDeque<(u64, Waiting)>,
     /// Per device, in order, acks whose receipts are not all durable yet.
     acks: FxHashMap<DeviceKey, VecDeque<PendingAck>>,
@@ -491,7 +494,7 @@ impl<S: Storage> ShardCore<S> {
             ready: Vec::new(),
             devices,
             cursors: FxHashMap::default(),
-            meta: SplitMap::default(),
+            meta: ByPosition::default(),
             waiting: VecDeque::new(),
             acks: FxHashMap::default(),
             next_ack: 1,
@@ -662,7 +665,7 @@ impl<S: Storage> ShardCore<S> {
         // What is known of a record follows it to its copy.
         let moved = !reclaimed.moved.is_empty();
         for (old, new) in reclaimed.moved {
-            if let Some(meta) = self.meta.remove(&old) {
+            if let Some(meta) = self.meta.remove(old) {
                 self.meta.insert(new, meta);
             }
         }
