@@ -17,6 +17,7 @@ pub mod log;
 mod recent;
 pub mod record;
 pub mod recovery;
+pub mod search;
 pub mod split_map;
 
 pub use dedup::DEDUP_WINDOW;

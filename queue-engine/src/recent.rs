@@ -2,10 +2,13 @@
 //! device that reconnects moments later is served from memory, not disk.
 //!
 //! Payloads are copied into one fixed ring of bytes (no allocation per
-//! message); the index is in append order, so a lookup is a binary search
+//! message); the index is in append order, so a lookup searches an
+//! ascending list, starting where its slope points ([`find_ascending`]),
 //! and eviction pops from the front as the ring wraps over old bytes.
 
 use std::collections::VecDeque;
+
+use crate::search::find_ascending;
 
 /// Recent payloads, at most `capacity` bytes of them.
 #[derive(Debug, Default)]
@@ -59,10 +62,7 @@ impl RecentPayloads {
 
     /// The payload of the record at `position`, if still cached.
     pub fn get(&self, position: u64) -> Option<&[u8]> {
-        let i = self
-            .index
-            .binary_search_by_key(&position, |(p, ..)| *p)
-            .ok()?;
+        let i = find_ascending(self.index.len(), position, |i| self.index[i].0)?;
         let (_, start, len) = self.index[i];
         let at = usize::try_from(start % self.capacity as u64).expect("inside the ring");
         Some(&self.ring[at..at + len as usize])

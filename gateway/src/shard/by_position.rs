@@ -4,8 +4,8 @@
 //!
 //! Most records are delivered and acked moments after they are appended,
 //! so the recent ones sit in a ring in append order: an insert is a push
-//! at its end, and a lookup is a binary search over 8-byte positions
-//! landing next to what was just written, where a hash map's probe would
+//! at its end, and a lookup is a search of 8-byte positions
+//! ([`find_ascending`]) landing next to what was just written, where a hash map's probe would
 //! land anywhere in megabytes of table (a cache miss per delivered
 //! message, the largest single cost of the closed loop's `pump`). A record
 //! still live when the ring is full moves to a [`SplitMap`], which holds
@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 
+use queue_engine::search::find_ascending;
 use queue_engine::split_map::SplitMap;
 
 /// Records in the ring at most, by default (per shard: 512 KiB of
@@ -114,45 +115,8 @@ impl<V> ByPosition<V> {
     }
 
     /// Where `position` is in the ring, if it is there (removed or not).
-    ///
-    /// Records are of similar sizes, so positions grow about linearly
-    /// along the ring: the search starts at the index that line gives,
-    /// widens from there in doubling steps until it brackets `position`,
-    /// and bisects only that bracket (a few probes near one spot, where a
-    /// plain bisection takes 16 scattered ones in a full ring).
     fn ring_index(&self, position: u64) -> Option<usize> {
-        let (&first, &last) = (self.positions.front()?, self.positions.back()?);
-        if position < first || position > last {
-            return None;
-        }
-        let at = |i: usize| self.positions[i];
-        let n = self.positions.len();
-        let span = u128::from(last - first).max(1);
-        let guess = u128::from(position - first) * (n as u128 - 1) / span;
-        let guess = usize::try_from(guess).expect("at most n - 1");
-        // Bracket: at(lo) <= position <= at(hi).
-        let (mut lo, mut hi) = (guess, guess);
-        let mut step = 1;
-        while at(lo) > position {
-            hi = lo;
-            lo = lo.saturating_sub(step);
-            step *= 2;
-        }
-        step = 1;
-        while at(hi) < position {
-            lo = hi;
-            hi = (hi + step).min(n - 1);
-            step *= 2;
-        }
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if at(mid) < position {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        (at(lo) == position).then_some(lo)
+        find_ascending(self.positions.len(), position, |i| self.positions[i])
     }
 
     fn slot_mut(&mut self, position: u64) -> Option<&mut Option<V>> {
@@ -260,26 +224,6 @@ mod tests {
     }
 
     proptest! {
-        /// The interpolating search finds what a bisection finds, however
-        /// uneven the gaps between positions.
-        #[test]
-        fn finds_what_a_bisection_finds(
-            gaps in prop::collection::vec(prop_oneof![1u64..100, 1u64..1 << 40], 1..300),
-            probes in prop::collection::vec(any::<u64>(), 1..50),
-        ) {
-            let mut m = ByPosition::with_ring(1 << 10);
-            let mut p = 0u64;
-            for gap in &gaps {
-                p += gap;
-                m.insert(p, ());
-            }
-            let last = p;
-            let around = m.positions.iter().flat_map(|&q| [q - 1, q, q + 1]);
-            for q in around.chain(probes.iter().map(|x| x % (last + 2))) {
-                prop_assert_eq!(m.ring_index(q), m.positions.binary_search(&q).ok(), "{}", q);
-            }
-        }
-
         /// Whatever the order of keys, it answers as one ordered map.
         #[test]
         fn behaves_as_a_map(ring in 1usize..8, ops in prop::collection::vec(op(), 0..200)) {
