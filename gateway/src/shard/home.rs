@@ -294,26 +294,37 @@ impl<S: Storage> ShardCore<S> {
         self.pump(now_ms, device);
     }
 
-    /// Sends `device` its next durable entries while its window has room.
+    /// Sends `device` its next durable entries while its window has room:
+    /// the entries that fit are taken from the queue in one pass, then
+    /// sent in order.
     pub(super) fn pump(&mut self, now_ms: u64, device: DeviceKey) {
         let dref = device_ref(device);
-        while let Some(cursor) = self.cursors.get(&device).copied() {
-            if self.engine.queued_through(dref, cursor.sent) >= self.config.window {
-                return;
-            }
-            let Some((seq, position)) = self.engine.backlog(dref, cursor.sent).next() else {
-                return;
-            };
+        let Some(cursor) = self.cursors.get(&device).copied() else {
+            return;
+        };
+        let in_flight = self.engine.queued_through(dref, cursor.sent);
+        let room = self.config.window.saturating_sub(in_flight);
+        if room == 0 {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.pump_batch);
+        batch.clear();
+        batch.extend(self.engine.backlog(dref, cursor.sent).take(room));
+        for &(seq, position) in &batch {
             // A record that cannot be read failed the shard: stop here
             // rather than skip it (the process exits and recovery replays).
             let Some((from, to, note)) = self.entry_note(device, seq, position) else {
-                return;
+                break;
             };
             self.send_conn(now_ms, cursor.conn, from, to, note);
-            if let Some(c) = self.cursors.get_mut(&device) {
-                c.sent = seq;
+            // Sending never moves the cursor but by this loop; stop if it
+            // was dropped (the connection went) all the same.
+            match self.cursors.get_mut(&device) {
+                Some(c) if c.conn == cursor.conn => c.sent = seq,
+                _ => break,
             }
         }
+        self.pump_batch = batch;
     }
 
     /// The note that delivers entry `seq` (record at `position`) to `device`.

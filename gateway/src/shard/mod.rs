@@ -368,6 +368,8 @@ pub struct ShardCore<S> {
     conns: FxHashMap<ConnId, Box<Conn>>,
     next_conn: u64,
     ready: Vec<ConnId>,
+    /// The (seq, position) entries one pump sends, reused.
+    pump_batch: Vec<(u64, u64)>,
     devices: FxHashMap<UserId, Vec<DeviceId>>,
     cursors: FxHashMap<DeviceKey, Cursor>,
     /// Per live record: recent ones in a ring, the rest in a map split so
@@ -492,6 +494,7 @@ impl<S: Storage> ShardCore<S> {
             conns: FxHashMap::default(),
             next_conn: 1,
             ready: Vec::new(),
+            pump_batch: Vec::new(),
             devices,
             cursors: FxHashMap::default(),
             meta: ByPosition::default(),
