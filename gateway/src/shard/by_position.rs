@@ -33,6 +33,9 @@ pub struct ByPosition<V> {
     ring_max: usize,
     /// Keys older than the ring's, or inserted out of order.
     old: SplitMap<u64, V>,
+    /// The highest key ever put in `old`: a key above it is not there, so
+    /// an append needs no probe of the map.
+    old_max: Option<u64>,
 }
 
 impl<V> Default for ByPosition<V> {
@@ -50,6 +53,7 @@ impl<V> ByPosition<V> {
             in_ring: 0,
             ring_max: ring_max.max(1),
             old: SplitMap::default(),
+            old_max: None,
         }
     }
 
@@ -62,9 +66,12 @@ impl<V> ByPosition<V> {
                 self.in_ring += usize::from(old.is_none());
                 return old;
             }
-            return self.old.insert(position, value);
+            return self.insert_old(position, value);
         }
-        let old = self.old.remove(&position);
+        let old = match self.old_max {
+            Some(max) if position <= max => self.old.remove(&position),
+            _ => None,
+        };
         self.positions.push_back(position);
         self.values.push_back(Some(value));
         self.in_ring += 1;
@@ -132,9 +139,14 @@ impl<V> ByPosition<V> {
         };
         if let Some(value) = value {
             self.in_ring -= 1;
-            self.old.insert(position, value);
+            self.insert_old(position, value);
         }
         self.pop_removed_front();
+    }
+
+    fn insert_old(&mut self, position: u64, value: V) -> Option<V> {
+        self.old_max = self.old_max.max(Some(position));
+        self.old.insert(position, value)
     }
 
     /// Drops removed keys at the front, so the ring starts at a live one.
@@ -206,6 +218,18 @@ mod tests {
             [m.get(50), m.get(75), m.get(100)],
             [Some(&'y'), Some(&'z'), Some(&'w')]
         );
+    }
+
+    #[test]
+    fn a_key_in_the_map_appended_to_an_emptied_ring_is_kept_once() {
+        let mut m = ByPosition::with_ring(4);
+        m.insert(10, 'a');
+        m.insert(5, 'b'); // out of order: the map
+        m.remove(10); // the ring is empty again
+        assert_eq!(m.insert(5, 'c'), Some('b'), "replaced, not added");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.remove(5), Some('c'));
+        assert_eq!((m.get(5), m.len()), (None, 0));
     }
 
     #[derive(Debug, Clone)]
