@@ -985,7 +985,7 @@ impl Engine {
 
     /// The payload of the message at `position` if it is among the recent
     /// ones kept in memory; otherwise [`read_message`] reads it from disk.
-    pub fn recent_payload(&self, position: u64) -> Option<&[u8]> {
+    pub fn recent_payload(&self, position: u64) -> Option<&bytes::Bytes> {
         self.recent.get(position)
     }
 

@@ -1,29 +1,39 @@
 //! [`RecentPayloads`]: a bounded cache of the payloads appended last, so a
-//! device that reconnects moments later is served from memory, not disk.
+//! device that reconnects moments later, or one online now, is served from
+//! memory, not disk.
 //!
-//! Payloads are copied into one fixed ring of bytes (no allocation per
-//! message); the index is in append order, so a lookup searches an
-//! ascending list, starting where its slope points ([`find_ascending`]),
-//! and eviction pops from the front as the ring wraps over old bytes.
+//! Payloads are copied into chunks of [`CHUNK`] bytes, one allocation per
+//! chunk (no allocation per message), and a lookup hands out a [`Bytes`]
+//! slice of its chunk: delivering a cached payload takes a reference, not
+//! an allocation and a copy. The index is in append order: a lookup searches
+//! it from where its slope points ([`find_ascending`]), and eviction pops
+//! from its front once the payloads held pass the capacity. A chunk is
+//! freed when its last payload is evicted and delivered.
 
 use std::collections::VecDeque;
 
+use bytes::{Bytes, BytesMut};
+
 use crate::search::find_ascending;
+
+/// Bytes per chunk (a larger payload gets a chunk of its own size).
+pub const CHUNK: usize = 64 << 10;
 
 /// Recent payloads, at most `capacity` bytes of them.
 #[derive(Debug, Default)]
 pub struct RecentPayloads {
-    ring: Vec<u8>,
     capacity: usize,
-    /// Bytes ever written into the ring (its position modulo `capacity`).
-    written: u64,
-    /// (log position, absolute ring offset, length), positions ascending.
-    index: VecDeque<(u64, u64, u32)>,
+    /// Payload bytes in `index`.
+    held: usize,
+    /// The chunk being filled (empty: its filled part was split off).
+    chunk: BytesMut,
+    /// (log position, payload), positions ascending.
+    index: VecDeque<(u64, Bytes)>,
 }
 
 impl RecentPayloads {
-    /// A cache of `capacity` bytes (0 disables it). Memory is taken on the
-    /// first insert.
+    /// A cache of `capacity` bytes (0 disables it). Memory is taken a
+    /// chunk at a time, as payloads come.
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
@@ -32,40 +42,31 @@ impl RecentPayloads {
     }
 
     /// Remembers the payload of the record at `position` (positions must
-    /// grow). Payloads larger than a quarter of the ring are not cached.
+    /// grow). Payloads larger than a quarter of the capacity are not cached.
     pub fn insert(&mut self, position: u64, payload: &[u8]) {
         if payload.len() > self.capacity / 4 {
             return;
         }
-        debug_assert!(self.index.back().is_none_or(|(p, ..)| *p < position));
-        if self.ring.is_empty() {
-            self.ring = vec![0; self.capacity];
+        debug_assert!(self.index.back().is_none_or(|(p, _)| *p < position));
+        if self.chunk.capacity() < payload.len() {
+            self.chunk = BytesMut::with_capacity(CHUNK.max(payload.len()));
         }
-        let capacity = self.capacity as u64;
-        let mut start = self.written;
-        if start % capacity + payload.len() as u64 > capacity {
-            start += capacity - start % capacity; // keep each payload contiguous
-        }
-        self.written = start + payload.len() as u64;
-        let at = usize::try_from(start % capacity).expect("inside the ring");
-        self.ring[at..at + payload.len()].copy_from_slice(payload);
-        let len = u32::try_from(payload.len()).expect("a quarter of the ring");
-        self.index.push_back((position, start, len));
-        while self
-            .index
-            .front()
-            .is_some_and(|(_, s, _)| *s + capacity < self.written)
-        {
-            self.index.pop_front();
+        self.chunk.extend_from_slice(payload);
+        let bytes = self.chunk.split().freeze();
+        self.held += bytes.len();
+        self.index.push_back((position, bytes));
+        while self.held > self.capacity {
+            let Some((_, evicted)) = self.index.pop_front() else {
+                break;
+            };
+            self.held -= evicted.len();
         }
     }
 
     /// The payload of the record at `position`, if still cached.
-    pub fn get(&self, position: u64) -> Option<&[u8]> {
+    pub fn get(&self, position: u64) -> Option<&Bytes> {
         let i = find_ascending(self.index.len(), position, |i| self.index[i].0)?;
-        let (_, start, len) = self.index[i];
-        let at = usize::try_from(start % self.capacity as u64).expect("inside the ring");
-        Some(&self.ring[at..at + len as usize])
+        Some(&self.index[i].1)
     }
 }
 
@@ -73,31 +74,61 @@ impl RecentPayloads {
 mod tests {
     use super::*;
 
+    fn got(cache: &RecentPayloads, position: u64) -> Option<&[u8]> {
+        cache.get(position).map(|b| &b[..])
+    }
+
     #[test]
     fn recent_payloads_are_served_and_old_ones_evicted() {
         let mut cache = RecentPayloads::new(100);
         for position in 0..20u64 {
             cache.insert(position, &[u8::try_from(position).unwrap(); 10]);
         }
-        assert_eq!(cache.get(19), Some(&[19u8; 10][..]));
-        assert_eq!(cache.get(10), Some(&[10u8; 10][..]), "the last ten fit");
-        assert_eq!(cache.get(9), None, "overwritten");
-        assert_eq!(cache.get(100), None, "never cached");
+        assert_eq!(got(&cache, 19), Some(&[19u8; 10][..]));
+        assert_eq!(got(&cache, 10), Some(&[10u8; 10][..]), "the last ten fit");
+        assert_eq!(got(&cache, 9), None, "evicted");
+        assert_eq!(got(&cache, 100), None, "never cached");
     }
 
     #[test]
-    fn wrapping_keeps_payloads_whole_and_big_ones_are_skipped() {
+    fn the_capacity_bounds_what_is_held_and_big_ones_are_skipped() {
         let mut cache = RecentPayloads::new(100);
-        cache.insert(1, &[1; 24]);
-        cache.insert(2, &[2; 24]);
-        cache.insert(3, &[3; 24]);
-        cache.insert(4, &[4; 24]); // 96 bytes used; the next does not fit the tail
-        cache.insert(5, &[5; 24]);
-        assert_eq!(cache.get(5), Some(&[5u8; 24][..]));
-        assert_eq!(cache.get(1), None, "its bytes were reused");
-        assert_eq!(cache.get(4), Some(&[4u8; 24][..]));
+        for p in 1..=5u8 {
+            cache.insert(u64::from(p), &[p; 24]);
+        }
+        assert_eq!(got(&cache, 1), None, "120 bytes over 100: the oldest went");
+        assert_eq!(got(&cache, 2), Some(&[2u8; 24][..]));
+        assert_eq!(got(&cache, 5), Some(&[5u8; 24][..]));
         cache.insert(6, &[6; 26]);
-        assert_eq!(cache.get(6), None, "over a quarter of the ring");
+        assert_eq!(got(&cache, 6), None, "over a quarter of the capacity");
         assert_eq!(RecentPayloads::new(0).get(1), None);
+    }
+
+    #[test]
+    fn payloads_share_a_chunk_and_a_handed_out_one_outlives_eviction() {
+        let mut cache = RecentPayloads::new(100);
+        cache.insert(1, b"first");
+        cache.insert(2, b"second");
+        let (a, b) = (cache.get(1).unwrap().clone(), cache.get(2).unwrap().clone());
+        // One allocation for both: the second starts where the first ends.
+        assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(a.len()));
+        for p in 3..20 {
+            cache.insert(p, &[0; 20]);
+        }
+        assert_eq!(cache.get(1), None, "evicted");
+        assert_eq!(&a[..], b"first", "what was handed out is intact");
+    }
+
+    #[test]
+    fn payloads_across_chunks_come_back_whole() {
+        let mut cache = RecentPayloads::new(1 << 20);
+        let payload =
+            |p: u64| vec![u8::try_from(p % 251).unwrap(); 1000 + usize::try_from(p % 7).unwrap()];
+        for p in 0..200 {
+            cache.insert(p, &payload(p));
+        }
+        for p in 0..200 {
+            assert_eq!(got(&cache, p), Some(&payload(p)[..]), "{p}");
+        }
     }
 }

@@ -338,7 +338,7 @@ impl<S: Storage> ShardCore<S> {
             self.meta.get(position),
             self.engine.recent_payload(position),
         ) {
-            (Some(meta), Some(payload)) => Some((*meta, Bytes::copy_from_slice(payload))),
+            (Some(meta), Some(payload)) => Some((*meta, payload.clone())),
             _ => None,
         };
         let (meta, payload) = match cached {
