@@ -356,7 +356,13 @@ impl<S: Storage> ShardCore<S> {
                 users,
                 ..copy.clone()
             };
-            self.when_durable(now_ms, position, from, to, ToHome::GroupCopy(copy));
+            self.when_durable(
+                now_ms,
+                position,
+                from,
+                to,
+                ToHome::GroupCopy(Box::new(copy)),
+            );
         }
         self.when_durable_part(now_ms, position, token);
     }

@@ -35,7 +35,7 @@ impl<S: Storage> ShardCore<S> {
                 request_id,
                 request,
             } => self.group_request(now_ms, from, reply, request_id, request),
-            ToHome::GroupCopy(copy) => self.group_copy(now_ms, from, copy),
+            ToHome::GroupCopy(copy) => self.group_copy(now_ms, from, *copy),
             ToHome::CopyStored { token } => self.group_part_done(now_ms, token),
             ToHome::GroupNotice { notice, users } => {
                 self.group_notice(now_ms, from, &notice, &users)
