@@ -3,7 +3,7 @@
 //! development certificate, for instance). Frames queued by the core are
 //! written in one TLS write per [`Connection::flush`].
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +41,11 @@ pub struct Connection {
     tls: ClientConnection,
     core: ClientCore,
     buf: Vec<u8>,
+    /// Plaintext of the frames one flush writes, then the records it
+    /// makes: kept between flushes (up to [`SCRATCH_KEEP`] bytes) so a
+    /// busy connection allocates nothing per write.
+    plain: Vec<u8>,
+    records: Vec<u8>,
     /// Since when the core holds an acknowledgment back (`ack_later`).
     ack_held_since: Option<Instant>,
     /// How long a held acknowledgment waits for a frame to ride.
@@ -83,6 +88,8 @@ impl Connection {
             tls,
             core,
             buf: vec![0; 16 * 1024],
+            plain: Vec::new(),
+            records: Vec::new(),
             ack_held_since: None,
             ack_delay: ACK_DELAY,
         };
@@ -125,12 +132,14 @@ impl Connection {
 
     /// Writes every frame the core has queued.
     pub async fn flush(&mut self) -> io::Result<()> {
-        let mut plain = Vec::new();
+        let mut plain = std::mem::take(&mut self.plain);
         while let Some(frame) = self.core.poll_transmit() {
             plain.extend_from_slice(frame.header());
             plain.extend_from_slice(frame.payload());
         }
-        self.write_raw(&plain).await
+        let written = self.write_raw(&plain).await;
+        self.plain = reuse(plain);
+        written
     }
 
     /// Writes `bytes` as plaintext, frames or not (for tests of bad input).
@@ -223,17 +232,22 @@ impl Connection {
             return Ok(());
         }
         let mut input = &self.buf[..n];
-        let mut plain = [0u8; 16 * 1024];
         while !input.is_empty() {
             self.tls.read_tls(&mut input)?;
             self.tls.process_new_packets().map_err(io::Error::other)?;
+            // The core reads each record's plaintext where rustls holds it.
+            let mut reader = self.tls.reader();
             loop {
-                match self.tls.reader().read(&mut plain) {
-                    Ok(0) => {
+                match reader.fill_buf() {
+                    Ok([]) => {
                         self.core.handle_peer_closed();
                         return Ok(());
                     }
-                    Ok(n) => self.core.handle_bytes(&plain[..n]),
+                    Ok(plain) => {
+                        let n = plain.len();
+                        self.core.handle_bytes(plain);
+                        reader.consume(n);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e),
                 }
@@ -246,12 +260,27 @@ impl Connection {
         if !self.tls.wants_write() {
             return Ok(());
         }
-        let mut out = Vec::new();
+        let mut records = std::mem::take(&mut self.records);
         while self.tls.wants_write() {
-            self.tls.write_tls(&mut out)?;
+            self.tls.write_tls(&mut records)?;
         }
-        self.stream.write_all(&out).await
+        let written = self.stream.write_all(&records).await;
+        self.records = reuse(records);
+        written
     }
+}
+
+/// Bytes of write scratch a connection keeps between writes; a larger
+/// buffer (a burst) is freed, so an idle connection holds little.
+const SCRATCH_KEEP: usize = 16 * 1024;
+
+/// `buf` emptied for the next write, or freed if a burst grew it.
+fn reuse(mut buf: Vec<u8>) -> Vec<u8> {
+    if buf.capacity() > SCRATCH_KEEP {
+        return Vec::new();
+    }
+    buf.clear();
+    buf
 }
 
 /// Starts a non-blocking connect from `source`; the first write waits for

@@ -22,8 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use wire_format::fb::{self, ErrorCode};
 use wire_format::{
-    Address, Body, DEDUP_WINDOW, Encoder, Frame, FrameDecoder, Limits, OutFrame, PROTOCOL_VERSION,
-    WireError,
+    Address, Body, DEDUP_WINDOW, Encoder, FrameDecoder, FrameRef, Limits, OutFrame,
+    PROTOCOL_VERSION, WireError,
 };
 
 /// How long [`ClientCore::ack_later`] holds an acknowledgment that no other
@@ -279,8 +279,8 @@ impl ClientCore {
         };
         let limit = oldest + DEDUP_WINDOW;
         while let Some((&id, send)) = self.pending.range(self.sent_through + 1..limit).next() {
-            let send = send.clone();
-            self.queue_send(id, &send);
+            let (to, ttl_s, payload) = (send.to, send.ttl_s, send.payload.clone());
+            self.push(|e| e.send(to, id, ttl_s, payload));
             self.sent_through = id;
         }
     }
@@ -337,15 +337,17 @@ impl ClientCore {
 
     /// Plaintext bytes from the server.
     pub fn handle_bytes(&mut self, bytes: &[u8]) {
-        self.decoder.extend_from_slice(bytes);
-        loop {
-            match self.decoder.decode() {
-                Ok(Some(frame)) => self.handle_frame(&frame),
-                Ok(None) => break,
-                Err(error) => return self.close_on_bad_bytes(&error),
-            }
+        // Frames are read where they lie in `bytes` (the decoder keeps only
+        // one cut by the end); the decoder is moved out meanwhile, so the
+        // core can take each frame by `&mut self`.
+        let limits = *self.decoder.limits();
+        let mut decoder = std::mem::replace(&mut self.decoder, FrameDecoder::new(limits));
+        let fed = decoder.feed(bytes, |frame| self.handle_frame(&frame));
+        decoder.release_if_empty();
+        self.decoder = decoder;
+        if let Err(error) = fed {
+            self.close_on_bad_bytes(&error);
         }
-        self.decoder.release_if_empty();
     }
 
     /// The server closed the connection (after any frames already handled).
@@ -479,11 +481,6 @@ impl ClientCore {
         self.push(|e| e.encode_owned(&header, Bytes::new()));
     }
 
-    fn queue_send(&mut self, client_msg_id: u64, send: &PendingSend) {
-        let payload = send.payload.clone();
-        self.push(|e| e.send(send.to, client_msg_id, send.ttl_s, payload));
-    }
-
     fn push(&mut self, encode: impl FnOnce(&mut Encoder) -> Result<OutFrame, WireError>) {
         match encode(&mut self.encoder) {
             Ok(frame) => self.outbound.push_back(frame),
@@ -505,7 +502,7 @@ impl ClientCore {
         }
     }
 
-    fn handle_frame(&mut self, frame: &Frame) {
+    fn handle_frame(&mut self, frame: &FrameRef<'_>) {
         let event = match frame.body() {
             Body::Welcome(w) => {
                 self.authenticated = true;
@@ -535,7 +532,9 @@ impl ClientCore {
                 message_id: d.message_id(),
                 from: d.from().copied().unwrap_or_default(),
                 to: d.to().copied().unwrap_or_default(),
-                payload: frame.payload_bytes(),
+                // A copy: the read buffer is reused, and an app that keeps
+                // messages should not keep read buffers with them.
+                payload: Bytes::copy_from_slice(frame.payload()),
             },
             Body::Receipt(r) => ClientEvent::Receipt {
                 kind: r.kind(),

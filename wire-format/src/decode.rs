@@ -5,11 +5,11 @@
 //! header, verify it, bound prefix + header + payload, wait for the payload.
 //! A header is verified once, however many reads its payload takes.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use flatbuffers::VerifierOptions;
 
 use crate::frame::{HeaderInfo, verify_header};
-use crate::{Frame, Limits, PREFIX_BYTES, WireError};
+use crate::{Frame, FrameRef, Limits, PREFIX_BYTES, WireError};
 
 /// Where the frame at the front of a buffer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +91,9 @@ pub fn decode_exact(buf: Bytes, limits: &Limits) -> Result<Frame, WireError> {
 /// of frames per read), take frames out with [`FrameDecoder::decode`].
 ///
 /// Frames are slices of the decoder's buffer, so decoding allocates nothing
-/// per frame. The first error is final: the byte stream can no longer be
+/// per frame. [`FrameDecoder::feed`] does without even that buffer for
+/// the frames a read holds whole: they are read where they lie, and only a
+/// frame cut by the end of the read is copied, to be finished by the next. The first error is final: the byte stream can no longer be
 /// split with confidence, so every later call returns the same error and the
 /// connection should be closed after an `Error` frame.
 #[derive(Debug)]
@@ -182,18 +184,11 @@ impl FrameDecoder {
 
     /// The next complete frame, `None` if more bytes are needed.
     pub fn decode(&mut self) -> Result<Option<Frame>, WireError> {
-        if let Some(error) = &self.failed {
-            return Err(WireError::clone(error));
-        }
+        self.check_failed()?;
         let progress = match self.pending.take() {
             Some(progress) => progress,
-            None => match parse_front(&self.buf, &self.limits, &self.limits.verifier_options()) {
-                Ok(progress) => progress,
-                Err(error) => {
-                    self.failed = Some(Box::new(error.clone()));
-                    return Err(error);
-                }
-            },
+            None => parse_front(&self.buf, &self.limits, &self.limits.verifier_options())
+                .map_err(|e| self.fail(e))?,
         };
         match progress {
             Progress::NeedBytes(_) => Ok(None),
@@ -210,6 +205,102 @@ impl FrameDecoder {
                 Ok(Some(Frame::new_verified(bytes, header_end, info.kind)))
             }
         }
+    }
+}
+
+impl FrameDecoder {
+    /// Decodes every frame `input` completes, handing each to `on_frame`
+    /// in order, read in place: a frame that `input` holds whole is a slice
+    /// of `input` (no copy, no count); only bytes of a frame cut by the end
+    /// of `input` are copied in, and the call that completes it hands it
+    /// out of the decoder's buffer. Same checks and same errors as
+    /// [`FrameDecoder::decode`], whose buffered bytes it continues; frames
+    /// before an error are handed out first.
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        mut on_frame: impl FnMut(FrameRef<'_>),
+    ) -> Result<(), WireError> {
+        self.check_failed()?;
+        if !self.buf.is_empty() && !self.finish_buffered(&mut input, &mut on_frame)? {
+            return Ok(());
+        }
+        while !input.is_empty() {
+            let opts = self.limits.verifier_options();
+            let progress = parse_front(input, &self.limits, &opts).map_err(|e| self.fail(e))?;
+            let Progress::Header {
+                header_end,
+                frame_len,
+                info,
+            } = progress
+            else {
+                break;
+            };
+            let Some((frame, rest)) = input.split_at_checked(frame_len) else {
+                self.pending = Some(progress);
+                break;
+            };
+            on_frame(Frame::new_verified(frame, header_end, info.kind));
+            input = rest;
+        }
+        self.buf.extend_from_slice(input);
+        Ok(())
+    }
+
+    /// Completes what the buffer holds with bytes from the front of
+    /// `input`, hands out each frame it then holds whole (bytes may have
+    /// been buffered by `extend_from_slice` too) and empties it. `false`:
+    /// `input` ran out first, and all of it is buffered.
+    fn finish_buffered(
+        &mut self,
+        input: &mut &[u8],
+        on_frame: &mut impl FnMut(FrameRef<'_>),
+    ) -> Result<bool, WireError> {
+        while !self.buf.is_empty() {
+            let progress = match self.pending.take() {
+                Some(progress) => progress,
+                None => parse_front(&self.buf, &self.limits, &self.limits.verifier_options())
+                    .map_err(|e| self.fail(e))?,
+            };
+            let need = match progress {
+                Progress::NeedBytes(need) => need,
+                Progress::Header { frame_len, .. } => frame_len,
+            };
+            let (take, rest) = input.split_at(input.len().min(need.saturating_sub(self.buf.len())));
+            self.buf.extend_from_slice(take);
+            *input = rest;
+            if self.buf.len() < need {
+                if matches!(progress, Progress::Header { .. }) {
+                    self.pending = Some(progress);
+                }
+                return Ok(false);
+            }
+            if let Progress::Header {
+                header_end, info, ..
+            } = progress
+            {
+                on_frame(Frame::new_verified(
+                    &self.buf[..need],
+                    header_end,
+                    info.kind,
+                ));
+                self.buf.advance(need);
+            }
+        }
+        Ok(true)
+    }
+
+    fn check_failed(&self) -> Result<(), WireError> {
+        match &self.failed {
+            Some(error) => Err(WireError::clone(error)),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the stream's first error, which every later call returns.
+    fn fail(&mut self, error: WireError) -> WireError {
+        self.failed = Some(Box::new(error.clone()));
+        error
     }
 }
 
@@ -238,6 +329,64 @@ mod tests {
         }
         assert_eq!(payloads, [b"first".to_vec(), b"second".to_vec()]);
         assert_eq!(dec.buffered_len(), 0);
+    }
+
+    /// Whether `inner` lies inside `outer` (the same memory, not a copy).
+    fn within(inner: &[u8], outer: &[u8]) -> bool {
+        outer.as_ptr_range().contains(&inner.as_ptr())
+    }
+
+    #[test]
+    fn feed_reads_whole_frames_in_place_and_buffers_only_a_cut_one() {
+        let (a, b, c) = (send_frame(b"one"), send_frame(b"two"), send_frame(b"three"));
+        let wire: Vec<u8> = [a.clone(), b, c.clone()].concat();
+        let cut = wire.len() - c.len() / 2;
+        let mut dec = FrameDecoder::new(Limits::default());
+        let mut seen = Vec::new();
+        dec.feed(&wire[..cut], |f| {
+            assert!(within(f.payload(), &wire[..cut]), "read in place");
+            seen.push(f.payload().to_vec());
+        })
+        .unwrap();
+        assert_eq!(seen, [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(
+            dec.buffered_len(),
+            cut - 2 * a.len(),
+            "only the cut frame is kept"
+        );
+        dec.feed(&wire[cut..], |f| seen.push(f.payload().to_vec()))
+            .unwrap();
+        assert_eq!(seen.last().unwrap(), b"three");
+        assert_eq!(dec.buffered_len(), 0);
+    }
+
+    #[test]
+    fn feed_finishes_frames_that_extend_from_slice_buffered() {
+        let wire: Vec<u8> = [send_frame(b"first"), send_frame(b"second")].concat();
+        let mut dec = FrameDecoder::new(Limits::default());
+        dec.extend_from_slice(&wire[..wire.len() - 3]);
+        let mut seen = Vec::new();
+        dec.feed(&wire[wire.len() - 3..], |f| seen.push(f.payload().to_vec()))
+            .unwrap();
+        assert_eq!(seen, [b"first".to_vec(), b"second".to_vec()]);
+        assert_eq!(dec.buffered_len(), 0);
+    }
+
+    #[test]
+    fn feed_hands_out_frames_before_an_error_and_then_only_the_error() {
+        let good = send_frame(b"ok");
+        let mut wire = good.clone();
+        wire.extend_from_slice(&u32::MAX.to_le_bytes());
+        let mut dec = FrameDecoder::new(Limits::default());
+        let mut seen = 0;
+        let first = dec.feed(&wire, |_| seen += 1).unwrap_err();
+        assert!(
+            matches!(first, WireError::FrameTooLarge { .. }),
+            "{first:?}"
+        );
+        assert_eq!(seen, 1);
+        assert_eq!(dec.feed(&good, |_| seen += 1), Err(first));
+        assert_eq!(seen, 1, "nothing after the error");
     }
 
     #[test]

@@ -97,12 +97,20 @@ impl FrameKind {
 
 /// A verified frame: the frame's bytes (prefix, header, payload) as one
 /// slice of the buffer it was read into.
+///
+/// `B` is what holds the bytes: [`Bytes`] (the default) for a frame that
+/// may outlive the read, a borrowed slice for one read where it lies
+/// ([`FrameRef`], from [`crate::FrameDecoder::feed`]).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Frame {
-    bytes: Bytes,
+pub struct Frame<B = Bytes> {
+    bytes: B,
     header_end: u32,
     kind: FrameKind,
 }
+
+/// A verified frame read where it lies, in the caller's buffer: no copy, no
+/// reference count.
+pub type FrameRef<'a> = Frame<&'a [u8]>;
 
 /// What the header of a frame says, once it has passed the verifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,11 +140,14 @@ pub(crate) fn verify_header(
     Ok(HeaderInfo { kind, payload_len })
 }
 
-impl Frame {
+impl<B: AsRef<[u8]>> Frame<B> {
     /// Wraps `bytes` whose first `header_end` bytes passed [`verify_header`]
     /// with result `kind`.
-    pub(crate) fn new_verified(bytes: Bytes, header_end: usize, kind: FrameKind) -> Self {
-        debug_assert!(header_end <= bytes.len(), "header inside the frame");
+    pub(crate) fn new_verified(bytes: B, header_end: usize, kind: FrameKind) -> Self {
+        debug_assert!(
+            header_end <= bytes.as_ref().len(),
+            "header inside the frame"
+        );
         let header_end = u32::try_from(header_end).expect("frames are below 4 GiB");
         Self {
             bytes,
@@ -152,9 +163,10 @@ impl Frame {
 
     /// The header's root table, read in place.
     pub fn header(&self) -> fb::Frame<'_> {
-        let prefixed = &self.bytes[..self.header_end as usize];
+        let prefixed = &self.bytes.as_ref()[..self.header_end as usize];
         // SAFETY: a `Frame` is only built by `new_verified`, whose callers ran
-        // `verify_header` over exactly these bytes, and `Bytes` is immutable.
+        // `verify_header` over exactly these bytes, and both `Bytes` and a
+        // shared slice are immutable.
         #[allow(unsafe_code)]
         unsafe {
             flatbuffers::size_prefixed_root_unchecked::<fb::Frame<'_>>(prefixed)
@@ -168,28 +180,22 @@ impl Frame {
 
     /// The opaque payload, borrowed.
     pub fn payload(&self) -> &[u8] {
-        &self.bytes[self.header_end as usize..]
+        &self.bytes.as_ref()[self.header_end as usize..]
     }
 
-    /// The opaque payload as a new handle on the same memory (no copy). The
-    /// handle keeps the whole read buffer alive: copy it if it is kept long.
-    pub fn payload_bytes(&self) -> Bytes {
-        self.bytes.slice(self.header_end as usize..)
-    }
-
-    /// The whole frame as received: prefix, header and payload.
-    pub fn as_bytes(&self) -> &Bytes {
-        &self.bytes
+    /// The whole frame as received (prefix, header and payload), borrowed.
+    pub fn as_slice(&self) -> &[u8] {
+        self.bytes.as_ref()
     }
 
     /// Bytes the frame occupies on the wire.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.bytes.as_ref().len()
     }
 
     /// Never true: a frame holds at least a prefix and a header.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.bytes.as_ref().is_empty()
     }
 
     /// Bytes of the length prefix plus the header.
@@ -203,7 +209,20 @@ impl Frame {
     }
 }
 
-impl std::fmt::Debug for Frame {
+impl Frame {
+    /// The opaque payload as a new handle on the same memory (no copy). The
+    /// handle keeps the whole read buffer alive: copy it if it is kept long.
+    pub fn payload_bytes(&self) -> Bytes {
+        self.bytes.slice(self.header_end as usize..)
+    }
+
+    /// The whole frame as received: prefix, header and payload.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+impl<B: AsRef<[u8]>> std::fmt::Debug for Frame<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Frame")
             .field("kind", &self.kind)

@@ -60,7 +60,7 @@ pub use decode::{FrameDecoder, decode_exact};
 pub use encode::{DeliverHeader, Encoder, ErrorHeader, GroupChangedHeader, OutFrame};
 pub use error::{WireError, is_fatal};
 pub use fb::{Address, AddressKind, ErrorCode};
-pub use frame::{Body, Frame, FrameKind};
+pub use frame::{Body, Frame, FrameKind, FrameRef};
 pub use limits::Limits;
 
 /// Protocol version spoken by this crate (`Hello.protocol_version`).

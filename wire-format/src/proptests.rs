@@ -493,6 +493,46 @@ fn fast_encoders_match_the_object_api_on_zero_values() {
     }
 }
 
+/// `wire` in pieces whose lengths cycle through `cuts`.
+fn split_at_cuts<'a>(wire: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let (mut at, mut cut, mut chunks) = (0, cuts.iter().cycle(), Vec::new());
+    while at < wire.len() {
+        let end = (at + cut.next().unwrap()).min(wire.len());
+        chunks.push(&wire[at..end]);
+        at = end;
+    }
+    chunks
+}
+
+/// Every frame's bytes and the first error, through `FrameDecoder::feed`.
+fn by_feed(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Option<String>) {
+    let mut dec = FrameDecoder::new(Limits::default());
+    let mut got = Vec::new();
+    for chunk in chunks {
+        if let Err(e) = dec.feed(chunk, |f| got.push(f.as_slice().to_vec())) {
+            return (got, Some(e.to_string()));
+        }
+    }
+    (got, None)
+}
+
+/// The same through `extend_from_slice` and `decode`.
+fn by_decode(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Option<String>) {
+    let mut dec = FrameDecoder::new(Limits::default());
+    let mut got = Vec::new();
+    for chunk in chunks {
+        dec.extend_from_slice(chunk);
+        loop {
+            match dec.decode() {
+                Ok(Some(f)) => got.push(f.as_bytes().to_vec()),
+                Ok(None) => break,
+                Err(e) => return (got, Some(e.to_string())),
+            }
+        }
+    }
+    (got, None)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -550,6 +590,28 @@ proptest! {
         }
         prop_assert_eq!(got, frames);
         prop_assert_eq!(dec.buffered_len(), 0);
+    }
+
+    #[test]
+    fn feed_and_decode_agree_on_any_split_of_any_stream(
+        frames in vec(frame(), 1..8),
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        cuts in vec(1usize..300, 1..40),
+    ) {
+        let mut enc = Encoder::new(Limits::default());
+        let mut wire: Vec<u8> = frames
+            .iter()
+            .flat_map(|(h, p)| enc.encode_owned(h, p.clone()).unwrap().to_vec())
+            .collect();
+        for (index, value) in flips {
+            let i = index.index(wire.len());
+            wire[i] = value;
+        }
+        let chunks = split_at_cuts(&wire, &cuts);
+        let (fed, fed_error) = by_feed(&chunks);
+        let (decoded, decode_error) = by_decode(&chunks);
+        prop_assert_eq!(fed, decoded);
+        prop_assert_eq!(fed_error, decode_error);
     }
 
     #[test]
