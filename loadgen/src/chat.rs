@@ -194,6 +194,7 @@ async fn send(
     let mut counter = 0;
     let mut receipt_seq = 0;
     let mut events = Vec::new();
+    let mut arena = bytes::BytesMut::new();
     let mut acked_all = None;
     loop {
         let now = Instant::now();
@@ -210,7 +211,9 @@ async fn send(
                 rec.borrow_mut()
                     .latency(Latency::SendLag, micros(now.saturating_duration_since(at)));
             }
-            let id = link.core().send(to, 0, stamp.payload(plan.payload));
+            let id = link
+                .core()
+                .send(to, 0, stamp.payload_in(plan.payload, &mut arena));
             out.unacked.insert(id, (counter, at));
             counter += 1;
             rec.borrow_mut().add(Counter::Sent, 1);
@@ -232,9 +235,11 @@ async fn send(
         {
             break;
         }
+        let now = Instant::now(); // one reading for the batch
         for e in events.drain(..) {
             on_sender_event(
                 e,
+                now,
                 &mut out,
                 &stream,
                 &rec,
@@ -255,6 +260,7 @@ async fn send(
 
 fn on_sender_event(
     e: ClientEvent,
+    now: Instant,
     out: &mut Outstanding,
     stream: &RefCell<Stream>,
     rec: &RefCell<Recorder>,
@@ -272,7 +278,7 @@ fn on_sender_event(
                 let mut r = rec.borrow_mut();
                 r.add(Counter::Acked, 1);
                 if measured(at) {
-                    r.latency(Latency::Ack, micros(at.elapsed()));
+                    r.latency(Latency::Ack, micros(now.saturating_duration_since(at)));
                 }
                 stream.borrow_mut().acked(counter);
                 if out.early.remove(&message_id) {
@@ -298,7 +304,7 @@ fn on_sender_event(
                     Some(at) => {
                         r.add(Counter::Receipts, 1);
                         if measured(at) {
-                            r.latency(Latency::Receipt, micros(at.elapsed()));
+                            r.latency(Latency::Receipt, micros(now.saturating_duration_since(at)));
                         }
                     }
                     None => {
@@ -336,10 +342,11 @@ async fn receive(
         if link.poll(wait, &mut events, give_up).await.is_err() {
             break;
         }
+        let now_ns = epoch_ns(Instant::now()); // one reading for the batch
         for e in events.drain(..) {
             if let ClientEvent::Message { seq, payload, .. } = e {
                 last_seq = last_seq.max(seq);
-                on_message(&payload, &plan, &stream, &rec);
+                on_message(&payload, now_ns, &plan, &stream, &rec);
             }
         }
         link.core().ack_later(last_seq);
@@ -347,14 +354,20 @@ async fn receive(
     link.close().await;
 }
 
-fn on_message(payload: &[u8], plan: &ChatPlan, stream: &RefCell<Stream>, rec: &RefCell<Recorder>) {
+fn on_message(
+    payload: &[u8],
+    now_ns: u64,
+    plan: &ChatPlan,
+    stream: &RefCell<Stream>,
+    rec: &RefCell<Recorder>,
+) {
     let Some(stamp) = Stamp::read(payload).filter(|s| s.run == plan.run) else {
         rec.borrow_mut().add(Counter::Stale, 1);
         return;
     };
     let arrival = stream.borrow_mut().received(stamp.counter);
     if count_arrival(rec, arrival) && stamp.sent_ns >= plan.measure_from_ns {
-        let us = epoch_ns(Instant::now()).saturating_sub(stamp.sent_ns) / 1000;
+        let us = now_ns.saturating_sub(stamp.sent_ns) / 1000;
         rec.borrow_mut().latency(Latency::Delivered, us);
     }
 }

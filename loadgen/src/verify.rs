@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use client::{ClientCore, ClientEvent, Connection};
 
 use crate::live::Recorder;
@@ -17,6 +17,9 @@ use crate::target::{GaveUp, Target};
 
 /// Bytes of the verification header at the start of every payload.
 pub const HEADER: usize = 32;
+
+/// Bytes of each allocation a sender's payloads are cut from.
+pub const ARENA_BYTES: usize = 64 * 1024;
 
 /// What a payload says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +37,22 @@ pub struct Stamp {
 impl Stamp {
     /// A payload of `len` bytes (at least [`HEADER`]) carrying this stamp.
     pub fn payload(&self, len: usize) -> Bytes {
-        let mut p = Vec::with_capacity(len.max(HEADER));
-        for v in [self.run, self.stream, self.counter, self.sent_ns] {
-            p.extend_from_slice(&v.to_le_bytes());
+        self.payload_in(len, &mut BytesMut::new())
+    }
+
+    /// [`Stamp::payload`] cut from `arena`: a sender's payloads share
+    /// [`ARENA_BYTES`] allocations (one per few hundred sends, reused once
+    /// every payload cut from it is dropped) instead of one each.
+    pub fn payload_in(&self, len: usize, arena: &mut BytesMut) -> Bytes {
+        let len = len.max(HEADER);
+        if arena.capacity() < len {
+            arena.reserve(ARENA_BYTES.max(len));
         }
-        p.resize(len.max(HEADER), 0x5a);
-        Bytes::from(p)
+        for v in [self.run, self.stream, self.counter, self.sent_ns] {
+            arena.extend_from_slice(&v.to_le_bytes());
+        }
+        arena.resize(len, 0x5a);
+        arena.split().freeze()
     }
 
     /// Reads the stamp back (None if the payload is too short).
@@ -252,6 +265,30 @@ mod tests {
         assert_eq!(p.len(), 100);
         assert_eq!(Stamp::read(&p), Some(s));
         assert_eq!(Stamp::read(&p[..31]), None);
+    }
+
+    #[test]
+    fn payloads_cut_from_one_arena_are_whole_and_adjacent() {
+        let mut arena = BytesMut::new();
+        let stamp = |counter| Stamp {
+            run: 1,
+            stream: 2,
+            counter,
+            sent_ns: 3,
+        };
+        let (a, b) = (
+            stamp(0).payload_in(100, &mut arena),
+            stamp(1).payload_in(40, &mut arena),
+        );
+        assert_eq!((a.len(), b.len()), (100, 40));
+        assert_eq!(Stamp::read(&a), Some(stamp(0)));
+        assert_eq!(Stamp::read(&b), Some(stamp(1)));
+        assert_eq!(
+            a,
+            stamp(0).payload(100),
+            "same bytes as a payload of its own"
+        );
+        assert_eq!(a.as_ptr_range().end, b.as_ptr(), "one allocation");
     }
 
     #[test]
