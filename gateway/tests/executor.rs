@@ -10,9 +10,11 @@
 //! turning while tasks are ready. A 1 µs preemption timer makes the race
 //! certain.
 //!
-//! It keeps a pending preemption timer across busy turns (patch 5); the
-//! other two tests check that the timer still fires and that sleeps, with
-//! their deadlines moving, still wake.
+//! It keeps a pending latency timer across turns and parks for as long as
+//! it is due soon enough (patch 5); three tests check that the timer still
+//! fires, that sleeps, with their deadlines moving, still wake, and that a
+//! sleep never counts on a timer that fired while it was deciding to sleep
+//! (the hang an early version of the patch had).
 //!
 //! Its main ring defers its task work (patch 7, `DEFER_TASKRUN`): a
 //! completion another thread causes no longer interrupts the shard with an
@@ -124,6 +126,31 @@ fn sleeps_whose_next_deadline_keeps_moving_all_end() {
         slept
     });
     assert_eq!(slept, 64 * 50);
+}
+
+/// A preemption timer that a busy slice armed is kept when the executor
+/// goes to sleep, and stands in for the sleep's own timer when it is due
+/// sooner. It may fire while the executor decides to sleep, after it was
+/// last seen pending: a sleep counting on it then never ends. Short busy
+/// slices, each followed by a short sleep, over and over, hit that window.
+#[test]
+fn sleeps_after_busy_slices_all_end() {
+    let hung = "a sleep never woke: it counted on a timer that had fired";
+    let rounds = run_bounded(Some(Duration::from_micros(30)), hung, || async {
+        let mut rounds = 0;
+        for i in 0..20_000u32 {
+            // Busy for about the preemption timer's length, so it fires
+            // around the moment the task goes to sleep.
+            let busy = std::time::Instant::now();
+            while busy.elapsed() < Duration::from_micros(u64::from(20 + i % 20)) {
+                std::hint::spin_loop();
+            }
+            glommio::timer::sleep(Duration::from_micros(50)).await;
+            rounds += 1;
+        }
+        rounds
+    });
+    assert_eq!(rounds, 20_000);
 }
 
 /// `IORING_SETUP_COOP_TASKRUN`, `IORING_SETUP_TASKRUN_FLAG`,

@@ -1299,9 +1299,10 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    // Patched (messaging-edge): whether the armed latency timer is a
-    // preemption timer (kept across busy turns) or a sleep's user timer.
-    latency_timer_preempts: Cell<bool>,
+    // Patched (messaging-edge): when the armed latency timer fires. Any
+    // timer due by a turn's need (a preemption, a sleep's user timer) is
+    // kept: firing early only ends a slice early or wakes a sleeper once.
+    latency_timer_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1433,7 +1434,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            latency_timer_preempts: Cell::new(false),
+            latency_timer_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1902,15 +1903,19 @@ impl Reactor {
         // and arms new ones on every turn, three `io_uring_enter`s and an
         // hrtimer start and cancel each time, although nothing has fired: a
         // shard that turns between messages paid them per message. A
-        // pending timer is now kept. The preemption timer is kept on a busy
-        // turn only (one that will not sleep: it would wake the sleeper), so
-        // a task queue's slice may end early, never late; the throughput
-        // timer counts completions over several turns instead of one.
-        let busy = preempt_timer().is_some();
-        let kept = self.latency_preemption_timeout_src.take().filter(|src| {
-            busy && self.latency_timer_preempts.get() && src.result().is_none()
-        });
-        self.latency_preemption_timeout_src.set(kept);
+        // pending timer is now kept for as long as it is due soon enough
+        // for what a turn needs (see `latency_timer_by`), whether it was
+        // armed to preempt or to end a sleep: a task queue's slice may end
+        // early, never late, and a sleeper may wake early once, never late.
+        // The throughput timer counts completions over several turns.
+        let pending = self
+            .latency_preemption_timeout_src
+            .take()
+            .filter(|src| src.result().is_none());
+        if pending.is_none() {
+            self.latency_timer_deadline.set(None);
+        }
+        self.latency_preemption_timeout_src.set(pending);
         let kept = self
             .throughput_preemption_timeout_src
             .take()
@@ -1943,10 +1948,10 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_timer_preempts.set(false);
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                if !self.latency_timer_by(dur) {
+                    self.arm_latency_timer(&mut lat_ring, dur);
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1975,12 +1980,8 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            let kept = self.latency_preemption_timeout_src.take();
-            let armed = kept.is_some();
-            let timer = kept.unwrap_or_else(|| lat_ring.prepare_latency_preemption_timer(preempt));
-            self.latency_timer_preempts.set(true);
-            self.latency_preemption_timeout_src.set(Some(timer));
-            if !armed {
+            if !self.latency_timer_by(preempt) {
+                self.arm_latency_timer(&mut lat_ring, preempt);
                 flush_rings!(lat_ring, main_ring)?;
             }
         }
@@ -1993,6 +1994,27 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// Patched (messaging-edge): whether the armed latency timer is still
+    /// pending and fires within `within` from now (then it preempts or
+    /// wakes early enough). Pending is checked here, not only at the top of
+    /// `wait`: the rings are consumed again in between, and a sleep counting
+    /// on a timer that already fired would never end.
+    fn latency_timer_by(&self, within: Duration) -> bool {
+        let timer = self.latency_preemption_timeout_src.take();
+        let pending = timer.as_ref().is_some_and(|src| src.result().is_none());
+        self.latency_preemption_timeout_src.set(timer);
+        let armed = self.latency_timer_deadline.get();
+        pending && armed.is_some_and(|deadline| deadline <= Instant::now() + within)
+    }
+
+    /// Patched (messaging-edge): arms the latency timer to fire in `dur`;
+    /// one armed before is dropped, which cancels it.
+    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, dur: Duration) {
+        let timer = lat_ring.prepare_latency_preemption_timer(dur);
+        self.latency_preemption_timeout_src.set(Some(timer));
+        self.latency_timer_deadline.set(Some(Instant::now() + dur));
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
