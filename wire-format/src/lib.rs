@@ -9,8 +9,10 @@
 //!
 //! * [`FrameDecoder`] takes bytes as they arrive and yields [`Frame`]s whose
 //!   header and payload are slices of the read buffer (no copy, no
-//!   allocation per frame). Every header passes the FlatBuffers verifier with
-//!   options derived from [`Limits`] before anything reads it.
+//!   allocation per frame), or, through [`FrameDecoder::feed`],
+//!   [`FrameRef`]s read where they lie in the caller's bytes. Every header
+//!   passes the FlatBuffers verifier with options derived from [`Limits`]
+//!   before anything reads it.
 //! * [`Encoder`] builds headers with one reused builder; an [`OutFrame`]
 //!   pairs the header bytes with the caller's payload [`Bytes`], so forwarding
 //!   a message never copies its payload.

@@ -957,15 +957,27 @@ impl SleepableRing {
         self.ring.raw().flags & iou::SetupFlags::DEFER_TASKRUN.bits() != 0
     }
 
-    /// Runs the deferred task work: its completions land in the CQ.
-    fn get_events(&self) -> io::Result<()> {
-        // SAFETY: io_uring_enter on our own ring, submitting and waiting
-        // for nothing; no pointer is passed.
+    /// Patched (messaging-edge): on a ring that defers its task work, one
+    /// `io_uring_enter` submits what is prepared and runs that work
+    /// (`GETEVENTS` with nothing to wait for), and none is made when there
+    /// is neither. Upstream's `io_uring_submit` enters even with nothing to
+    /// submit, and the task work took a second enter: two per turn where
+    /// one does. Returns the SQEs the kernel took.
+    fn submit_and_run_task_work(&mut self) -> io::Result<usize> {
+        // SAFETY: publishes the SQEs this ring prepared (liburing's own
+        // first step of `io_uring_submit`) on our own, live ring.
+        let pending = unsafe { uring_sys::__io_uring_flush_sq(self.ring.raw_mut()) };
+        let pending = u32::try_from(pending).unwrap_or(0);
+        if pending == 0 && !self.task_work_pending() {
+            return Ok(0);
+        }
+        // SAFETY: io_uring_enter on our own ring, waiting for nothing; no
+        // pointer is passed.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_io_uring_enter,
                 self.ring.raw().ring_fd,
-                0,
+                pending,
                 0,
                 uring_sys::IORING_ENTER_GETEVENTS,
                 std::ptr::null::<libc::c_void>(),
@@ -975,7 +987,7 @@ impl SleepableRing {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(())
+        Ok(usize::try_from(rc).unwrap_or(0))
     }
 
     /// Patched (messaging-edge): completions wait as task work (see
@@ -1230,12 +1242,14 @@ impl UringCommon for SleepableRing {
     }
 
     fn submit_sqes(&mut self) -> io::Result<usize> {
+        // Patched (messaging-edge): see `setup`.
+        if self.deferred() {
+            let x = self.submit_and_run_task_work()?;
+            self.in_kernel += x;
+            return Ok(x);
+        }
         let x = self.ring.submit_sqes()? as usize;
         self.in_kernel += x;
-        // Patched (messaging-edge): see `setup`.
-        if self.deferred() && self.task_work_pending() {
-            self.get_events()?;
-        }
         Ok(x)
     }
 

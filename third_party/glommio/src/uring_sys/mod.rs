@@ -338,6 +338,11 @@ extern "C" {
 
     pub fn io_uring_submit(ring: *mut io_uring) -> libc::c_int;
 
+    /// Patched (messaging-edge): liburing's own step of `io_uring_submit`
+    /// that publishes the prepared SQEs to the kernel's ring (a global
+    /// symbol of the static library); returns how many are pending.
+    pub fn __io_uring_flush_sq(ring: *mut io_uring) -> libc::c_int;
+
     pub fn io_uring_submit_and_wait(ring: *mut io_uring, wait_nr: libc::c_uint) -> libc::c_int;
 
     pub fn io_uring_get_sqe(ring: *mut io_uring) -> *mut io_uring_sqe;
