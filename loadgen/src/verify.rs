@@ -18,8 +18,10 @@ use crate::target::{GaveUp, Target};
 /// Bytes of the verification header at the start of every payload.
 pub const HEADER: usize = 32;
 
-/// Bytes of each allocation a sender's payloads are cut from.
-pub const ARENA_BYTES: usize = 64 * 1024;
+/// Bytes of each allocation a sender's payloads are cut from: about 160
+/// payloads of 100 B, and at most a few per sender alive (a chunk is
+/// reused once every payload cut from it is dropped).
+pub const ARENA_BYTES: usize = 16 * 1024;
 
 /// What a payload says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +43,7 @@ impl Stamp {
     }
 
     /// [`Stamp::payload`] cut from `arena`: a sender's payloads share
-    /// [`ARENA_BYTES`] allocations (one per few hundred sends, reused once
+    /// [`ARENA_BYTES`] allocations (one per about 160 sends, reused once
     /// every payload cut from it is dropped) instead of one each.
     pub fn payload_in(&self, len: usize, arena: &mut BytesMut) -> Bytes {
         let len = len.max(HEADER);

@@ -93,8 +93,10 @@ pub fn decode_exact(buf: Bytes, limits: &Limits) -> Result<Frame, WireError> {
 /// Frames are slices of the decoder's buffer, so decoding allocates nothing
 /// per frame. [`FrameDecoder::feed`] does without even that buffer for
 /// the frames a read holds whole: they are read where they lie, and only a
-/// frame cut by the end of the read is copied, to be finished by the next. The first error is final: the byte stream can no longer be
-/// split with confidence, so every later call returns the same error and the
+/// frame cut by the end of the read is copied, to be finished by the next.
+///
+/// The first error is final: the byte stream can no longer be split with
+/// confidence, so every later call returns the same error and the
 /// connection should be closed after an `Error` frame.
 #[derive(Debug)]
 pub struct FrameDecoder {
