@@ -1313,7 +1313,8 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    // Patched (messaging-edge): when the armed latency timer fires. Any
+    // Patched (messaging-edge): when the armed latency timer fires (or
+    // fired: `latency_timer_by` checks it is still pending). Any
     // timer due by a turn's need (a preemption, a sleep's user timer) is
     // kept: firing early only ends a slice early or wakes a sleeper once.
     latency_timer_deadline: Cell<Option<Instant>>,
@@ -1922,14 +1923,6 @@ impl Reactor {
         // armed to preempt or to end a sleep: a task queue's slice may end
         // early, never late, and a sleeper may wake early once, never late.
         // The throughput timer counts completions over several turns.
-        let pending = self
-            .latency_preemption_timeout_src
-            .take()
-            .filter(|src| src.result().is_none());
-        if pending.is_none() {
-            self.latency_timer_deadline.set(None);
-        }
-        self.latency_preemption_timeout_src.set(pending);
         let kept = self
             .throughput_preemption_timeout_src
             .take()
