@@ -30,6 +30,10 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// Accept TLS 1.2 as well as 1.3.
     pub allow_tls12: bool,
+    /// A connection silent this long (at most twice it) lets its TLS 1.3
+    /// keys' expanded form go (1 KiB with AES-GCM) until it next reads or
+    /// writes, ms; 0 = never.
+    pub tls_keys_idle_ms: u64,
     /// Token verifying keys as `KEY_ID:HEX` (from `gateway token keygen`);
     /// none = a development key generated into the data directory.
     pub verifying_keys: Vec<String>,
@@ -122,6 +126,7 @@ impl Default for Settings {
             tls_cert: None,
             tls_key: None,
             allow_tls12: false,
+            tls_keys_idle_ms: 10_000,
             verifying_keys: Vec::new(),
             conns_per_shard: shard.conns_max,
             sends_per_s: session.sends_per_s,
@@ -221,6 +226,8 @@ overrides! {
     tls_key: PathBuf,
     /// Accept TLS 1.2 too [default: false].
     allow_tls12: bool,
+    /// Silence after which a connection's TLS keys sleep, ms; 0 = never [default: 10000].
+    tls_keys_idle_ms: u64,
     /// Connections per shard [default: 100000].
     conns_per_shard: usize,
     /// Sends per second per connection [default: 100].

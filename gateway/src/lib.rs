@@ -16,6 +16,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod notify;
 pub mod push;
+pub mod quiet;
 pub mod server;
 pub mod session;
 pub mod shard;

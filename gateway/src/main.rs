@@ -149,6 +149,8 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
         metrics,
         control: control.clone(),
         notifier,
+        tls_keys_idle: (settings.tls_keys_idle_ms > 0)
+            .then(|| Duration::from_millis(settings.tls_keys_idle_ms)),
     };
     let shards = spec.shards;
     let _handles = gateway::server::start(spec, listeners).map_err(|e| e.to_string())?;

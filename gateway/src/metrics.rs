@@ -49,6 +49,7 @@ pub struct Metrics {
     conns_opened: Counters,
     handshakes: Counters,
     tls_errors: Counters,
+    tls_keys_slept: Counters,
     frames_in: Counters,
     frames_out: Counters,
     messages_stored: Counters,
@@ -164,6 +165,7 @@ impl Metrics {
             conns_opened: Counters::default(),
             handshakes: Counters::default(),
             tls_errors: Counters::default(),
+            tls_keys_slept: Counters::default(),
             frames_in: Counters::default(),
             frames_out: Counters::default(),
             messages_stored: Counters::default(),
@@ -207,6 +209,11 @@ impl Metrics {
             "tls_errors",
             "Connections closed by a TLS error",
             m.tls_errors.clone(),
+        );
+        r.register(
+            "tls_keys_slept",
+            "Times a quiet connection let its TLS keys' expanded form go",
+            m.tls_keys_slept.clone(),
         );
         r.register("frames_in", "Frames decoded", m.frames_in.clone());
         r.register("frames_out", "Frames encoded", m.frames_out.clone());
@@ -360,6 +367,13 @@ impl Metrics {
     /// A connection on `shard` ended in a TLS error.
     pub fn tls_error(&self, shard: u16) {
         self.tls_errors.get_or_create(&ShardLabel { shard }).inc();
+    }
+
+    /// A quiet connection on `shard` let its TLS keys sleep.
+    pub fn tls_keys_slept(&self, shard: u16) {
+        self.tls_keys_slept
+            .get_or_create(&ShardLabel { shard })
+            .inc();
     }
 
     /// How the shard's start went: records replayed, and whether from a

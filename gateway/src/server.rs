@@ -47,6 +47,7 @@ use crate::clock::{Clock, Now};
 use crate::mesh::{Mesh, MeshEnd, RING_BATCHES_MAX};
 use crate::metrics::Metrics;
 use crate::notify::Notify;
+use crate::quiet::Quiet;
 use crate::shard::{Note, ShardConfig, ShardCore, UserInfo};
 use crate::tls::{TlsConn, TlsConnError, TlsEvent};
 use crate::token::Verifier;
@@ -102,6 +103,9 @@ pub struct ServerSpec {
     pub control: Arc<Control>,
     /// Where push wake-ups go (`None`: no push notifier).
     pub notifier: Option<Arc<crate::push::Notifier>>,
+    /// A connection silent this long (at most twice it) lets its TLS keys'
+    /// expanded form go; `None`: never.
+    pub tls_keys_idle: Option<Duration>,
 }
 
 /// Process-wide flags: readiness and drain.
@@ -295,6 +299,8 @@ struct Shard {
     paused: RefCell<rustc_hash::FxHashSet<ConnId>>,
     /// The buffer reclaim reads segments into, kept between reclaims.
     reclaim_space: RefCell<Vec<u8>>,
+    /// Which connections have gone quiet (their TLS keys then sleep).
+    quiet: RefCell<Quiet<ConnId>>,
 }
 
 impl Shard {
@@ -419,6 +425,7 @@ async fn run_shard(
         checkpoint_at: Cell::new(found.checkpoint),
         paused: RefCell::new(rustc_hash::FxHashSet::default()),
         reclaim_space: RefCell::new(Vec::new()),
+        quiet: RefCell::new(Quiet::new(spec.tls_keys_idle.is_some())),
     });
     glommio::spawn_local(exchange(shard.clone(), end)).detach();
     glommio::spawn_local(flusher(
@@ -638,8 +645,15 @@ async fn write_checkpoint(shard: &Shard, dir: &std::path::Path) {
 async fn ticker(shard: Rc<Shard>) {
     let mut last = crate::shard::Stats::default();
     let mut drain_deadline: Option<Instant> = None;
+    let mut quiet_epoch = shard.spec.tls_keys_idle.map(|idle| Instant::now() + idle);
     loop {
         glommio::timer::sleep(TICK).await;
+        if let (Some(at), Some(idle)) = (&mut quiet_epoch, shard.spec.tls_keys_idle)
+            && Instant::now() >= *at
+        {
+            *at += idle;
+            wake_quiet(&shard);
+        }
         let now = shard.now();
         let control = &shard.spec.control;
         if control.drain.load(Ordering::SeqCst) && drain_deadline.is_none() {
@@ -674,6 +688,17 @@ async fn ticker(shard: Rc<Shard>) {
             write_checkpoint(&shard, &dir).await;
             control.drained.fetch_add(1, Ordering::SeqCst);
             return;
+        }
+    }
+}
+
+/// Ends a quiet epoch: wakes the connections that may have gone quiet, so
+/// that those which have let their TLS keys sleep.
+fn wake_quiet(shard: &Shard) {
+    let wakers = shard.wakers.borrow();
+    for conn in shard.quiet.borrow_mut().end_epoch() {
+        if let Some(w) = wakers.get(&conn) {
+            w.notify();
         }
     }
 }
@@ -809,11 +834,16 @@ fn drive<'a>(
         // Output made before the handshake ended (a drain's `GoAway`), sent
         // once it has: nothing is encrypted before then.
         let mut early = Vec::new();
+        // The quiet epoch this connection was last busy in (see `Quiet`).
+        let mut mark = 0;
         loop {
             let output = shard.core.borrow_mut().take_output(conn);
             let Some((mut plaintext, close)) = output else {
                 return Ok(());
             };
+            if !plaintext.is_empty() {
+                shard.quiet.borrow_mut().busy(conn, &mut mark);
+            }
             if tls.is_handshaking() && !close {
                 early.append(&mut plaintext);
             } else {
@@ -824,6 +854,11 @@ fn drive<'a>(
                 if close {
                     return Ok(());
                 }
+            }
+            if shard.quiet.borrow().is_quiet(mark) {
+                tls.hibernate();
+                shard.spec.metrics.tls_keys_slept(shard.id);
+                mark = 0;
             }
             if !tls.is_handshaking() && !shard.may_read(conn) {
                 // Backpressure: the peer's bytes wait in TCP buffers.
@@ -841,6 +876,7 @@ fn drive<'a>(
                 Wake::Output => continue,
                 Wake::Read(Ok(0)) => shard.core.borrow_mut().peer_closed(shard.now(), conn),
                 Wake::Read(Ok(n)) => {
+                    shard.quiet.borrow_mut().busy(conn, &mut mark);
                     let mut out = shard.write_buf();
                     let taken = take_input(shard, tls, conn, n, &mut out);
                     if taken.is_err() {

@@ -75,6 +75,26 @@ fn send_ack_deliver_ack_receipt_between_two_devices() {
     });
 }
 
+/// The quickstart's data directory is relative (`data`): the log's files
+/// and directories open under the working directory. glommio opened them
+/// with a directory descriptor of -1 instead of `AT_FDCWD`, so the first
+/// log write failed with EBADF and the process stopped.
+#[test]
+fn a_relative_data_directory_takes_messages() {
+    let dir = temp_dir("e2e-relative");
+    let gw = Gateway::start_relative(&dir, &[]);
+    run(async move || {
+        let (mut bob, _) = gw.login(2, 0, 0).await;
+        let (mut alice, _) = gw.login(1, 0, 0).await;
+        alice
+            .core()
+            .send(user_address(2), 0, Bytes::from_static(b"hi"));
+        alice.flush().await.unwrap();
+        assert!(matches!(next(&mut alice).await, ClientEvent::Acked { .. }));
+        assert!(matches!(next(&mut bob).await, ClientEvent::Message { .. }));
+    });
+}
+
 /// A client that holds its delivery ack back (`ack_later`, the default
 /// for busy clients) and has nothing else to write still sends it: the
 /// connection writes it once `ACK_DELAY` has passed, and the sender gets ✓✓.
@@ -106,6 +126,41 @@ fn a_held_ack_goes_out_on_its_own_and_brings_the_receipt() {
                     assert_eq!(kind, ReceiptKind::Delivered);
                     break;
                 }
+                other => panic!("expected ✓✓, got {other:?}"),
+            }
+        }
+    });
+}
+
+/// Connections that go quiet let their TLS keys sleep (counted), and wake
+/// them for the next message both ways, as often as they go quiet.
+#[test]
+fn quiet_connections_let_their_keys_sleep_and_wake_them_for_the_next_message() {
+    let dir = temp_dir("e2e-keys-sleep");
+    let gw = Gateway::start(&dir, &["--tls-keys-idle-ms", "100"]);
+    run(async move || {
+        let (mut bob, _) = gw.login(2, 0, 0).await;
+        let (mut alice, _) = gw.login(1, 0, 0).await;
+        let slept = |m: &str| metric(m, "gateway_tls_keys_slept_total");
+        let mut asleep = 0;
+        for round in 0..3u8 {
+            // Both connections were busy (the logins, the last round) and
+            // are now silent: each lets its keys sleep.
+            asleep = slept(&gw.metrics_when(|m| slept(m) >= asleep + 2));
+            let payload = Bytes::from(vec![round; 50]);
+            alice.core().send(user_address(2), 0, payload.clone());
+            alice.flush().await.unwrap();
+            assert!(matches!(next(&mut alice).await, ClientEvent::Acked { .. }));
+            let seq = match next(&mut bob).await {
+                ClientEvent::Message {
+                    seq, payload: p, ..
+                } if p == payload => seq,
+                other => panic!("expected round {round}'s message, got {other:?}"),
+            };
+            bob.core().ack(seq);
+            bob.flush().await.unwrap();
+            match next(&mut alice).await {
+                ClientEvent::Receipt { kind, .. } => assert_eq!(kind, ReceiptKind::Delivered),
                 other => panic!("expected ✓✓, got {other:?}"),
             }
         }

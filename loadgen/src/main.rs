@@ -178,6 +178,12 @@ enum Scenario {
         /// How long to hold them once all are open.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         hold: Duration,
+        /// When, after all are open, the gateway's memory is read (also read
+        /// at 2 s, as `gateway_bytes_per_conn_at_2s`); keep it below --hold.
+        /// The gateway's `tls_keys_idle_ms` (10 s) to twice it after the
+        /// last byte, an idle connection's TLS keys sleep.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        settle: Duration,
         /// The gateway's process id (its /proc/PID/status is read).
         #[arg(long)]
         gateway_pid: Option<u32>,
@@ -331,6 +337,13 @@ fn run(cli: &Cli) -> Result<Report, String> {
     let c = &cli.common;
     if let Scenario::Merge { reports } = &cli.scenario {
         return merge(reports);
+    }
+    if let Scenario::Idle { settle, hold, .. } = &cli.scenario
+        && settle >= hold
+    {
+        return Err(
+            "idle: --settle must be below --hold (memory is read while all are open)".into(),
+        );
     }
     if c.procs > 1 && c.proc_count.is_none() {
         return run_procs(c, &cli.scenario);
@@ -572,6 +585,7 @@ fn run_idle(c: &Common, spec: TargetSpec, s: &Scenario) -> Report {
     let Scenario::Idle {
         conns,
         hold,
+        settle,
         gateway_pid,
     } = *s
     else {
@@ -585,7 +599,7 @@ fn run_idle(c: &Common, spec: TargetSpec, s: &Scenario) -> Report {
         marker: marker.clone(),
     };
     let watcher = (c.proc_count.is_none())
-        .then(|| std::thread::spawn(move || measure_idle(gateway_pid, &[marker], conns)));
+        .then(|| std::thread::spawn(move || measure_idle(gateway_pid, &[marker], conns, settle)));
     let mut r = on_workers(c, spec, "idle", Latency::Connect, move |t, rec, part| {
         let (first, n) = part.share(conns);
         Box::pin(conns::idle(
@@ -604,22 +618,31 @@ fn run_idle(c: &Common, spec: TargetSpec, s: &Scenario) -> Report {
 }
 
 /// Waits for every marker file, lets the gateway settle, and reads its
-/// memory: bytes per connection over the RSS before any connected.
-fn measure_idle(pid: Option<u32>, markers: &[PathBuf], conns: u64) -> Vec<(String, f64)> {
+/// memory: bytes per connection over the RSS before any connected, at 2 s
+/// and at `settle`.
+fn measure_idle(
+    pid: Option<u32>,
+    markers: &[PathBuf],
+    conns: u64,
+    settle: Duration,
+) -> Vec<(String, f64)> {
     let before = pid.and_then(conns::rss_kib);
     while !markers.iter().all(|m| m.exists()) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    let open = Instant::now();
+    let early = Duration::from_secs(2);
+    std::thread::sleep(early);
+    let at_2s = pid.and_then(conns::rss_kib);
+    std::thread::sleep(settle.saturating_sub(open.elapsed()));
     let after = pid.and_then(conns::rss_kib);
-    match (before, after) {
-        (Some(b), Some(a)) => vec![
+    let per_conn = |kib: u64, b: u64| (kib.saturating_sub(b) * 1024) as f64 / conns as f64;
+    match (before, at_2s, after) {
+        (Some(b), Some(a2), Some(a)) => vec![
             ("gateway_rss_before_kib".into(), b as f64),
             ("gateway_rss_after_kib".into(), a as f64),
-            (
-                "gateway_bytes_per_conn".into(),
-                (a.saturating_sub(b) * 1024) as f64 / conns as f64,
-            ),
+            ("gateway_bytes_per_conn".into(), per_conn(a, b)),
+            ("gateway_bytes_per_conn_at_2s".into(), per_conn(a2, b)),
         ],
         _ => Vec::new(),
     }
@@ -686,10 +709,13 @@ fn run_procs(c: &Common, scenario: &Scenario) -> Result<Report, String> {
     }
     let idle_figures = match scenario {
         Scenario::Idle {
-            gateway_pid, conns, ..
+            gateway_pid,
+            conns,
+            settle,
+            ..
         } => {
             let markers: Vec<_> = dirs.iter().map(|d| d.join("all-open")).collect();
-            measure_idle(*gateway_pid, &markers, *conns)
+            measure_idle(*gateway_pid, &markers, *conns, *settle)
         }
         _ => Vec::new(),
     };

@@ -125,6 +125,15 @@ impl TlsConn {
         Ok(())
     }
 
+    /// Lets the traffic keys' expanded form go (1,088 bytes with
+    /// AES-GCM) until the connection next reads or writes, which builds
+    /// it again (about 140 ns): for a connection that has gone quiet.
+    pub fn hibernate(&mut self) {
+        if !self.handshaking {
+            self.conn.hibernate_keys();
+        }
+    }
+
     /// Encrypts `plain` into records appended to `out`.
     pub fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), TlsConnError> {
         let records = plain.len() / RECORD_PLAINTEXT + 1;
@@ -491,6 +500,36 @@ mod tests {
         client.writer().write_all(b"after").unwrap();
         pump(&mut client, &mut server, &mut seen, usize::MAX);
         assert_eq!(seen.plaintext, b"after");
+        assert_eq!(server_says(&mut server, &mut client, b"answer"), b"answer");
+    }
+
+    #[test]
+    fn hibernated_keys_wake_for_data_both_ways_and_a_key_update() {
+        let (mut client, mut server) = pair("hibernate");
+        let mut seen = Seen::default();
+        server.hibernate(); // while handshaking: nothing to let go yet
+        client.writer().write_all(b"one").unwrap();
+        pump(&mut client, &mut server, &mut seen, usize::MAX);
+        assert_eq!(seen.plaintext, b"one");
+        for round in 0..3u8 {
+            server.hibernate();
+            assert_eq!(
+                server_says(&mut server, &mut client, &[round; 40]),
+                [round; 40]
+            );
+            server.hibernate();
+            client.writer().write_all(&[round; 30]).unwrap();
+            seen.plaintext.clear();
+            pump(&mut client, &mut server, &mut seen, usize::MAX);
+            assert_eq!(seen.plaintext, [round; 30]);
+        }
+        server.hibernate();
+        client.refresh_traffic_keys().unwrap();
+        client.writer().write_all(b"after").unwrap();
+        seen.plaintext.clear();
+        pump(&mut client, &mut server, &mut seen, usize::MAX);
+        assert_eq!(seen.plaintext, b"after");
+        server.hibernate();
         assert_eq!(server_says(&mut server, &mut client, b"answer"), b"answer");
     }
 

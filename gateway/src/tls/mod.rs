@@ -5,9 +5,11 @@
 //! five times more per handshake here).
 //!
 //! Each connection's session is a [`TlsConn`] (`conn.rs`), the one place
-//! that drives rustls's caller-buffered API.
+//! that drives rustls's caller-buffered API. The TLS 1.3 suites' keys let
+//! their expanded form go while a connection idles (`idle_keys.rs`).
 
 mod conn;
+mod idle_keys;
 
 pub use conn::{TlsConn, TlsConnError, TlsEvent};
 
@@ -102,7 +104,7 @@ pub fn server_config(files: &CertFiles, allow_tls12: bool) -> Result<Arc<ServerC
     } else {
         &[&rustls::version::TLS13]
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(idle_keys::provider());
     let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)?
         .with_no_client_auth()

@@ -129,6 +129,16 @@ impl Gateway {
         Self::spawn(command, dir, free_port(), extra)
     }
 
+    /// Starts a gateway as [`Gateway::start`] does, from `dir`'s parent
+    /// directory, naming `dir` by a relative path (as the README's
+    /// quickstart does with `data`).
+    pub fn start_relative(dir: &Path, extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        command.current_dir(dir.parent().expect("a test dir has a parent"));
+        Self::spawn(command, dir, free_port(), extra)
+    }
+
     /// The process ended on its own: its exit status.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
@@ -149,10 +159,18 @@ impl Gateway {
 
     fn spawn(mut command: Command, dir: &Path, port: u16, extra: Vec<String>) -> Self {
         let listen = format!("127.0.0.1:{port}");
+        // Relative to the working directory if one is set.
+        let data_dir = match command.get_current_dir() {
+            Some(cwd) => dir
+                .strip_prefix(cwd)
+                .expect("dir is under it")
+                .to_path_buf(),
+            None => dir.to_path_buf(),
+        };
         let mut child = command
             .args(["serve", "--shards", "2", "--listen", &listen])
             .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
+            .arg(data_dir)
             // A stuck start names its shard on stderr before the 60 s here.
             .args(["--startup-timeout-s", "45"])
             .args(&extra)

@@ -871,6 +871,18 @@ impl<Data> UnbufferedConnectionCommon<Data> {
     pub fn dangerous_extract_secrets(self) -> Result<ExtractedSecrets, Error> {
         self.core.dangerous_extract_secrets()
     }
+
+    /// Patched (messaging-edge): tells the record layer's encrypter and
+    /// decrypter that the connection is idle, so they may let go of what
+    /// they can build again when next used (see
+    /// [`MessageEncrypter::hibernate`](crate::crypto::cipher::MessageEncrypter::hibernate)).
+    /// Nothing changes on the wire.
+    pub fn hibernate_keys(&mut self) {
+        self.core
+            .common_state
+            .record_layer
+            .hibernate();
+    }
 }
 
 impl<T> Deref for UnbufferedConnectionCommon<T> {

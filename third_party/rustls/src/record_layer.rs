@@ -51,6 +51,13 @@ impl RecordLayer {
         }
     }
 
+    /// Patched (messaging-edge): lets both directions' keys go idle (see
+    /// `MessageEncrypter::hibernate`).
+    pub(crate) fn hibernate(&mut self) {
+        self.message_encrypter.hibernate();
+        self.message_decrypter.hibernate();
+    }
+
     /// Decrypt a TLS message.
     ///
     /// `encr` is a decoded message allegedly received from the peer.

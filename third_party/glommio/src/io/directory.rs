@@ -52,7 +52,9 @@ impl Directory {
         let path = path.as_ref().to_owned();
         let flags = libc::O_DIRECTORY | libc::O_CLOEXEC;
         let reactor = crate::executor().reactor();
-        let source = reactor.open_at(-1, &path, flags, 0o755);
+        // Patched (messaging-edge): `AT_FDCWD`, not -1, so that a relative
+        // path opens under the working directory (-1 fails with EBADF).
+        let source = reactor.open_at(libc::AT_FDCWD, &path, flags, 0o755);
         let fd = source.collect_rw().await.map_err(|source| {
             GlommioError::create_enhanced(source, "Opening directory", Some(&path), None)
         })?;

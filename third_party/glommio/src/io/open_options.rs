@@ -214,7 +214,8 @@ impl OpenOptions {
     /// DMA file
     pub async fn dma_open<P: AsRef<Path>>(&self, path: P) -> Result<DmaFile> {
         DmaFile::open_with_options(
-            -1_i32,
+            // Patched (messaging-edge): relative paths, as in `Directory::open`.
+            libc::AT_FDCWD,
             path.as_ref(),
             if self.create || self.create_new || self.tmpfile {
                 "Creating"
@@ -230,7 +231,8 @@ impl OpenOptions {
     /// Buffered file
     pub async fn buffered_open<P: AsRef<Path>>(&self, path: P) -> Result<BufferedFile> {
         BufferedFile::open_with_options(
-            -1_i32,
+            // Patched (messaging-edge): relative paths, as in `Directory::open`.
+            libc::AT_FDCWD,
             path.as_ref(),
             if self.create || self.create_new || self.tmpfile {
                 "Creating"

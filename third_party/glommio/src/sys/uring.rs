@@ -339,7 +339,9 @@ fn fill_sqe<F>(
                 let mode = StatxMode::from_bits_truncate(0x7ff);
 
                 let path = CStr::from_ptr(path as _);
-                sqe.prep_statx(-1, path, flags, mode, &mut *statx_buf);
+                // Patched (messaging-edge): relative paths, as in
+                // `Directory::open` (-1 fails with EBADF).
+                sqe.prep_statx(libc::AT_FDCWD, path, flags, mode, &mut *statx_buf);
             }
             UringOpDescriptor::Timeout(timespec, events) => {
                 sqe.prep_timeout(&*timespec, events, TimeoutFlags::empty());

@@ -142,6 +142,12 @@ pub trait MessageDecrypter: Send + Sync {
         msg: InboundOpaqueMessage<'a>,
         seq: u64,
     ) -> Result<InboundPlainMessage<'a>, Error>;
+
+    /// Patched (messaging-edge): lets go of whatever this decrypter can
+    /// build again from what it keeps (an expanded key schedule), until it
+    /// is next used. Called on a connection that has gone idle; the next
+    /// `decrypt` must work as if it had not been. Does nothing by default.
+    fn hibernate(&mut self) {}
 }
 
 /// Objects with this trait can encrypt TLS messages.
@@ -157,6 +163,10 @@ pub trait MessageEncrypter: Send + Sync {
     /// Return the length of the ciphertext that results from encrypting plaintext of
     /// length `payload_len`
     fn encrypted_payload_len(&self, payload_len: usize) -> usize;
+
+    /// Patched (messaging-edge): as [`MessageDecrypter::hibernate`], for
+    /// the sending direction.
+    fn hibernate(&mut self) {}
 }
 
 impl dyn MessageEncrypter {
@@ -291,8 +301,13 @@ pub struct AeadKey {
 }
 
 impl AeadKey {
-    #[cfg(feature = "tls12")]
-    pub(crate) fn new(buf: &[u8]) -> Self {
+    /// A key holding a copy of `buf` (at most [`AeadKey::MAX_LEN`] bytes).
+    ///
+    /// Patched (messaging-edge): public, so that an AEAD that lets its
+    /// expanded key go while a connection idles (see
+    /// [`MessageEncrypter::hibernate`]) can keep the raw key and build
+    /// its encrypter again from it.
+    pub fn new(buf: &[u8]) -> Self {
         debug_assert!(buf.len() <= Self::MAX_LEN);
         let mut key = Self::from([0u8; Self::MAX_LEN]);
         key.buf[..buf.len()].copy_from_slice(buf);
@@ -309,7 +324,7 @@ impl AeadKey {
     }
 
     /// Largest possible AEAD key in the ciphersuites we support.
-    pub(crate) const MAX_LEN: usize = 32;
+    pub const MAX_LEN: usize = 32;
 }
 
 impl Drop for AeadKey {
