@@ -15,6 +15,7 @@ pub mod listen;
 pub mod mesh;
 pub mod metrics;
 pub mod notify;
+pub mod pool;
 pub mod push;
 pub mod quiet;
 pub mod server;

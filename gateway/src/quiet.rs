@@ -49,11 +49,12 @@ impl<Id: Copy> Quiet<Id> {
 
     /// Ends the epoch. Returns the connections to wake and ask
     /// [`Quiet::is_quiet`]: those busy in the epoch before the one that
-    /// just ended (some were busy since, and are not quiet).
-    pub fn end_epoch(&mut self) -> std::vec::Drain<'_, Id> {
+    /// just ended (some were busy since, and are not quiet). The list is
+    /// taken, not drained: a quiet shard keeps no room for a burst's.
+    pub fn end_epoch(&mut self) -> Vec<Id> {
         self.epoch += 1;
         let slot = self.slot();
-        self.busy[slot].drain(..)
+        std::mem::take(&mut self.busy[slot])
     }
 
     fn slot(&self) -> usize {
@@ -67,7 +68,7 @@ mod tests {
 
     /// Ends an epoch and returns the quiet connections among those to wake.
     fn end(quiet: &mut Quiet<u32>, marks: &mut [u64]) -> Vec<u32> {
-        let woken: Vec<u32> = quiet.end_epoch().collect();
+        let woken = quiet.end_epoch();
         let mut slept = Vec::new();
         for id in woken {
             let mark = &mut marks[id as usize];

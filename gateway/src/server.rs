@@ -47,6 +47,7 @@ use crate::clock::{Clock, Now};
 use crate::mesh::{Mesh, MeshEnd, RING_BATCHES_MAX};
 use crate::metrics::Metrics;
 use crate::notify::Notify;
+use crate::pool::BufPool;
 use crate::quiet::Quiet;
 use crate::shard::{Note, ShardConfig, ShardCore, UserInfo};
 use crate::tls::{TlsConn, TlsConnError, TlsEvent};
@@ -63,6 +64,10 @@ const WRITE_BUF_KEEP: usize = 64 * 1024;
 /// flight at once. Thousands can be, behind slow readers; they are freed
 /// when written rather than kept at that high-water mark.
 const WRITE_BUFS_KEPT: usize = 64;
+/// Write buffers kept however quiet the shard (the pool is trimmed every
+/// `WRITE_BUFS_TRIM` to what was in use).
+const WRITE_BUFS_FLOOR: usize = 4;
+const WRITE_BUFS_TRIM: Duration = Duration::from_secs(1);
 /// How long runnable tasks may run before the executor reaps I/O
 /// completions. glommio's default (100 ms) is a latency floor once
 /// thousands of connection tasks are runnable; 1 ms keeps ✓ latency low.
@@ -284,7 +289,7 @@ struct Shard {
     scratch: RefCell<Vec<u8>>,
     /// Write buffers lent to connection tasks while their bytes are in
     /// flight (so an idle connection holds none).
-    write_bufs: RefCell<Vec<Vec<u8>>>,
+    write_bufs: RefCell<BufPool>,
     clock: Clock,
     timer: Notify,
     /// The monotonic ms the timer task sleeps until.
@@ -354,17 +359,13 @@ impl Shard {
 
     /// An empty write buffer from the pool.
     fn write_buf(&self) -> Vec<u8> {
-        self.write_bufs.borrow_mut().pop().unwrap_or_default()
+        self.write_bufs.borrow_mut().take()
     }
 
     /// Returns a write buffer to the pool (dropped if it grew past a
     /// chunk or the pool is full, so the pool stays small).
-    fn give_write_buf(&self, mut buf: Vec<u8>) {
-        let mut pool = self.write_bufs.borrow_mut();
-        if buf.capacity() <= WRITE_BUF_KEEP && pool.len() < WRITE_BUFS_KEPT {
-            buf.clear();
-            pool.push(buf);
-        }
+    fn give_write_buf(&self, buf: Vec<u8>) {
+        self.write_bufs.borrow_mut().give(buf);
     }
 
     /// The log failed: not ready, counted, logged, exit. Never returns.
@@ -417,7 +418,7 @@ async fn run_shard(
         flush: Notify::default(),
         spec: spec.clone(),
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
-        write_bufs: RefCell::new(Vec::new()),
+        write_bufs: RefCell::new(BufPool::new(WRITE_BUFS_KEPT, WRITE_BUF_KEEP)),
         clock: Clock::new(),
         timer: Notify::default(),
         timer_at: Cell::new(u64::MAX),
@@ -646,8 +647,13 @@ async fn ticker(shard: Rc<Shard>) {
     let mut last = crate::shard::Stats::default();
     let mut drain_deadline: Option<Instant> = None;
     let mut quiet_epoch = shard.spec.tls_keys_idle.map(|idle| Instant::now() + idle);
+    let mut trim_at = Instant::now() + WRITE_BUFS_TRIM;
     loop {
         glommio::timer::sleep(TICK).await;
+        if Instant::now() >= trim_at {
+            trim_at += WRITE_BUFS_TRIM;
+            shard.write_bufs.borrow_mut().trim(WRITE_BUFS_FLOOR);
+        }
         if let (Some(at), Some(idle)) = (&mut quiet_epoch, shard.spec.tls_keys_idle)
             && Instant::now() >= *at
         {
@@ -695,8 +701,9 @@ async fn ticker(shard: Rc<Shard>) {
 /// Ends a quiet epoch: wakes the connections that may have gone quiet, so
 /// that those which have let their TLS keys sleep.
 fn wake_quiet(shard: &Shard) {
+    let woken = shard.quiet.borrow_mut().end_epoch();
     let wakers = shard.wakers.borrow();
-    for conn in shard.quiet.borrow_mut().end_epoch() {
+    for conn in woken {
         if let Some(w) = wakers.get(&conn) {
             w.notify();
         }

@@ -322,7 +322,8 @@ pub struct Session {
     state: State,
     deadline_ms: u64,
     last_rx_ms: u64,
-    probe_nonce: Option<u64>,
+    /// A `Ping` probes the silence (sent at half the idle timeout).
+    probed: bool,
     sends: Bucket,
     send_bytes: Bucket,
     refusals_in_a_row: u32,
@@ -342,7 +343,7 @@ impl Session {
             state: State::Handshaking,
             deadline_ms: now_ms + config.handshake_timeout_ms,
             last_rx_ms: now_ms,
-            probe_nonce: None,
+            probed: false,
             sends: Bucket::full(config.send_rate(), now_ms),
             send_bytes: Bucket::full(config.send_bytes_rate(), now_ms),
             refusals_in_a_row: 0,
@@ -551,9 +552,9 @@ impl Session {
 
     fn idle_check_ms(&self) -> u64 {
         let idle = self.config.idle_timeout_ms;
-        match self.probe_nonce {
-            None => self.last_rx_ms + idle / 2,
-            Some(_) => self.last_rx_ms + idle,
+        match self.probed {
+            false => self.last_rx_ms + idle / 2,
+            true => self.last_rx_ms + idle,
         }
     }
 
@@ -561,8 +562,8 @@ impl Session {
         let silent = now_ms.saturating_sub(self.last_rx_ms);
         if silent >= self.config.idle_timeout_ms {
             self.fail(ErrorCode::IdleTimeout, 0);
-        } else if silent >= self.config.idle_timeout_ms / 2 && self.probe_nonce.is_none() {
-            self.probe_nonce = Some(now_ms);
+        } else if silent >= self.config.idle_timeout_ms / 2 && !self.probed {
+            self.probed = true;
             self.replies.push_back(Reply::Ping { nonce: now_ms });
         }
     }
@@ -589,7 +590,7 @@ impl Session {
     }
 
     fn on_frame(&mut self, now_ms: u64, frame: &Frame) {
-        self.probe_nonce = None; // anything received proves the peer is there
+        self.probed = false; // anything received proves the peer is there
         match frame.body() {
             Body::Send(send) => self.on_send(now_ms, frame, send),
             Body::DeliveryAck(ack) => self.events.push_back(Event::Ack {

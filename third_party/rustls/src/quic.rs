@@ -489,6 +489,40 @@ pub(crate) struct Quic {
     pub(crate) version: Version,
 }
 
+/// Patched (messaging-edge): a connection's [`Quic`], allocated on its
+/// first mutable use. Only a QUIC connection ever changes it, yet inline
+/// it made every TLS-over-TCP `CommonState` 88 bytes larger; a read before
+/// any write sees an empty one (`Quic::default()`).
+#[derive(Default)]
+pub(crate) struct QuicState(Option<Box<Quic>>);
+
+/// What a `QuicState` reads as before its first write.
+static NO_QUIC: Quic = Quic {
+    params: None,
+    alert: None,
+    hs_queue: VecDeque::new(),
+    early_secret: None,
+    hs_secrets: None,
+    traffic_secrets: None,
+    #[cfg(feature = "std")]
+    returned_traffic_keys: false,
+    version: Version::V1,
+};
+
+impl core::ops::Deref for QuicState {
+    type Target = Quic;
+
+    fn deref(&self) -> &Quic {
+        self.0.as_deref().unwrap_or(&NO_QUIC)
+    }
+}
+
+impl core::ops::DerefMut for QuicState {
+    fn deref_mut(&mut self) -> &mut Quic {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
 #[cfg(feature = "std")]
 impl Quic {
     pub(crate) fn write_hs(&mut self, buf: &mut Vec<u8>) -> Option<KeyChange> {
