@@ -22,6 +22,7 @@ use rustls::crypto::cipher::{
     OutboundOpaqueMessage, OutboundPlainMessage, Tls13AeadAlgorithm, UnsupportedOperationError,
 };
 use rustls::{ConnectionTrafficSecrets, Error, SupportedCipherSuite, Tls13CipherSuite};
+use zeroize::Zeroize;
 
 /// ring's TLS 1.3 suites, in its order of preference, each with its AEAD
 /// wrapped. Made once: a suite names its AEAD by a `'static` reference.
@@ -76,17 +77,20 @@ impl Tls13AeadAlgorithm for IdleAead {
     fn encrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageEncrypter> {
         let live = self.inner.encrypter(copy(&key), copy_iv(&iv));
         // TLS 1.3 records add a fixed overhead (content type and tag).
-        let overhead = live.encrypted_payload_len(0);
+        let overhead = u8::try_from(live.encrypted_payload_len(0))
+            .expect("a TLS 1.3 record adds a type byte and a tag");
         Box::new(IdleEncrypter {
-            keys: Keys::new(self.inner, key, iv),
+            keys: Keys {
+                overhead,
+                ..Keys::new(self.inner, &key, &iv)
+            },
             live: Some(live),
-            overhead,
         })
     }
 
     fn decrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageDecrypter> {
         Box::new(IdleDecrypter {
-            keys: Keys::new(self.inner, key, iv),
+            keys: Keys::new(self.inner, &key, &iv),
             live: None,
         })
     }
@@ -108,18 +112,43 @@ impl Tls13AeadAlgorithm for IdleAead {
     }
 }
 
-/// What a sleeping direction keeps: the AEAD, its raw key and IV.
+/// What a sleeping direction keeps: the AEAD, its raw key and IV (packed:
+/// with the `Option<Box<..>>` beside it, 80 bytes a direction as mimalloc
+/// holds them; rustls's `AeadKey` alone is 40). Wiped when dropped, as
+/// rustls wipes its `AeadKey`.
 struct Keys {
     aead: &'static dyn Tls13AeadAlgorithm,
-    key: AeadKey,
+    key: [u8; AeadKey::MAX_LEN],
     iv: [u8; 12],
+    key_len: u8,
+    /// What a record adds to its plaintext (the encrypter's; here, where
+    /// it packs into the padding).
+    overhead: u8,
 }
 
 impl Keys {
-    fn new(aead: &'static dyn Tls13AeadAlgorithm, key: AeadKey, iv: Iv) -> Self {
-        let mut raw = [0; 12];
-        raw.copy_from_slice(iv.as_ref());
-        Self { aead, key, iv: raw }
+    fn new(aead: &'static dyn Tls13AeadAlgorithm, key: &AeadKey, iv: &Iv) -> Self {
+        let (mut raw_key, mut raw_iv) = ([0; AeadKey::MAX_LEN], [0; 12]);
+        raw_key[..key.as_ref().len()].copy_from_slice(key.as_ref());
+        raw_iv.copy_from_slice(iv.as_ref());
+        Self {
+            aead,
+            key: raw_key,
+            iv: raw_iv,
+            key_len: u8::try_from(key.as_ref().len()).expect("at most 32"),
+            overhead: 0,
+        }
+    }
+
+    fn key(&self) -> AeadKey {
+        AeadKey::new(&self.key[..usize::from(self.key_len)])
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        self.key.zeroize();
+        self.iv.zeroize();
     }
 }
 
@@ -134,7 +163,6 @@ fn copy_iv(iv: &Iv) -> Iv {
 struct IdleEncrypter {
     keys: Keys,
     live: Option<Box<dyn MessageEncrypter>>,
-    overhead: usize,
 }
 
 impl MessageEncrypter for IdleEncrypter {
@@ -145,12 +173,12 @@ impl MessageEncrypter for IdleEncrypter {
     ) -> Result<OutboundOpaqueMessage, Error> {
         let keys = &self.keys;
         self.live
-            .get_or_insert_with(|| keys.aead.encrypter(copy(&keys.key), Iv::new(keys.iv)))
+            .get_or_insert_with(|| keys.aead.encrypter(keys.key(), Iv::new(keys.iv)))
             .encrypt(msg, seq)
     }
 
     fn encrypted_payload_len(&self, payload_len: usize) -> usize {
-        payload_len + self.overhead
+        payload_len + usize::from(self.keys.overhead)
     }
 
     fn hibernate(&mut self) {
@@ -171,7 +199,7 @@ impl MessageDecrypter for IdleDecrypter {
     ) -> Result<InboundPlainMessage<'a>, Error> {
         let keys = &self.keys;
         self.live
-            .get_or_insert_with(|| keys.aead.decrypter(copy(&keys.key), Iv::new(keys.iv)))
+            .get_or_insert_with(|| keys.aead.decrypter(keys.key(), Iv::new(keys.iv)))
             .decrypt(msg, seq)
     }
 
