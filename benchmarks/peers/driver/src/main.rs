@@ -72,6 +72,10 @@ struct Args {
     /// The server process, whose RSS `--idle-conns` reads.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Seconds after all `--idle-conns` are open that the server's RSS is
+    /// read (as loadgen's `idle --settle`).
+    #[arg(long, default_value_t = 2)]
+    idle_settle_s: u64,
     /// Instead of sending: one phase of the kill -9 check (see
     /// `survive.rs`).
     #[arg(long, value_enum)]
@@ -390,7 +394,7 @@ async fn idle(args: Arc<Args>, conns: u32) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // As loadgen's `idle`: let the server settle, then read.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(args.idle_settle_s)).await;
     let after = rss_kib(pid);
     let json = serde_json::json!({
         "system": format!("{:?}", args.system).to_lowercase(),
