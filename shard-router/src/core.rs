@@ -26,6 +26,7 @@ use crate::outbox::Outbox;
 use crate::placement::{Placement, Route};
 use crate::presence::{LastSeen, Presence, PresenceUpdate};
 use crate::registry::{Registry, Session};
+use crate::slim::SlimVec;
 
 /// Limits and settings of a router core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +285,7 @@ pub enum Effect<M> {
 #[derive(Debug, Clone)]
 struct LocalConn {
     device: DeviceKey,
-    watching: Vec<UserId>,
+    watching: SlimVec<UserId>,
 }
 
 /// One shard's router.
@@ -348,7 +349,7 @@ impl<M: Clone> RouterCore<M> {
             conn,
             LocalConn {
                 device,
-                watching: Vec::new(),
+                watching: SlimVec::default(),
             },
         );
         let session = Session {

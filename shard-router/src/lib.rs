@@ -22,6 +22,7 @@ mod outbox;
 mod placement;
 mod presence;
 mod registry;
+mod slim;
 
 pub use crate::core::{CloseReason, Effect, GroupRequest, RouterConfig, RouterCore, ShardMsg};
 pub use groups::{

@@ -9,6 +9,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::ids::{ConnRef, UserId};
+use crate::slim::SlimVec;
 
 /// Who may see when a user was last online.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,7 +38,7 @@ struct Entry {
     online: bool,
     last_seen_ms: u64,
     visibility: LastSeen,
-    watchers: Vec<ConnRef>,
+    watchers: SlimVec<ConnRef>,
 }
 
 /// Presence of the users whose home is this shard.
@@ -84,7 +85,7 @@ impl Presence {
         entry.online = online;
         entry.last_seen_ms = now_ms;
         let entry = &self.users[&user];
-        Some((update(user, entry), &entry.watchers))
+        Some((update(user, entry), entry.watchers.as_slice()))
     }
 
     /// Sets who may see `user`'s last seen. Takes effect in later updates.
