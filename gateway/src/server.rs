@@ -844,8 +844,9 @@ fn drive<'a>(
         // The quiet epoch this connection was last busy in (see `Quiet`).
         let mut mark = 0;
         loop {
-            let output = shard.core.borrow_mut().take_output(conn);
-            let Some((mut plaintext, close)) = output else {
+            // Not bound to a local first: one kept across the awaits below
+            // would take 48 bytes of every connection's task.
+            let Some((mut plaintext, close)) = shard.core.borrow_mut().take_output(conn) else {
                 return Ok(());
             };
             if !plaintext.is_empty() {
@@ -902,29 +903,45 @@ fn drive<'a>(
 }
 
 /// Encrypts `plaintext` (then `close_notify` if `close`) and writes it,
-/// a bounded chunk at a time.
-async fn send(
-    shard: &Shard,
-    stream: &mut TcpStream,
-    tls: &mut TlsConn,
-    plaintext: &[u8],
+/// a bounded chunk at a time. An `async move` block, as [`serve_conn`]'s:
+/// its state is part of every connection's task.
+#[allow(clippy::manual_async_fn)] // on purpose: see `serve_conn`
+fn send<'a>(
+    shard: &'a Shard,
+    stream: &'a mut TcpStream,
+    tls: &'a mut TlsConn,
+    plaintext: &'a [u8],
     close: bool,
-) -> std::io::Result<()> {
-    if tls.is_handshaking() {
-        return Ok(()); // closing before the handshake: nothing to encrypt with
+) -> impl Future<Output = std::io::Result<()>> + 'a {
+    async move {
+        if tls.is_handshaking() {
+            return Ok(()); // closing before the handshake: nothing to encrypt with
+        }
+        for chunk in plaintext.chunks(WRITE_CHUNK) {
+            let out = encrypted(shard, |out| tls.encrypt(chunk, out))?;
+            write_out(shard, stream, out).await?;
+        }
+        if close {
+            let out = encrypted(shard, |out| tls.close(out))?;
+            write_out(shard, stream, out).await?;
+        }
+        Ok(())
     }
-    for chunk in plaintext.chunks(WRITE_CHUNK) {
-        let mut out = shard.write_buf();
-        tls.encrypt(chunk, &mut out)
-            .map_err(std::io::Error::other)?;
-        write_out(shard, stream, out).await?;
+}
+
+/// A pooled write buffer filled by `fill` (given back if it fails).
+fn encrypted(
+    shard: &Shard,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<(), TlsConnError>,
+) -> std::io::Result<Vec<u8>> {
+    let mut out = shard.write_buf();
+    match fill(&mut out) {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            shard.give_write_buf(out);
+            Err(std::io::Error::other(e))
+        }
     }
-    if close {
-        let mut out = shard.write_buf();
-        tls.close(&mut out).map_err(std::io::Error::other)?;
-        write_out(shard, stream, out).await?;
-    }
-    Ok(())
 }
 
 /// Feeds `n` bytes of the scratch buffer through TLS to the core; what
@@ -953,14 +970,22 @@ fn take_input(
     })
 }
 
-/// Writes `out` (if anything is in it) and gives it back to the pool.
-async fn write_out(shard: &Shard, stream: &mut TcpStream, out: Vec<u8>) -> std::io::Result<()> {
-    let written = match out.is_empty() {
-        true => Ok(()),
-        false => stream.write_all(&out).await,
-    };
-    shard.give_write_buf(out);
-    written
+/// Writes `out` (if anything is in it) and gives it back to the pool (an
+/// `async move` block, as [`send`]).
+#[allow(clippy::manual_async_fn)] // on purpose: see `serve_conn`
+fn write_out<'a>(
+    shard: &'a Shard,
+    stream: &'a mut TcpStream,
+    out: Vec<u8>,
+) -> impl Future<Output = std::io::Result<()>> + 'a {
+    async move {
+        let written = match out.is_empty() {
+            true => Ok(()),
+            false => stream.write_all(&out).await,
+        };
+        shard.give_write_buf(out);
+        written
+    }
 }
 
 /// Reads into the shard's shared scratch buffer, borrowing it only inside
