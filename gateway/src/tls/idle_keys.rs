@@ -75,15 +75,13 @@ struct IdleAead {
 
 impl Tls13AeadAlgorithm for IdleAead {
     fn encrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageEncrypter> {
-        let live = self.inner.encrypter(copy(&key), copy_iv(&iv));
+        let mut keys = Keys::new(self.inner, &key, &iv);
+        let live = self.inner.encrypter(key, iv);
         // TLS 1.3 records add a fixed overhead (content type and tag).
-        let overhead = u8::try_from(live.encrypted_payload_len(0))
+        keys.overhead = u8::try_from(live.encrypted_payload_len(0))
             .expect("a TLS 1.3 record adds a type byte and a tag");
         Box::new(IdleEncrypter {
-            keys: Keys {
-                overhead,
-                ..Keys::new(self.inner, &key, &iv)
-            },
+            keys,
             live: Some(live),
         })
     }
@@ -150,14 +148,6 @@ impl Drop for Keys {
         self.key.zeroize();
         self.iv.zeroize();
     }
-}
-
-fn copy(key: &AeadKey) -> AeadKey {
-    AeadKey::new(key.as_ref())
-}
-
-fn copy_iv(iv: &Iv) -> Iv {
-    Iv::copy(iv.as_ref())
 }
 
 struct IdleEncrypter {
