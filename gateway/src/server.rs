@@ -658,8 +658,9 @@ async fn ticker(shard: Rc<Shard>) {
             && Instant::now() >= *at
         {
             *at += idle;
-            wake_quiet(&shard);
+            shard.quiet.borrow_mut().end_epoch();
         }
+        wake_quiet(&shard);
         let now = shard.now();
         let control = &shard.spec.control;
         if control.drain.load(Ordering::SeqCst) && drain_deadline.is_none() {
@@ -698,10 +699,10 @@ async fn ticker(shard: Rc<Shard>) {
     }
 }
 
-/// Ends a quiet epoch: wakes the connections that may have gone quiet, so
-/// that those which have let their TLS keys sleep.
+/// Wakes this tick's share of the connections that may have gone quiet,
+/// so that those which have let their TLS keys sleep.
 fn wake_quiet(shard: &Shard) {
-    let woken = shard.quiet.borrow_mut().end_epoch();
+    let woken = shard.quiet.borrow_mut().to_wake();
     let wakers = shard.wakers.borrow();
     for conn in woken {
         if let Some(w) = wakers.get(&conn) {
