@@ -700,7 +700,8 @@ async fn ticker(shard: Rc<Shard>) {
 }
 
 /// Wakes this tick's share of the connections that may have gone quiet,
-/// so that those which have let their TLS keys sleep.
+/// so that those which have let their TLS keys sleep (the others go back
+/// to waiting).
 fn wake_quiet(shard: &Shard) {
     let woken = shard.quiet.borrow_mut().to_wake();
     let wakers = shard.wakers.borrow();
