@@ -362,7 +362,10 @@ https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof"
         fn check_error(&self) -> io::Result<()> {
             match &self.core.state {
                 Ok(_) => Ok(()),
-                Err(err) => Err(io::Error::new(io::ErrorKind::InvalidData, err.clone())),
+                Err(err) => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    Error::clone(err),
+                )),
             }
         }
 
@@ -894,7 +897,10 @@ impl<T> Deref for UnbufferedConnectionCommon<T> {
 }
 
 pub(crate) struct ConnectionCore<Data> {
-    pub(crate) state: Result<Box<dyn State<Data>>, Error>,
+    /// Patched (messaging-edge): the error is boxed (16 bytes here, not
+    /// the 64 of an inline `Error`); while `process_*` holds the state it
+    /// is [`Taken`], which allocates nothing.
+    pub(crate) state: Result<Box<dyn State<Data>>, Box<Error>>,
     pub(crate) data: Data,
     pub(crate) common_state: CommonState,
     pub(crate) hs_deframer: HandshakeDeframer,
@@ -915,17 +921,32 @@ impl<Data> ConnectionCore<Data> {
         }
     }
 
+    /// Takes the state out to be driven (leaving [`Taken`]), or the
+    /// error the connection failed with (leaving it in place).
+    pub(crate) fn take_state(&mut self) -> Result<Box<dyn State<Data>>, Error> {
+        match mem::replace(&mut self.state, Ok(Box::new(Taken))) {
+            Ok(state) => Ok(state),
+            Err(e) => {
+                let error = Error::clone(&e);
+                self.state = Err(e);
+                Err(error)
+            }
+        }
+    }
+
+    /// Marks the connection failed with `error`.
+    pub(crate) fn fail(&mut self, error: &Error) {
+        self.state = Err(Box::new(error.clone()));
+    }
+
     pub(crate) fn process_new_packets(
         &mut self,
         deframer_buffer: &mut DeframerVecBuffer,
         sendable_plaintext: &mut ChunkVecBuffer,
     ) -> Result<IoState, Error> {
-        let mut state = match mem::replace(&mut self.state, Err(Error::HandshakeNotComplete)) {
+        let mut state = match self.take_state() {
             Ok(state) => state,
-            Err(e) => {
-                self.state = Err(e.clone());
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
 
         let mut buffer_progress = self.hs_deframer.progress();
@@ -940,7 +961,7 @@ impl<Data> ConnectionCore<Data> {
             let opt_msg = match res {
                 Ok(opt_msg) => opt_msg,
                 Err(e) => {
-                    self.state = Err(e.clone());
+                    self.fail(&e);
                     deframer_buffer.discard(buffer_progress.take_discard());
                     return Err(e);
                 }
@@ -953,7 +974,7 @@ impl<Data> ConnectionCore<Data> {
             match self.process_msg(msg, state, Some(sendable_plaintext)) {
                 Ok(new) => state = new,
                 Err(e) => {
-                    self.state = Err(e.clone());
+                    self.fail(&e);
                     deframer_buffer.discard(buffer_progress.take_discard());
                     return Err(e);
                 }
@@ -1259,7 +1280,7 @@ impl<Data> ConnectionCore<Data> {
             ));
         }
 
-        let state = self.state?;
+        let state = self.state.map_err(|e| *e)?;
 
         let record_layer = &self.common_state.record_layer;
         let secrets = state.extract_secrets()?;
@@ -1290,7 +1311,7 @@ impl<Data> ConnectionCore<Data> {
             Ok(st) => st
                 .export_keying_material(output.as_mut(), label, context)
                 .map(|_| output),
-            Err(e) => Err(e.clone()),
+            Err(e) => Err(Error::clone(e)),
         }
     }
 
@@ -1308,8 +1329,31 @@ impl<Data> ConnectionCore<Data> {
     fn refresh_traffic_keys(&mut self) -> Result<(), Error> {
         match &mut self.state {
             Ok(st) => st.send_key_update_request(&mut self.common_state),
-            Err(e) => Err(e.clone()),
+            Err(e) => Err(Error::clone(e)),
         }
+    }
+}
+
+/// Patched (messaging-edge): the state of a connection while
+/// `process_*` drives it, which upstream marked with an inline
+/// `Err(Error::HandshakeNotComplete)`. Zero-sized, so its box allocates
+/// nothing; it answers everything as that error did.
+struct Taken;
+
+impl<Data> State<Data> for Taken {
+    fn handle<'m>(
+        self: Box<Self>,
+        _cx: &mut Context<'_, Data>,
+        _message: Message<'m>,
+    ) -> Result<Box<dyn State<Data> + 'm>, Error>
+    where
+        Self: 'm,
+    {
+        Err(Error::HandshakeNotComplete)
+    }
+
+    fn into_owned(self: Box<Self>) -> Box<dyn State<Data> + 'static> {
+        self
     }
 }
 

@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 use core::num::NonZeroUsize;
-use core::{fmt, mem};
+use core::fmt;
 #[cfg(feature = "std")]
 use std::error::Error as StdError;
 
@@ -103,12 +103,10 @@ impl<Data> UnbufferedConnectionCommon<Data> {
             };
 
             if let Some(msg) = deframer_output {
-                let mut state =
-                    match mem::replace(&mut self.core.state, Err(Error::HandshakeNotComplete)) {
+                let mut state = match self.core.take_state() {
                         Ok(state) => state,
                         Err(e) => {
                             buffer.queue_discard(buffer_progress.take_discard());
-                            self.core.state = Err(e.clone());
                             return UnbufferedStatus {
                                 discard: buffer.pending_discard(),
                                 state: Err(e),
@@ -121,7 +119,7 @@ impl<Data> UnbufferedConnectionCommon<Data> {
 
                     Err(e) => {
                         buffer.queue_discard(buffer_progress.take_discard());
-                        self.core.state = Err(e.clone());
+                        self.core.fail(&e);
                         return UnbufferedStatus {
                             discard: buffer.pending_discard(),
                             state: Err(e),

@@ -1130,7 +1130,10 @@ pub(super) enum EarlyDataState {
     #[default]
     New,
     Accepted {
-        received: ChunkVecBuffer,
+        /// Patched (messaging-edge): boxed, so that a connection that never
+        /// accepts early data (every one, unless `max_early_data_size` is
+        /// set) does not carry 56 bytes of empty buffer.
+        received: Box<ChunkVecBuffer>,
         left: usize,
     },
     Rejected,
@@ -1143,7 +1146,7 @@ impl EarlyDataState {
 
     pub(super) fn accept(&mut self, max_size: usize) {
         *self = Self::Accepted {
-            received: ChunkVecBuffer::new(Some(max_size)),
+            received: Box::new(ChunkVecBuffer::new(Some(max_size))),
             left: max_size,
         };
     }
