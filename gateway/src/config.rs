@@ -75,6 +75,11 @@ pub struct Settings {
     /// How long memory the process freed stays with it before it is given
     /// back to the kernel, ms; -1: never (reused by later allocations).
     pub allocator_purge_delay_ms: i64,
+    /// Whether the process's memory may be backed by transparent huge
+    /// pages. Off: each first touch of a huge page zeroes 2 MiB inside a
+    /// shard's turn, the kernel's `khugepaged` stalls the process while it
+    /// collapses pages, and a partly used huge page is resident whole.
+    pub allocator_huge_pages: bool,
     /// Log segment size, bytes: reclaim deletes whole segments, so the log
     /// stays within 2 × live bytes + 2 segments.
     pub segment_bytes: u64,
@@ -145,6 +150,7 @@ impl Default for Settings {
             listen_backlog: 4096,
             startup_timeout_s: 300,
             allocator_purge_delay_ms: 1_000,
+            allocator_huge_pages: false,
             segment_bytes: engine.log.segment_bytes_max,
             dedup_ids_s: engine.dedup_ids_ms / 1000,
             log_unsynced_bytes_max: shard.log_unsynced_bytes_max,
@@ -262,6 +268,8 @@ overrides! {
     startup_timeout_s: u64,
     /// Freed memory is given back to the kernel after this long, ms; -1: never [default: 1000].
     allocator_purge_delay_ms: i64,
+    /// Let memory be backed by transparent huge pages [default: false].
+    allocator_huge_pages: bool,
     /// Log segment size, bytes, at least 1 MiB [default: 67108864].
     segment_bytes: u64,
     /// Original ids kept for answering retries, seconds [default: 3600].

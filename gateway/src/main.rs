@@ -107,6 +107,9 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
     init_logs();
     let mut settings = overrides.settings().map_err(|e| e.to_string())?;
     allocator::set_purge_delay(settings.allocator_purge_delay_ms);
+    if !settings.allocator_huge_pages {
+        allocator::refuse_huge_pages();
+    }
     if settings.shards == 0 {
         settings.shards = std::thread::available_parallelism().map_or(1, |n| n.get());
     }
@@ -388,5 +391,25 @@ mod allocator {
         }
         // SAFETY: as above.
         unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, ms as std::ffi::c_long) };
+    }
+
+    /// Keeps the process's memory off transparent huge pages, whatever
+    /// the allocator asks for (`PR_SET_THP_DISABLE`, which overrides
+    /// `MADV_HUGEPAGE`; mimalloc advises its arenas huge). With them, on a
+    /// host whose THP mode is `madvise` or `always`, the first touch of
+    /// each 2 MiB zeroed it inside a shard's turn, `khugepaged` stalled
+    /// the process for milliseconds at a time, and idle connections cost
+    /// about 500 B more each in partly used huge pages (see
+    /// `benchmarks/idle-memory.sh`). Pages already huge stay so.
+    #[allow(unsafe_code)]
+    pub fn refuse_huge_pages() {
+        // SAFETY: a plain prctl on the calling process, no pointers.
+        let done = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if done != 0 {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(
+                "transparent huge pages not refused ({error}); memory may be backed by them"
+            );
+        }
     }
 }

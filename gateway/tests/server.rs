@@ -95,6 +95,32 @@ fn a_relative_data_directory_takes_messages() {
     });
 }
 
+/// The kernel's view of whether `pid` may have transparent huge pages
+/// (`THP_enabled` in its status).
+fn thp_enabled(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+    Some(line.split_whitespace().nth(1)? == "1")
+}
+
+/// The serving gateway keeps its memory off transparent huge pages unless
+/// told otherwise (`allocator_huge_pages`): with them, first touches and
+/// `khugepaged` stalled shards for milliseconds, and idle connections
+/// cost more.
+#[test]
+fn the_gateway_refuses_huge_pages_unless_allowed() {
+    let Some(true) = thp_enabled(std::process::id()) else {
+        eprintln!("skipped: this kernel does not report THP_enabled, or it is off system-wide");
+        return;
+    };
+    let dir = temp_dir("e2e-thp-off");
+    let gw = Gateway::start(&dir, &[]);
+    assert_eq!(thp_enabled(gw.child.id()), Some(false));
+    let dir = temp_dir("e2e-thp-on");
+    let gw = Gateway::start(&dir, &["--allocator-huge-pages", "true"]);
+    assert_eq!(thp_enabled(gw.child.id()), Some(true));
+}
+
 /// A client that holds its delivery ack back (`ack_later`, the default
 /// for busy clients) and has nothing else to write still sends it: the
 /// connection writes it once `ACK_DELAY` has passed, and the sender gets ✓✓.

@@ -302,6 +302,7 @@ pub fn epoch_ns(at: Instant) -> u64 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    refuse_huge_pages();
     match run(&cli) {
         Ok(report) => finish(&cli.common, &report),
         Err(e) => {
@@ -309,6 +310,16 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Keeps loadgen's memory off transparent huge pages (mimalloc advises
+/// its arenas huge), as the gateway does by default: zeroing a fresh 2 MiB
+/// page or `khugepaged` collapsing some stalls a worker for milliseconds,
+/// which would show up in the latencies it measures.
+#[allow(unsafe_code)]
+fn refuse_huge_pages() {
+    // SAFETY: a plain prctl on the calling process, no pointers.
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
 
 /// Prints the table, writes the outputs, exits by the verdict.
