@@ -475,6 +475,7 @@ async fn exchange(shard: Rc<Shard>, mut end: MeshEnd<ShardMsg<Note>>) {
 /// io_uring; the executor keeps serving while the disk syncs, and the next
 /// batch fills meanwhile.
 async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
+    log.make_spare();
     loop {
         shard.flush.wait().await;
         loop {
