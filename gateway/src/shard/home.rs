@@ -271,11 +271,15 @@ impl<S: Storage> ShardCore<S> {
         if resume_seq > 0 && self.request_ack(now_ms, device, resume_seq, true).is_err() {
             self.anomaly("a resume point inside the queue was refused as an ack");
         }
-        let backlog = self.engine.queued_after(dref, resume_seq);
+        // Entries acknowledged already wait in the queue until their ✓✓ is
+        // durable: a resume point below them (a client that lost its place)
+        // neither counts them nor gets them again.
+        let acked = resume_seq.max(self.receipted.get(&device).copied().unwrap_or(0));
+        let backlog = self.engine.queued_after(dref, acked);
         let backlog_count = u32::try_from(backlog).unwrap_or(u32::MAX);
         let cursor = Cursor {
             conn: reply,
-            sent: resume_seq,
+            sent: acked,
         };
         self.cursors.insert(device, cursor);
         // Entries appended before this cursor existed and not yet durable

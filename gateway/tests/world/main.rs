@@ -219,6 +219,53 @@ fn a_resume_point_past_the_end_of_the_queue_holds_nothing_back() {
     w.quiesce_and_check();
 }
 
+/// A resume point is an ack, and an ack's entries leave the queue once the
+/// ✓✓ it brings is durable. A reconnect from 0 inside that wait (a client
+/// that lost its place) was sent the acknowledged entries again and told
+/// they were backlog (`server.rs`'s resume test saw it under load).
+#[test]
+fn a_resume_from_zero_right_after_an_ack_gets_nothing_acknowledged_again() {
+    let mut w = world_with(Shape::default(), &[A, B]);
+    for _ in 0..3 {
+        w.send(A, sim::device(B), 10);
+    }
+    w.settle();
+    assert_eq!(w.devices[&B].got.len(), 3);
+    w.disconnect(B);
+    w.held_flush = Some(w.home_of(A.0)); // A's ✓✓ waits to be durable
+    w.connect_resuming(B, 3); // B read all three; this acks them
+    w.settle();
+    w.connect_resuming(B, 0);
+    w.settle();
+    let deliveries_before = w.devices[&B].got.len();
+    let welcome = w.devices[&B].events.iter().rev().find_map(|e| match e {
+        ClientEvent::Welcome {
+            resume_seq,
+            backlog_count,
+            ..
+        } => Some((*resume_seq, *backlog_count)),
+        _ => None,
+    });
+    assert_eq!(
+        welcome,
+        Some((0, 0)),
+        "where the client said; nothing unacknowledged"
+    );
+    let events = &w.devices[&B].events;
+    let last_welcome = events
+        .iter()
+        .rposition(|e| matches!(e, ClientEvent::Welcome { .. }))
+        .expect("welcomed");
+    let redelivered = events[last_welcome..]
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Message { .. }))
+        .count();
+    assert_eq!(redelivered, 0, "no acknowledged message again");
+    assert_eq!(w.devices[&B].got.len(), deliveries_before);
+    w.held_flush = None;
+    w.quiesce_and_check();
+}
+
 /// #7: a client id with bit 63 set is an ordinary message after a restart
 /// and once it left the payload cache.
 #[test]
