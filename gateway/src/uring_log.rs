@@ -79,9 +79,20 @@ pub struct UringLog {
     spare: Rc<RefCell<Spare>>,
 }
 
+thread_local! {
+    /// The spare of each log directory this thread writes, shared by every
+    /// [`UringLog`] on it (a shard makes one; a test may make several in
+    /// turn): two never make a spare at the same path at once, and a log
+    /// made anew takes up the spare its predecessor began.
+    static SPARES: RefCell<BTreeMap<PathBuf, Rc<RefCell<Spare>>>> =
+        const { RefCell::new(BTreeMap::new()) };
+}
+
 /// Where the spare segment stands.
+#[derive(Default)]
 enum Spare {
     /// None is being made.
+    #[default]
     Absent,
     /// The last attempt failed (a full disk, say): tried again at the next
     /// segment, not at every batch.
@@ -132,12 +143,14 @@ impl UringLog {
     /// The log in `dir` (which recovery opened already), whose new segments
     /// are allocated to `segment_bytes` (rounded up to whole blocks).
     pub fn new(dir: PathBuf, segment_bytes: u64) -> Self {
+        let spare =
+            SPARES.with(|spares| spares.borrow_mut().entry(dir.clone()).or_default().clone());
         Self {
             dir,
             segment_bytes: segment_bytes.div_ceil(WRITE_BLOCK).max(1) * WRITE_BLOCK,
             files: BTreeMap::new(),
             tail: None,
-            spare: Rc::new(RefCell::new(Spare::Absent)),
+            spare,
         }
     }
 
