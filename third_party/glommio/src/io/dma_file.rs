@@ -129,7 +129,12 @@ impl DmaFile {
     ) -> io::Result<DmaFile> {
         let file = GlommioFile::open_at(dir, path, flags, mode).await?;
         let (major, minor) = (file.dev_major as usize, file.dev_minor as usize);
-        let buf = statfs(path).unwrap();
+        // Patched (messaging-edge): the open descriptor's filesystem, not a
+        // second lookup of `path`, which panicked (`unwrap`) when the file
+        // was renamed or removed in between.
+        // SAFETY: `file` owns this descriptor and outlives the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(file.as_raw_fd()) };
+        let buf = fstatfs(fd)?;
         let fstype = buf.filesystem_type();
         let max_sectors_size = sysfs::BlockDevice::max_sectors_size(major, minor);
         let max_segment_size = sysfs::BlockDevice::max_segment_size(major, minor);
