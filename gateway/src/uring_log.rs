@@ -158,7 +158,7 @@ impl UringLog {
         self.dir.join(queue_engine::segment_file_name(segment))
     }
 
-    /// Whether a spare segment is ready (for tests and metrics).
+    /// Whether a spare segment is ready (tests wait on it).
     pub fn spare_ready(&self) -> bool {
         matches!(*self.spare.borrow(), Spare::Ready(_))
     }
