@@ -79,6 +79,14 @@ restarts=0
 for _ in $(seq 1 "$RESTARTS"); do
     sleep "$EVERY"
     kill -0 "$loadgen" 2>/dev/null || break
+    if ! kill -0 "$gw" 2>/dev/null; then
+        gw_status=0
+        wait "$gw" || gw_status=$?
+        gw=""
+        echo "crash-under-load: the gateway exited on its own (status $gw_status) after $restarts restarts; its last lines:" >&2
+        tail -20 "$WORK/gateway.err" >&2
+        exit 1
+    fi
     kill -9 "$gw"
     wait "$gw" 2>/dev/null || true
     start_gateway
