@@ -1361,7 +1361,8 @@ pub struct StoredMessage {
 }
 
 /// Reads the message record at `position` (from [`Engine::backlog`] or an
-/// [`Expired`]): two `pread`s, the length then the record.
+/// [`Expired`]): two `pread`s, the length then the record; or, if it is
+/// not durable yet, from its batch in memory.
 pub fn read_message(
     engine: &Engine,
     storage: &impl Storage,
@@ -1375,16 +1376,26 @@ pub fn read_message(
         .find(|s| **s <= position)
         .expect("in the log");
     let offset = position - segment;
-    let mut len = [0; 4];
-    storage.read_at(segment, offset, &mut len)?;
-    let mut bytes = vec![0; 4 + u32::from_le_bytes(len) as usize];
-    storage.read_at(segment, offset, &mut bytes)?;
     let corrupt = |error| RecoveryError::Corruption {
         segment,
         offset,
         error,
     };
-    match crate::record::decode(&bytes).map_err(corrupt)?.0 {
+    // A record not durable yet (a copy reclaim just made, say) is read
+    // where it is: its batch, in memory. The disk holds zeros there.
+    let read;
+    let bytes = match engine.log().unflushed(position) {
+        Some(batch) => batch,
+        None => {
+            let mut len = [0; 4];
+            storage.read_at(segment, offset, &mut len)?;
+            let mut bytes = vec![0; 4 + u32::from_le_bytes(len) as usize];
+            storage.read_at(segment, offset, &mut bytes)?;
+            read = bytes;
+            &read
+        }
+    };
+    match crate::record::decode(bytes).map_err(corrupt)?.0 {
         Record::Message(m) => Ok(StoredMessage {
             message_id: m.message_id,
             sender: m.sender,

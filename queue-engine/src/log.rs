@@ -207,6 +207,22 @@ impl Log {
         self.sealed.front().filter(|_| self.in_flight)
     }
 
+    /// The bytes from `position` to the end of its batch, if `position` is
+    /// not durable yet (its batch is still in memory: filling, sealed or
+    /// being written). A record never straddles two batches.
+    pub fn unflushed(&self, position: u64) -> Option<&[u8]> {
+        if position < self.durable || position >= self.head {
+            return None;
+        }
+        let batch = self
+            .sealed
+            .iter()
+            .chain(&self.filling)
+            .find(|f| f.segment + f.offset <= position && position < f.end())?;
+        let at = usize::try_from(position - batch.segment - batch.offset).expect("inside a batch");
+        Some(&batch.bytes[at..])
+    }
+
     /// The batch from [`Log::poll_flush`] is written and synced.
     pub fn handle_flushed(&mut self) {
         assert!(self.in_flight, "handle_flushed without a flush in flight");
@@ -307,6 +323,22 @@ mod tests {
         assert_eq!(log.in_flight(), Some(&handed));
         log.handle_flushed();
         assert_eq!(log.in_flight(), None);
+    }
+
+    #[test]
+    fn a_record_not_durable_yet_is_read_from_its_batch_in_memory() {
+        let mut log = Log::resume(LogConfig::default(), Vec::new(), 0);
+        let first = log.append(&device(1));
+        log.poll_flush().unwrap(); // in flight
+        let second = log.append(&device(2)); // filling
+        for (position, n) in [(first, 1), (second, 2)] {
+            let bytes = log.unflushed(position).expect("in memory");
+            assert_eq!(record::decode(bytes).unwrap().0, device(n));
+        }
+        assert_eq!(log.unflushed(log.head()), None, "nothing there yet");
+        log.handle_flushed();
+        assert_eq!(log.unflushed(first), None, "durable: on the disk");
+        assert!(log.unflushed(second).is_some());
     }
 
     #[test]
