@@ -16,6 +16,9 @@
 //! sleep never counts on a timer that fired while it was deciding to sleep
 //! (the hang an early version of the patch had).
 //!
+//! An idle executor sleeps until its own timer, not until the next
+//! preemption slice (patch 10): a test counts its parks in a long sleep.
+//!
 //! Its main ring defers its task work (patch 7, `DEFER_TASKRUN`): a
 //! completion another thread causes no longer interrupts the shard with an
 //! IPI but waits until the shard asks the kernel for completions. The
@@ -96,6 +99,40 @@ fn a_kept_preemption_timer_keeps_firing_and_a_later_sleep_still_wakes() {
         preempted
     });
     assert_eq!(preempted, 200);
+}
+
+/// The thread's voluntary context switches so far (each park that sleeps
+/// is one).
+fn voluntary_switches() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Linux reports voluntary_ctxt_switches")
+}
+
+/// An idle executor sleeps until its own timer (patch 10). Patch 5 kept
+/// the preemption timer armed by the last turn across the park, so an
+/// idle executor woke at every preemption slice: with a 1 ms slice, about
+/// 300 times during a 300 ms sleep (the gateway's idle shards woke a
+/// thousand times a second). Now the park after a sleep so cut short
+/// drops that timer: a few wake-ups in all.
+#[test]
+fn an_idle_executor_sleeps_until_its_timer() {
+    let hung = "the sleep never woke";
+    let (switches, slept) = run_bounded(Some(Duration::from_millis(1)), hung, || async {
+        glommio::timer::sleep(Duration::from_millis(5)).await; // settled
+        let before = voluntary_switches();
+        let started = std::time::Instant::now();
+        glommio::timer::sleep(Duration::from_millis(300)).await;
+        (voluntary_switches() - before, started.elapsed())
+    });
+    assert!(slept >= Duration::from_millis(300), "woke early: {slept:?}");
+    assert!(
+        switches < 30,
+        "{switches} parks in one 300 ms sleep: it woke every preemption slice"
+    );
 }
 
 /// Timers under patch 5's kept preemption timer: many tasks sleeping for

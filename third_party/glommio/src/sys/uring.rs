@@ -1320,6 +1320,12 @@ pub(crate) struct Reactor {
     // timer due by a turn's need (a preemption, a sleep's user timer) is
     // kept: firing early only ends a slice early or wakes a sleeper once.
     latency_timer_deadline: Cell<Option<Instant>>,
+    // Patched (messaging-edge): set when a sleep kept a latency timer that
+    // fires well before the sleep needed to end (a preemption timer armed
+    // by the last turn): the deadline it cut that sleep short at. The next
+    // park after it drops such a timer instead of keeping it again, so an
+    // idle executor wakes at its own timers, not at every preemption slice.
+    sleep_cut_at: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1452,6 +1458,7 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             latency_timer_deadline: Cell::new(None),
+            sleep_cut_at: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1916,6 +1923,24 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
+        // Patched (messaging-edge): a park (no preemption timer wanted)
+        // right after a kept timer cut the last sleep short drops the
+        // pending latency timer: it was armed for a preemption slice, not
+        // for this sleep. Its cancellation goes out with the flush below;
+        // the sleep arms the timer it needs. Without this an idle executor
+        // woke every preemption slice (1 ms), a thousand times a second.
+        let parking = preempt_timer().is_none();
+        let cut_short = parking
+            && self
+                .sleep_cut_at
+                .get()
+                .is_some_and(|at| Instant::now() >= at);
+        if cut_short {
+            self.sleep_cut_at.set(None);
+            drop(self.latency_preemption_timeout_src.take());
+            self.latency_timer_deadline.set(None);
+        }
+
         // Patched (messaging-edge): upstream cancels both preemption timers
         // and arms new ones on every turn, three `io_uring_enter`s and an
         // hrtimer start and cancel each time, although nothing has fired: a
@@ -1962,6 +1987,7 @@ impl Reactor {
                     assert!(flush_rings!(lat_ring)? > 0);
                 }
             }
+            self.note_early_timer(user_timer);
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
@@ -2016,6 +2042,22 @@ impl Reactor {
         self.latency_preemption_timeout_src.set(timer);
         let armed = self.latency_timer_deadline.get();
         pending && armed.is_some_and(|deadline| deadline <= Instant::now() + within)
+    }
+
+    /// Patched (messaging-edge): before a sleep that needs to end in
+    /// `user_timer` (if at all), remembers when the kept latency timer
+    /// fires if that is more than a millisecond early: then it cuts the
+    /// sleep short (see `sleep_cut_at`).
+    fn note_early_timer(&self, user_timer: Option<Duration>) {
+        let timer = self.latency_preemption_timeout_src.take();
+        let pending = timer.as_ref().is_some_and(|src| src.result().is_none());
+        self.latency_preemption_timeout_src.set(timer);
+        let deadline = self.latency_timer_deadline.get().filter(|_| pending);
+        let needed = user_timer.map(|dur| Instant::now() + dur);
+        let early = deadline.filter(|d| {
+            needed.is_none_or(|needed| *d + Duration::from_millis(1) < needed)
+        });
+        self.sleep_cut_at.set(early);
     }
 
     /// Patched (messaging-edge): arms the latency timer to fire in `dur`;
