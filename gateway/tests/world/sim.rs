@@ -783,8 +783,22 @@ impl World {
         for shard in 0..self.cores.len() {
             if self.flushing[shard].is_some_and(|t| t <= self.now) {
                 self.flushing[shard] = None;
+                // The batch reaches the disk as its write completes: until
+                // then a read of its bytes finds what was there before (an
+                // O_DIRECT write in flight), so the core must not read it
+                // from the disk meanwhile.
+                let flush = self.cores[shard]
+                    .flush_in_flight()
+                    .cloned()
+                    .expect("handed out, not flushed");
+                if let Err(error) = write_flush(&mut self.disks[shard].clone(), &flush) {
+                    // Fail-stop: the shell exits and the supervisor restarts it.
+                    self.cores[shard].handle_flush_failed(&error);
+                    assert!(self.cores[shard].failed().is_some());
+                    self.fail_stop();
+                    return true;
+                }
                 let now = self.at();
-
                 self.cores[shard].handle_flushed(now);
                 self.delete_reclaimed(shard);
                 moved = true;
@@ -792,18 +806,10 @@ impl World {
             if self.flushing[shard].is_some() || self.held_flush == Some(shard) {
                 continue;
             }
-            let Some(flush) = self.cores[shard].poll_flush().cloned() else {
+            if self.cores[shard].poll_flush().is_none() {
                 continue;
-            };
-            moved = true;
-            let result = write_flush(&mut self.disks[shard].clone(), &flush);
-            if let Err(error) = result {
-                // Fail-stop: the shell exits and the supervisor restarts it.
-                self.cores[shard].handle_flush_failed(&error);
-                assert!(self.cores[shard].failed().is_some());
-                self.fail_stop();
-                return true;
             }
+            moved = true;
             self.flushing[shard] = Some(self.now + self.flush_ms);
         }
         moved
