@@ -640,6 +640,23 @@ impl Engine {
         expired
     }
 
+    /// Takes `expired` (from [`Engine::take_expired`]) out of their queues
+    /// now, ahead of their tombstones ([`Engine::tombstone_expired`]), which
+    /// a shell may hold back until the senders' `Expired` receipts are
+    /// durable: meanwhile nothing delivers, counts or acknowledges them.
+    /// A crash before the tombstones brings them back; they expire again.
+    /// Reclaim must wait for the tombstones (their records look dead).
+    pub fn hide_expired(&mut self, expired: &[Expired]) {
+        for e in expired {
+            self.apply_tombstone(&Tombstone {
+                device: e.device,
+                seq_from: e.seq,
+                seq_to: e.seq,
+                reason: DeathReason::Expired,
+            });
+        }
+    }
+
     /// The second half of [`Engine::expire`]: the tombstones of `expired`.
     pub fn tombstone_expired(&mut self, expired: &[Expired]) {
         for e in expired {

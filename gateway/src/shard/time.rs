@@ -137,6 +137,10 @@ impl<S: Storage> ShardCore<S> {
         match receipts {
             0 => self.engine.tombstone_expired(&expired),
             n => {
+                // Gone for the device now (the sender may hear of it before
+                // the tombstones below are written); recovery brings them
+                // back if the tombstones never are.
+                self.engine.hide_expired(&expired);
                 self.expiring.insert(id, (expired, n));
             }
         }
