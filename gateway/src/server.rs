@@ -644,6 +644,19 @@ async fn write_checkpoint(shard: &Shard, dir: &std::path::Path) {
     }
 }
 
+/// Lets mimalloc return to the system what this thread freed a while ago.
+/// Its delayed purge (`allocator_purge_delay_ms`) runs only inside
+/// allocator calls, and an idle shard makes few: after a burst of
+/// connections closed, their pages stayed resident (about 600 bytes per
+/// idle connection at 19,000 once idle shards stopped waking every
+/// millisecond). Does only what is due; cheap when nothing is.
+#[allow(unsafe_code)]
+fn allocator_collect() {
+    // SAFETY: a plain call into mimalloc about the calling thread's heap;
+    // no pointers, valid at any time.
+    unsafe { libmimalloc_sys::mi_collect(false) };
+}
+
 async fn ticker(shard: Rc<Shard>) {
     let mut last = crate::shard::Stats::default();
     let mut drain_deadline: Option<Instant> = None;
@@ -654,6 +667,7 @@ async fn ticker(shard: Rc<Shard>) {
         if Instant::now() >= trim_at {
             trim_at += WRITE_BUFS_TRIM;
             shard.write_bufs.borrow_mut().trim(WRITE_BUFS_FLOOR);
+            allocator_collect();
         }
         if let (Some(at), Some(idle)) = (&mut quiet_epoch, shard.spec.tls_keys_idle)
             && Instant::now() >= *at
