@@ -2037,11 +2037,17 @@ impl Reactor {
     /// `wait`: the rings are consumed again in between, and a sleep counting
     /// on a timer that already fired would never end.
     fn latency_timer_by(&self, within: Duration) -> bool {
+        self.pending_latency_deadline()
+            .is_some_and(|deadline| deadline <= Instant::now() + within)
+    }
+
+    /// Patched (messaging-edge): when the armed latency timer fires, if it
+    /// is armed and has not fired yet.
+    fn pending_latency_deadline(&self) -> Option<Instant> {
         let timer = self.latency_preemption_timeout_src.take();
         let pending = timer.as_ref().is_some_and(|src| src.result().is_none());
         self.latency_preemption_timeout_src.set(timer);
-        let armed = self.latency_timer_deadline.get();
-        pending && armed.is_some_and(|deadline| deadline <= Instant::now() + within)
+        self.latency_timer_deadline.get().filter(|_| pending)
     }
 
     /// Patched (messaging-edge): before a sleep that needs to end in
@@ -2049,12 +2055,8 @@ impl Reactor {
     /// fires if that is more than a millisecond early: then it cuts the
     /// sleep short (see `sleep_cut_at`).
     fn note_early_timer(&self, user_timer: Option<Duration>) {
-        let timer = self.latency_preemption_timeout_src.take();
-        let pending = timer.as_ref().is_some_and(|src| src.result().is_none());
-        self.latency_preemption_timeout_src.set(timer);
-        let deadline = self.latency_timer_deadline.get().filter(|_| pending);
         let needed = user_timer.map(|dur| Instant::now() + dur);
-        let early = deadline.filter(|d| {
+        let early = self.pending_latency_deadline().filter(|d| {
             needed.is_none_or(|needed| *d + Duration::from_millis(1) < needed)
         });
         self.sleep_cut_at.set(early);
