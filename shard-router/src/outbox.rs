@@ -17,6 +17,10 @@ pub const BATCH_MESSAGES_MAX: usize = 4096;
 pub struct Outbox<T> {
     /// Full batches and the one filling, per destination shard.
     per_shard: Vec<Vec<Vec<T>>>,
+    /// Per destination, the length of its last batch taken: the next one
+    /// starts at that capacity, so a steady flow does not regrow its
+    /// batch by doubling every turn.
+    last_len: Vec<usize>,
     /// Destinations with messages, in the order they got their first one.
     dirty: Vec<ShardId>,
     pending: usize,
@@ -27,6 +31,7 @@ impl<T> Outbox<T> {
     pub fn new(shards: u16) -> Self {
         Self {
             per_shard: (0..shards).map(|_| Vec::new()).collect(),
+            last_len: vec![0; usize::from(shards)],
             dirty: Vec::new(),
             pending: 0,
         }
@@ -41,7 +46,8 @@ impl<T> Outbox<T> {
         match batches.last_mut() {
             Some(batch) if batch.len() < BATCH_MESSAGES_MAX => batch.push(msg),
             _ => {
-                let mut batch = Vec::with_capacity(16);
+                let start = self.last_len[usize::from(to.0)].clamp(16, BATCH_MESSAGES_MAX);
+                let mut batch = Vec::with_capacity(start);
                 batch.push(msg);
                 batches.push(batch);
             }
@@ -64,6 +70,7 @@ impl<T> Outbox<T> {
             self.dirty.remove(0);
         }
         self.pending -= batch.len();
+        self.last_len[usize::from(to.0)] = batch.len();
         Some((to, batch))
     }
 }
@@ -89,6 +96,20 @@ mod tests {
             ]
         );
         assert_eq!(out.pending(), 0);
+    }
+
+    #[test]
+    fn a_batch_starts_as_big_as_the_last_one_to_its_destination() {
+        let mut out = Outbox::new(2);
+        (0..100).for_each(|i| out.push(ShardId(1), i));
+        let (_, first) = out.pop_batch().unwrap();
+        assert_eq!(first.len(), 100);
+        out.push(ShardId(1), 0);
+        out.push(ShardId(0), 0);
+        let (_, next) = out.pop_batch().unwrap();
+        assert!(next.capacity() >= 100, "capacity {}", next.capacity());
+        let (_, other) = out.pop_batch().unwrap();
+        assert!(other.capacity() < 100, "shard 0 had no batch yet");
     }
 
     #[test]
