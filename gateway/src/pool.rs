@@ -38,9 +38,10 @@ impl BufPool {
     }
 
     /// Takes `buf` back, emptied (dropped if it grew past the largest kept
-    /// or the pool is full).
+    /// or the pool is full; one that never held anything is not kept).
     pub fn give(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() <= self.bytes_max && self.free.len() < self.kept_max {
+        let size = buf.capacity();
+        if size > 0 && size <= self.bytes_max && self.free.len() < self.kept_max {
             buf.clear();
             self.free.push(buf);
         }
@@ -82,8 +83,11 @@ mod tests {
         pool.give(used(256));
         pool.give(used(128)); // full
         assert_eq!(pool.len(), 2);
+        pool.take();
+        pool.give(Vec::new()); // never held anything: not kept
+        assert_eq!(pool.len(), 1);
         let buf = pool.take();
-        assert_eq!((buf.len(), buf.capacity()), (0, 256));
+        assert_eq!((buf.len(), buf.capacity()), (0, 512));
     }
 
     #[test]
@@ -116,11 +120,16 @@ mod tests {
     #[test]
     fn what_a_steady_load_uses_stays_above_the_floor() {
         let mut pool = BufPool::new(64, 1024);
-        let out: Vec<_> = (0..10).map(|_| pool.take()).collect();
+        let filled = |pool: &mut BufPool| {
+            let mut buf = pool.take();
+            buf.reserve(100);
+            buf
+        };
+        let out: Vec<_> = (0..10).map(|_| filled(&mut pool)).collect();
         out.into_iter().for_each(|b| pool.give(b));
         pool.trim(0);
         for _ in 0..3 {
-            let out: Vec<_> = (0..10).map(|_| pool.take()).collect();
+            let out: Vec<_> = (0..10).map(|_| filled(&mut pool)).collect();
             out.into_iter().for_each(|b| pool.give(b));
             pool.trim(2);
             assert_eq!(pool.len(), 10, "all ten were out at once");

@@ -667,6 +667,7 @@ async fn ticker(shard: Rc<Shard>) {
         if Instant::now() >= trim_at {
             trim_at += WRITE_BUFS_TRIM;
             shard.write_bufs.borrow_mut().trim(WRITE_BUFS_FLOOR);
+            shard.core.borrow_mut().trim_output_bufs();
             allocator_collect();
         }
         if let (Some(at), Some(idle)) = (&mut quiet_epoch, shard.spec.tls_keys_idle)
@@ -880,6 +881,7 @@ fn drive<'a>(
                     return Ok(());
                 }
             }
+            shard.core.borrow_mut().give_output(plaintext);
             if shard.quiet.borrow().is_quiet(mark) {
                 tls.hibernate();
                 shard.spec.metrics.tls_keys_slept(shard.id);

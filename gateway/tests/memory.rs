@@ -37,6 +37,9 @@ struct Net {
     group: u64,
     /// ✓s before the current round of sends.
     acked_before: u64,
+    /// Where each output taken was (its buffer's address and capacity),
+    /// if recorded.
+    outputs: Option<Vec<(usize, usize)>>,
 }
 
 impl Net {
@@ -83,6 +86,7 @@ impl Net {
             receipts: 0,
             group: 0,
             acked_before: 0,
+            outputs: None,
         };
         for &user in users {
             let token = key.issue(user, 0, T0 / 1000 + 30 * 24 * 3600);
@@ -121,6 +125,11 @@ impl Net {
                 let i = self.clients.iter().position(|c| c.1 == conn).expect("ours");
                 self.clients[i].0.handle_bytes(&bytes);
                 moved |= !bytes.is_empty();
+                if let Some(outputs) = self.outputs.as_mut().filter(|_| !bytes.is_empty()) {
+                    outputs.push((bytes.as_ptr() as usize, bytes.capacity()));
+                }
+                // Written: back to the shard, as the shell gives it back.
+                self.core.give_output(bytes);
             }
             while let Some((_, batch)) = self.core.poll_batch() {
                 let now = self.at();
@@ -232,6 +241,32 @@ fn what_a_shard_keeps_returns_to_baseline_once_everything_is_acked() {
             "{bytes:+} B kept after {what} {n} messages"
         );
     }
+}
+
+/// A connection's output is written into a buffer the shard lends, and
+/// the shell gives it back once written: the next connection with output
+/// writes into that same buffer rather than growing a new one each turn.
+#[test]
+fn output_goes_into_the_buffer_the_last_write_gave_back() {
+    let mut net = Net::new();
+    net.exchange(60);
+    let lent: Vec<u8> = Vec::with_capacity(32 << 10);
+    let lent_at = (lent.as_ptr() as usize, lent.capacity());
+    net.core.give_output(lent);
+    net.outputs = Some(Vec::new());
+    net.exchange(60);
+    let outputs = net.outputs.unwrap();
+    assert_eq!(
+        outputs.first(),
+        Some(&lent_at),
+        "the first output (alice's ✓) went into the buffer given back"
+    );
+    // Bob's delivery is made while alice's ✓ is out: a second buffer,
+    // with room for a busy turn, not grown from nothing.
+    assert!(
+        outputs.iter().all(|&(_, capacity)| capacity >= 4096),
+        "{outputs:?}"
+    );
 }
 
 /// A group message is stored once and queued as a reference for each

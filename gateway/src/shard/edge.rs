@@ -9,11 +9,12 @@ use wire_format::fb::{self, ErrorCode};
 use wire_format::{DeliverHeader, FrameDecoder, GroupChangedHeader, OutFrame, user_address};
 
 use super::{
-    BeforeWelcome, Conn, Note, PushToken, Receipt, ShardCore, ToConn, ToHome, address, append,
-    encode_reply, target,
+    BeforeWelcome, Conn, Note, OUT_BUF_START, OUT_BUFS_FLOOR, PushToken, Receipt, ShardCore,
+    ToConn, ToHome, address, append, encode_reply, target,
 };
 use crate::abuse::{Limit, Refusal};
 use crate::clock::Now;
+use crate::pool::BufPool;
 use crate::session::{Event, GroupOp, Reply, Session, State};
 use crate::token::Verifier;
 
@@ -36,6 +37,17 @@ impl Conn {
             (Some(held), true) => held,
             _ => &mut self.out,
         }
+    }
+
+    /// Appends `frame` to what is written next, into a buffer from `pool`
+    /// if the connection holds none.
+    fn append(&mut self, pool: &mut BufPool, frame: &OutFrame) {
+        let sink = self.sink();
+        if sink.capacity() == 0 {
+            *sink = pool.take();
+            sink.reserve(OUT_BUF_START);
+        }
+        append(sink, frame);
     }
 
     /// Whether frames still wait behind the `Welcome`.
@@ -159,6 +171,18 @@ impl<S: Storage> ShardCore<S> {
             }
         }
         Some((std::mem::take(&mut c.out), closed))
+    }
+
+    /// Takes back a buffer [`ShardCore::take_output`] gave once its bytes
+    /// are written, for the next connection with output.
+    pub fn give_output(&mut self, buf: Vec<u8>) {
+        self.out_bufs.give(buf);
+    }
+
+    /// Frees the output buffers no connection needed since the last call
+    /// (the shell calls it every second, as it trims its write buffers).
+    pub fn trim_output_bufs(&mut self) {
+        self.out_bufs.trim(OUT_BUFS_FLOOR);
     }
 
     /// Drain: `GoAway` to every connection, refuse new ones.
@@ -457,7 +481,7 @@ impl<S: Storage> ShardCore<S> {
             match encode_reply(&mut self.encoder, &reply, self.now_ms, &self.config.limits) {
                 Ok(frame) => {
                     self.stats.frames_out += 1;
-                    append(c.sink(), &frame);
+                    c.append(&mut self.out_bufs, &frame);
                 }
                 Err(_) => failed = true,
             }
@@ -735,7 +759,7 @@ impl<S: Storage> ShardCore<S> {
             return;
         }
         self.stats.frames_out += 1;
-        append(c.sink(), &frame);
+        c.append(&mut self.out_bufs, &frame);
         if c.out.len() + c.held_len() > self.config.out_bytes_max {
             c.session.refuse_from_shard(ErrorCode::SlowReader, 0);
             self.flush_replies(conn);

@@ -85,6 +85,7 @@ use wire_format::{
 
 use crate::abuse::{AbuseConfig, AbuseState};
 use crate::clock::Now;
+use crate::pool::BufPool;
 use crate::session::{Event, Session, SessionConfig};
 
 pub use note::{Note, Receipt, ToConn, ToHome};
@@ -93,6 +94,16 @@ use reply::append;
 pub use reply::encode_reply;
 pub use settings::{BANNED_FOR_GOOD, DeviceState, PushToken, UserInfo};
 pub use time::LAZY_SEAL_MS;
+
+/// Capacity a connection's output buffer starts with: a turn's ✓s and
+/// deliveries of a busy connection, so it rarely grows.
+const OUT_BUF_START: usize = 4 * 1024;
+/// Output buffers kept for reuse (most are given back within the turn).
+const OUT_BUFS_KEPT: usize = 64;
+/// Capacity above which an output buffer is not kept.
+const OUT_BUF_KEEP: usize = 64 * 1024;
+/// Output buffers kept however quiet the shard.
+const OUT_BUFS_FLOOR: usize = 4;
 
 /// Limits and settings of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,6 +379,10 @@ pub struct ShardCore<S> {
     conns: FxHashMap<ConnId, Box<Conn>>,
     next_conn: u64,
     ready: Vec<ConnId>,
+    /// Plaintext buffers lent to connections with output until the shell
+    /// has written it ([`ShardCore::give_output`]): an idle connection
+    /// holds none and a busy one does not grow a new one every turn.
+    out_bufs: BufPool,
     /// The (seq, position) entries one pump sends, reused.
     pump_batch: Vec<(u64, u64)>,
     devices: FxHashMap<UserId, Vec<DeviceId>>,
@@ -494,6 +509,7 @@ impl<S: Storage> ShardCore<S> {
             conns: FxHashMap::default(),
             next_conn: 1,
             ready: Vec::new(),
+            out_bufs: BufPool::new(OUT_BUFS_KEPT, OUT_BUF_KEEP),
             pump_batch: Vec::new(),
             devices,
             cursors: FxHashMap::default(),
