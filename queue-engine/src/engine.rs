@@ -1191,7 +1191,14 @@ impl Engine {
                 len_and_kind,
                 expires_s,
             };
-            match queue.entries.binary_search_by_key(&r.seq, |e| e.seq) {
+            // Appends come in seq order: past the last entry, no search.
+            let found = match queue.entries.back() {
+                Some(last) if last.seq >= r.seq => {
+                    queue.entries.binary_search_by_key(&r.seq, |e| e.seq)
+                }
+                _ => Err(queue.entries.len()),
+            };
+            match found {
                 Ok(at) => replaced.push(std::mem::replace(&mut queue.entries[at], entry)),
                 Err(at) => {
                     let before = at.checked_sub(1).and_then(|i| queue.entries.get(i));
