@@ -17,10 +17,10 @@ pub const BATCH_MESSAGES_MAX: usize = 4096;
 pub struct Outbox<T> {
     /// Full batches and the one filling, per destination shard.
     per_shard: Vec<Vec<Vec<T>>>,
-    /// Per destination, the length of its last batch taken: the next one
-    /// starts at that capacity, so a steady flow does not regrow its
-    /// batch by doubling every turn.
-    last_len: Vec<usize>,
+    /// Per destination, about the longest of its recent batches (a maximum
+    /// that decays by 1/8 per batch): the next one starts at that
+    /// capacity, so a steady flow does not regrow its batch every turn.
+    usual_len: Vec<usize>,
     /// Destinations with messages, in the order they got their first one.
     dirty: Vec<ShardId>,
     pending: usize,
@@ -31,7 +31,7 @@ impl<T> Outbox<T> {
     pub fn new(shards: u16) -> Self {
         Self {
             per_shard: (0..shards).map(|_| Vec::new()).collect(),
-            last_len: vec![0; usize::from(shards)],
+            usual_len: vec![0; usize::from(shards)],
             dirty: Vec::new(),
             pending: 0,
         }
@@ -46,7 +46,7 @@ impl<T> Outbox<T> {
         match batches.last_mut() {
             Some(batch) if batch.len() < BATCH_MESSAGES_MAX => batch.push(msg),
             _ => {
-                let start = self.last_len[usize::from(to.0)].clamp(16, BATCH_MESSAGES_MAX);
+                let start = self.usual_len[usize::from(to.0)].clamp(16, BATCH_MESSAGES_MAX);
                 let mut batch = Vec::with_capacity(start);
                 batch.push(msg);
                 batches.push(batch);
@@ -70,7 +70,8 @@ impl<T> Outbox<T> {
             self.dirty.remove(0);
         }
         self.pending -= batch.len();
-        self.last_len[usize::from(to.0)] = batch.len();
+        let usual = &mut self.usual_len[usize::from(to.0)];
+        *usual = batch.len().max(*usual - *usual / 8);
         Some((to, batch))
     }
 }
@@ -99,17 +100,22 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_starts_as_big_as_the_last_one_to_its_destination() {
+    fn a_batch_starts_as_big_as_the_recent_ones_to_its_destination() {
         let mut out = Outbox::new(2);
-        (0..100).for_each(|i| out.push(ShardId(1), i));
-        let (_, first) = out.pop_batch().unwrap();
-        assert_eq!(first.len(), 100);
-        out.push(ShardId(1), 0);
-        out.push(ShardId(0), 0);
-        let (_, next) = out.pop_batch().unwrap();
-        assert!(next.capacity() >= 100, "capacity {}", next.capacity());
-        let (_, other) = out.pop_batch().unwrap();
-        assert!(other.capacity() < 100, "shard 0 had no batch yet");
+        let mut batch_of = |to: u16, n: usize| {
+            (0..n).for_each(|i| out.push(ShardId(to), i));
+            let (_, batch) = out.pop_batch().unwrap();
+            assert_eq!(batch.len(), n);
+            batch.capacity()
+        };
+        assert!(batch_of(1, 100) >= 100);
+        assert!(batch_of(1, 1) >= 100, "as big as the last");
+        assert!(batch_of(1, 1) >= 80, "a small one lowers it slowly");
+        assert!(batch_of(0, 1) < 100, "shard 0 had no big batch");
+        for _ in 0..40 {
+            batch_of(1, 1);
+        }
+        assert!(batch_of(1, 1) < 20, "it decays");
     }
 
     #[test]
