@@ -16,7 +16,7 @@
 //! a busy conversation acknowledges; the cost is ✓✓ arriving up to
 //! [`ACK_DELAY`] later.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +25,8 @@ use wire_format::{
     Address, Body, DEDUP_WINDOW, Encoder, FrameDecoder, FrameRef, Limits, OutFrame,
     PROTOCOL_VERSION, WireError,
 };
+
+use crate::id_window::IdWindow;
 
 /// How long [`ClientCore::ack_later`] holds an acknowledgment that no other
 /// frame carried before the shell writes it on its own.
@@ -211,7 +213,7 @@ pub struct ClientCore {
     decoder: FrameDecoder,
     outbound: VecDeque<OutFrame>,
     events: VecDeque<ClientEvent>,
-    pending: BTreeMap<u64, PendingSend>,
+    pending: IdWindow<PendingSend>,
     /// The highest pending id written on this connection.
     sent_through: u64,
     next_client_msg_id: u64,
@@ -235,7 +237,7 @@ impl ClientCore {
             decoder: FrameDecoder::new(limits),
             outbound: VecDeque::new(),
             events: VecDeque::new(),
-            pending: BTreeMap::new(),
+            pending: IdWindow::new(),
             sent_through: 0,
             next_client_msg_id: first_client_msg_id.max(1),
             last_acked_seq,
@@ -274,11 +276,11 @@ impl ClientCore {
     /// Writes the pending sends not yet written, in id order, while each is
     /// within [`DEDUP_WINDOW`] ids of the oldest unanswered one.
     fn admit(&mut self) {
-        let Some(&oldest) = self.pending.keys().next() else {
+        let Some(oldest) = self.pending.first_id() else {
             return;
         };
         let limit = oldest + DEDUP_WINDOW;
-        while let Some((&id, send)) = self.pending.range(self.sent_through + 1..limit).next() {
+        while let Some((id, send)) = self.pending.first_in(self.sent_through + 1, limit) {
             let (to, ttl_s, payload) = (send.to, send.ttl_s, send.payload.clone());
             self.push(|e| e.send(to, id, ttl_s, payload));
             self.sent_through = id;
@@ -370,7 +372,7 @@ impl ClientCore {
     }
 
     /// Sends not yet answered with ✓, by client message id.
-    pub fn pending(&self) -> &BTreeMap<u64, PendingSend> {
+    pub fn pending(&self) -> &IdWindow<PendingSend> {
         &self.pending
     }
 
@@ -519,7 +521,7 @@ impl ClientCore {
                 }
             }
             Body::ServerAck(a) => {
-                self.pending.remove(&a.client_msg_id());
+                self.pending.remove(a.client_msg_id());
                 self.admit();
                 ClientEvent::Acked {
                     client_msg_id: a.client_msg_id(),
@@ -567,7 +569,7 @@ impl ClientCore {
                 // Not stored. Refused while draining: resent on the next
                 // connection; otherwise the app decides.
                 if e.code() != ErrorCode::Draining {
-                    self.pending.remove(&client_msg_id);
+                    self.pending.remove(client_msg_id);
                     self.admit();
                 }
                 ClientEvent::Refused {

@@ -19,7 +19,9 @@
 
 mod conn;
 mod core;
+mod id_window;
 pub mod token;
 
 pub use crate::conn::{Connection, trust};
 pub use crate::core::{ACK_BATCH, ACK_DELAY, ClientCore, ClientEvent, PendingSend};
+pub use crate::id_window::IdWindow;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use crate::gate::Gate;
 use std::time::{Duration, Instant};
 
-use client::ClientEvent;
-use rustc_hash::{FxHashMap, FxHashSet};
+use client::{ClientEvent, IdWindow};
+use rustc_hash::FxHashSet;
 use wire_format::fb::{ErrorCode, ReceiptKind};
 use wire_format::user_address;
 
@@ -171,9 +171,9 @@ pub async fn run(target: Rc<Target>, plan: ChatPlan, rec: Rc<RefCell<Recorder>>,
 #[derive(Default)]
 struct Outstanding {
     /// client message id → (counter, send time).
-    unacked: FxHashMap<u64, (u64, Instant)>,
+    unacked: IdWindow<(u64, Instant)>,
     /// server message id → send time.
-    unreceipted: FxHashMap<u64, Instant>,
+    unreceipted: IdWindow<Instant>,
     /// ✓✓ that came before their ✓: after a reconnect the resent send's
     /// ✓ (a duplicate) can follow the receipt for the first copy.
     early: FxHashSet<u64>,
@@ -274,7 +274,7 @@ fn on_sender_event(
             message_id,
             ..
         } => {
-            if let Some((counter, at)) = out.unacked.remove(&client_msg_id) {
+            if let Some((counter, at)) = out.unacked.remove(client_msg_id) {
                 let mut r = rec.borrow_mut();
                 r.add(Counter::Acked, 1);
                 if measured(at) {
@@ -300,7 +300,7 @@ fn on_sender_event(
             }
             let mut r = rec.borrow_mut();
             for id in message_ids {
-                match out.unreceipted.remove(&id) {
+                match out.unreceipted.remove(id) {
                     Some(at) => {
                         r.add(Counter::Receipts, 1);
                         if measured(at) {
@@ -317,7 +317,7 @@ fn on_sender_event(
         // next connection, and its ✓ comes then.
         ClientEvent::Refused { code, .. } if code == ErrorCode::Draining => {}
         ClientEvent::Refused { client_msg_id, .. }
-            if out.unacked.remove(&client_msg_id).is_some() =>
+            if out.unacked.remove(client_msg_id).is_some() =>
         {
             rec.borrow_mut().add(Counter::Refused, 1);
         }
