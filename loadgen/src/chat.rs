@@ -194,7 +194,6 @@ async fn send(
     let mut counter = 0;
     let mut receipt_seq = 0;
     let mut events = Vec::new();
-    let mut arena = bytes::BytesMut::new();
     let mut acked_all = None;
     loop {
         let now = Instant::now();
@@ -211,9 +210,7 @@ async fn send(
                 rec.borrow_mut()
                     .latency(Latency::SendLag, micros(now.saturating_duration_since(at)));
             }
-            let id = link
-                .core()
-                .send(to, 0, stamp.payload_in(plan.payload, &mut arena));
+            let id = link.core().send(to, 0, stamp.payload_here(plan.payload));
             out.unacked.insert(id, (counter, at));
             counter += 1;
             rec.borrow_mut().add(Counter::Sent, 1);

@@ -146,7 +146,6 @@ async fn send_all(
     let mut jobs = (0..plan.messages).flat_map(|k| (0..devices.len()).map(move |i| (k, i)));
     let mut unacked = rustc_hash::FxHashMap::default();
     let mut events = Vec::new();
-    let mut arena = bytes::BytesMut::new();
     let mut more = true;
     while (more || !unacked.is_empty()) && Instant::now() < give_up {
         while more && unacked.len() < plan.window {
@@ -163,9 +162,7 @@ async fn send_all(
                 sent_ns: now,
             };
             let to = user_address(plan.user_base + stream);
-            let id = link
-                .core()
-                .send(to, 0, stamp.payload_in(plan.payload, &mut arena));
+            let id = link.core().send(to, 0, stamp.payload_here(plan.payload));
             unacked.insert(id, (i, k));
             rec.borrow_mut().add(Counter::Sent, 1);
         }

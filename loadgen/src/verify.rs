@@ -18,10 +18,14 @@ use crate::target::{GaveUp, Target};
 /// Bytes of the verification header at the start of every payload.
 pub const HEADER: usize = 32;
 
-/// Bytes of each allocation a sender's payloads are cut from: about 160
-/// payloads of 100 B, and at most a few per sender alive (a chunk is
-/// reused once every payload cut from it is dropped).
+/// Bytes of each allocation payloads are cut from: about 160 payloads of
+/// 100 B (a chunk is reused once every payload cut from it is dropped).
 pub const ARENA_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// The arena of every sender on this thread ([`Stamp::payload_here`]).
+    static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
 
 /// What a payload says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +44,15 @@ impl Stamp {
     /// A payload of `len` bytes (at least [`HEADER`]) carrying this stamp.
     pub fn payload(&self, len: usize) -> Bytes {
         self.payload_in(len, &mut BytesMut::new())
+    }
+
+    /// [`Stamp::payload`] cut from this thread's arena. One arena for all
+    /// the thread's senders: the reference count that every payload's
+    /// cut, write and ✓ touches stays in cache. With an arena per sender
+    /// it was a cache miss each time (1,000 senders' arenas): 3.6% of
+    /// loadgen's CPU in closed loop went to the cut alone.
+    pub fn payload_here(&self, len: usize) -> Bytes {
+        ARENA.with(|arena| self.payload_in(len, &mut arena.borrow_mut()))
     }
 
     /// [`Stamp::payload`] cut from `arena`: a sender's payloads share
