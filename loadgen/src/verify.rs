@@ -24,7 +24,7 @@ pub const ARENA_BYTES: usize = 16 * 1024;
 
 thread_local! {
     /// The arena of every sender on this thread ([`Stamp::payload_here`]).
-    static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
 /// What a payload says about itself.
