@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Two builds side by side, interleaved (A, B, A, B, ...), each run on a
+# fresh gateway: how issue #17's changes were judged on a machine whose
+# speed drifts from one sitting to the next. Closed loop by default (1,000
+# pairs, 32 in flight per sender); with RATE, open loop (500 pairs).
+#
+#   A=/tmp/before B=target/release benchmarks/ab.sh
+#   A=/tmp/before B=target/release RATE=10000 RUNS=2 benchmarks/ab.sh
+#   A=target/release B=target/release DATA_BASE=/dev/shm RATE=10000 benchmarks/ab.sh
+#
+# A and B are directories holding a `gateway` and a `loadgen`; LOADGEN (a
+# directory) drives both with one loadgen instead, to compare gateways
+# alone. DATA_BASE puts B's data directory under it (`/dev/shm`: a log on
+# memory, to see what the disk adds); A's stays on the disk. Prints one
+# line per run: build, delivered msgs/s, the gateway's CPU-µs per message
+# measured (utime + stime over the whole run, connects and warm-up
+# included, as `benchmarks/peers` counts it), and in open loop p50 / p99 /
+# p99.9 send→delivered ms.
+#
+# Knobs: RUNS (3 each), SECS (15; 5 s of warm-up come first), RATE
+# (closed loop if unset), SHARDS (2).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=${RUNS:-3}
+SECS=${SECS:-15}
+SHARDS=${SHARDS:-2}
+. "$root/benchmarks/lib.sh"
+
+one() { # $1: label, $2: build directory, $3: base of the data directory
+    BIN=$(cd "$2" && pwd)
+    local drive=${LOADGEN:-$BIN}
+    WORK=$(mktemp -d ${3:+-p "$3"})
+    port=$(free_port) admin=$(free_port) data=$WORK/data
+    mkdir -p "$data"
+    start_gateway
+    local before how=(--pairs 1000 --window 32)
+    before=$(awk '{print $14 + $15}' "/proc/$gw/stat")
+    [[ -n "${RATE:-}" ]] && how=(--pairs 500 --rate "$RATE")
+    "$drive/loadgen" --threads 2 --quiet --out "$WORK/run" chat --addr "127.0.0.1:$port" \
+        --data-dir "$data" --duration "${SECS}s" --warmup 5s "${how[@]}" >/dev/null || true
+    local ticks=$(($(awk '{print $14 + $15}' "/proc/$gw/stat") - before))
+    kill -9 "$gw" 2>/dev/null || true
+    wait "$gw" 2>/dev/null || true
+    python3 - "$1" "$WORK/run/report.json" "$ticks" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+label, path, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+r = json.load(open(path))
+delivered = r["counters"]["delivered"]
+line = f"{label}  {delivered / r['send_s']:>9,.0f} msgs/s  {ticks / hz * 1e6 / delivered:5.2f} CPU-µs/msg"
+lat = r["latency_us"].get("send_to_delivered")
+if lat and lat.get("count"):
+    line += "  p50/p99/p99.9 {:.2f} / {:.2f} / {:.2f} ms".format(
+        lat["p50"] / 1e3, lat["p99"] / 1e3, lat["p999"] / 1e3)
+print(line, flush=True)
+PY
+    rm -rf "$WORK"
+}
+
+for _ in $(seq "$RUNS"); do
+    one A "${A:?A: a build directory}" ""
+    one B "${B:?B: a build directory}" "${DATA_BASE:-}"
+done
