@@ -42,14 +42,15 @@ one() { # $1: label, $2: build directory, $3: base of the data directory
     local ticks=$(($(awk '{print $14 + $15}' "/proc/$gw/stat") - before))
     kill -9 "$gw" 2>/dev/null || true
     wait "$gw" 2>/dev/null || true
-    python3 - "$1" "$WORK/run/report.json" "$ticks" "$(getconf CLK_TCK)" <<'PY'
+    python3 - "$1" "$WORK/run/report.json" "$ticks" "$(getconf CLK_TCK)" "${RATE:-}" <<'PY'
 import json, sys
 label, path, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+open_loop = sys.argv[5] != ""
 r = json.load(open(path))
 delivered = r["counters"]["delivered"]
 line = f"{label}  {delivered / r['send_s']:>9,.0f} msgs/s  {ticks / hz * 1e6 / delivered:5.2f} CPU-µs/msg"
 lat = r["latency_us"].get("send_to_delivered")
-if lat and lat.get("count"):
+if open_loop and lat and lat.get("count"):
     line += "  p50/p99/p99.9 {:.2f} / {:.2f} / {:.2f} ms".format(
         lat["p50"] / 1e3, lat["p99"] / 1e3, lat["p999"] / 1e3)
 print(line, flush=True)
