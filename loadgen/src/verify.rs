@@ -55,9 +55,9 @@ impl Stamp {
         ARENA.with(|arena| self.payload_in(len, &mut arena.borrow_mut()))
     }
 
-    /// [`Stamp::payload`] cut from `arena`: a sender's payloads share
-    /// [`ARENA_BYTES`] allocations (one per about 160 sends, reused once
-    /// every payload cut from it is dropped) instead of one each.
+    /// [`Stamp::payload`] cut from `arena`: the payloads cut from one arena
+    /// share [`ARENA_BYTES`] allocations (one per about 160 sends, reused
+    /// once every payload cut from it is dropped) instead of one each.
     pub fn payload_in(&self, len: usize, arena: &mut BytesMut) -> Bytes {
         let len = len.max(HEADER);
         if arena.capacity() < len {
