@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::cpus::PinShards;
 use crate::session::SessionConfig;
 use crate::shard::ShardConfig;
 
@@ -20,8 +21,12 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Admin HTTP address (metrics, health, drain); keep it private.
     pub admin_listen: SocketAddr,
-    /// Executors (one per core, pinned); 0 = every core.
+    /// Executors (one per core); 0 = every core the process may use.
     pub shards: usize,
+    /// Whether each shard keeps to one CPU: `on`, `off`, or `auto` (on
+    /// if the process's CPU mask leaves some of the machine's CPUs out,
+    /// as `CPUAffinity=` does; see `cpus.rs`).
+    pub pin_shards: PinShards,
     /// The log, the development certificate and the development token key.
     pub data_dir: PathBuf,
     /// PEM certificate chain; none = a generated development certificate.
@@ -127,6 +132,7 @@ impl Default for Settings {
             listen: "127.0.0.1:7443".parse().expect("valid"),
             admin_listen: "127.0.0.1:7080".parse().expect("valid"),
             shards: 0,
+            pin_shards: PinShards::Auto,
             data_dir: PathBuf::from("data"),
             tls_cert: None,
             tls_key: None,
@@ -224,6 +230,8 @@ overrides! {
     admin_listen: SocketAddr,
     /// Executors, one per core; 0 = every core [default: 0].
     shards: usize,
+    /// Keep each shard to one CPU: auto, on or off; auto = on if the CPU mask excludes some CPUs [default: auto].
+    pin_shards: PinShards,
     /// Data directory [default: data].
     data_dir: PathBuf,
     /// PEM certificate chain [default: a generated development certificate].

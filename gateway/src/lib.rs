@@ -10,6 +10,7 @@ pub mod abuse;
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod cpus;
 pub mod fd;
 pub mod listen;
 pub mod mesh;

@@ -154,6 +154,7 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
         notifier,
         tls_keys_idle: (settings.tls_keys_idle_ms > 0)
             .then(|| Duration::from_millis(settings.tls_keys_idle_ms)),
+        pin_shards: settings.pin_shards,
     };
     let shards = spec.shards;
     let _handles = gateway::server::start(spec, listeners).map_err(|e| e.to_string())?;

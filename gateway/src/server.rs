@@ -111,6 +111,8 @@ pub struct ServerSpec {
     /// A connection silent this long (at most twice it) lets its TLS keys'
     /// expanded form go; `None`: never.
     pub tls_keys_idle: Option<Duration>,
+    /// Whether each shard keeps to one CPU ([`crate::cpus`]).
+    pub pin_shards: crate::cpus::PinShards,
 }
 
 /// Process-wide flags: readiness and drain.
@@ -257,12 +259,18 @@ pub fn start(
 ) -> std::io::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
     assert_eq!(listeners.len(), spec.shards, "one listener per shard");
     let mesh = Mesh::<ShardMsg<Note>>::new(spec.shards, RING_BATCHES_MAX)?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = crate::cpus::shard_cpus(
+        spec.pin_shards,
+        &crate::cpus::allowed(),
+        crate::cpus::online(),
+        spec.shards,
+    );
     let mut handles = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let (spec, mesh) = (spec.clone(), mesh.clone());
         let id = ShardId(u16::try_from(i).expect("fewer than 65,536 shards"));
-        let handle = LocalExecutorBuilder::new(Cpu::Fixed(i % cpus))
+        let cpu = cpus[i].map_or(Cpu::Unbound, Cpu::Fixed);
+        let handle = LocalExecutorBuilder::new(cpu)
             .name(&format!("shard-{i}"))
             .preempt_timer(PREEMPT)
             .spawn(move || async move {
