@@ -640,7 +640,6 @@ pub(crate) trait UringCommon {
     fn submission_queue(&mut self) -> ReactorQueue;
     fn submit_sqes(&mut self) -> io::Result<usize>;
     fn waiting_kernel_submission(&self) -> usize;
-    fn in_kernel(&self) -> usize;
     fn waiting_kernel_collection(&self) -> usize;
     fn needs_kernel_enter(&self) -> bool;
     fn can_sleep(&self) -> bool;
@@ -819,10 +818,6 @@ impl UringCommon for PollRing {
 
     fn waiting_kernel_submission(&self) -> usize {
         self.ring.sq().ready() as usize
-    }
-
-    fn in_kernel(&self) -> usize {
-        self.in_kernel
     }
 
     fn waiting_kernel_collection(&self) -> usize {
@@ -1229,10 +1224,6 @@ impl UringCommon for SleepableRing {
 
     fn waiting_kernel_submission(&self) -> usize {
         self.ring.sq().ready() as usize
-    }
-
-    fn in_kernel(&self) -> usize {
-        self.in_kernel
     }
 
     fn waiting_kernel_collection(&self) -> usize {
