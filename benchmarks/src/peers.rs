@@ -206,15 +206,53 @@ fn median(mut values: Vec<f64>) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The open-loop runs collapsed to one per system and rate: each
+/// percentile the median over that rate's runs (this machine's runs
+/// differ from minute to minute, so the table quotes medians), counts and
+/// CPU time summed. Closed-loop runs are left out.
+pub fn open_medians(results: &[RunResult]) -> Vec<RunResult> {
+    let mut by: BTreeMap<(&str, u64), Vec<&RunResult>> = BTreeMap::new();
+    for r in results {
+        if let Some(rate) = r.rate {
+            by.entry((r.system.as_str(), rate)).or_default().push(r);
+        }
+    }
+    // The lower middle, as `median` takes it.
+    let mid = |runs: &[&RunResult], f: fn(&RunResult) -> u64| {
+        let mut v: Vec<u64> = runs.iter().map(|r| f(r)).collect();
+        v.sort_unstable();
+        v[(v.len() - 1) / 2]
+    };
+    by.into_iter()
+        .map(|((system, rate), runs)| RunResult {
+            system: system.to_owned(),
+            rate: Some(rate),
+            delivered_per_s: median(runs.iter().map(|r| r.delivered_per_s).collect()),
+            p50_us: mid(&runs, |r| r.p50_us),
+            p99_us: mid(&runs, |r| r.p99_us),
+            p999_us: mid(&runs, |r| r.p999_us),
+            faults: runs.iter().map(|r| r.faults).sum(),
+            delivered: runs.iter().map(|r| r.delivered).sum(),
+            server_cpu_us: runs.iter().map(|r| r.server_cpu_us).sum(),
+        })
+        .collect()
+}
+
 /// The Markdown table: per system the closed-loop rate (median of its
-/// runs, each run in brackets), then p50/p99/p99.9 at each open-loop rate,
-/// CPU-µs per delivered message (median over every run), server memory
-/// per idle connection and the kill -9 check (`extra`, by system); then
-/// the gateway's ratios to each peer.
+/// runs, each run in brackets), then p50/p99/p99.9 at each open-loop rate
+/// (medians of its runs, [`open_medians`]), CPU-µs per delivered message
+/// (median over every run), server memory per idle connection and the
+/// kill -9 check (`extra`, by system); then the gateway's ratios to each
+/// peer, and each open-loop run's p99 where a rate had more than one.
 pub fn table(results: &[RunResult], extra: &BTreeMap<String, Extra>) -> String {
     let mut systems: BTreeMap<&str, Vec<&RunResult>> = BTreeMap::new();
     for r in results {
         systems.entry(r.system.as_str()).or_default().push(r);
+    }
+    let medians = open_medians(results);
+    let mut open: BTreeMap<&str, Vec<&RunResult>> = BTreeMap::new();
+    for r in &medians {
+        open.entry(r.system.as_str()).or_default().push(r);
     }
     let mut rates: Vec<u64> = results.iter().filter_map(|r| r.rate).collect();
     rates.sort_unstable();
@@ -241,8 +279,9 @@ pub fn table(results: &[RunResult], extra: &BTreeMap<String, Extra>) -> String {
             median(closed.clone()),
             each.join(", ")
         );
+        let open_runs = open.get(system).map_or(&[][..], Vec::as_slice);
         for rate in &rates {
-            match runs.iter().find(|r| r.rate == Some(*rate)) {
+            match open_runs.iter().find(|r| r.rate == Some(*rate)) {
                 Some(r) => {
                     let _ = write!(
                         out,
@@ -264,12 +303,46 @@ pub fn table(results: &[RunResult], extra: &BTreeMap<String, Extra>) -> String {
         let kill = extra.survival.map_or("—".to_owned(), |s| s.cell());
         let _ = writeln!(out, " {cpu:.1} | {idle} | {kill} | {faults} |");
     }
-    out.push_str(&ratios(&systems, &rates));
+    out.push_str(&ratios(&systems, &open, &rates));
+    out.push_str(&each_p99(&systems, &rates));
     out
 }
 
-/// Lines of "gateway ÷ peer" for the closed-loop rate and each p99.
-fn ratios(systems: &BTreeMap<&str, Vec<&RunResult>>, rates: &[u64]) -> String {
+/// "Open-loop p99 of each run" lines, if some rate had several runs.
+fn each_p99(systems: &BTreeMap<&str, Vec<&RunResult>>, rates: &[u64]) -> String {
+    let several = systems.values().any(|runs| {
+        rates
+            .iter()
+            .any(|rate| runs.iter().filter(|r| r.rate == Some(*rate)).count() > 1)
+    });
+    if !several {
+        return String::new();
+    }
+    let mut out = String::from("\nOpen-loop p99 of each run, ms, in the order run:\n\n");
+    for (system, runs) in systems {
+        let mut parts = Vec::new();
+        for rate in rates {
+            let each: Vec<String> = runs
+                .iter()
+                .filter(|r| r.rate == Some(*rate))
+                .map(|r| ms(r.p99_us))
+                .collect();
+            if !each.is_empty() {
+                parts.push(format!("{rate}/s {}", each.join(", ")));
+            }
+        }
+        let _ = writeln!(out, "- {system}: {}", parts.join("; "));
+    }
+    out
+}
+
+/// Lines of "gateway ÷ peer" for the closed-loop rate and each (median)
+/// p99, `open` holding the open-loop medians.
+fn ratios(
+    systems: &BTreeMap<&str, Vec<&RunResult>>,
+    open: &BTreeMap<&str, Vec<&RunResult>>,
+    rates: &[u64],
+) -> String {
     let Some(gateway) = systems.get("gateway") else {
         return String::new();
     };
@@ -293,8 +366,11 @@ fn ratios(systems: &BTreeMap<&str, Vec<&RunResult>>, rates: &[u64]) -> String {
             "- {peer}: closed loop {:.2}×",
             closed(gateway) / closed(runs).max(1.0)
         );
+        let (g_open, p_open) = (open.get("gateway"), open.get(peer));
         for rate in rates {
-            if let (Some(g), Some(p)) = (p99(gateway, *rate), p99(runs, *rate)) {
+            let g = g_open.and_then(|o| p99(o, *rate));
+            let p = p_open.and_then(|o| p99(o, *rate));
+            if let (Some(g), Some(p)) = (g, p) {
                 let _ = write!(out, "; p99 at {rate}/s {:.2}×", g as f64 / p.max(1) as f64);
             }
         }
@@ -414,5 +490,42 @@ mod tests {
             t.contains("- nats: closed loop 0.45×; p99 at 2000/s 2.00×"),
             "{t}"
         );
+        assert!(!t.contains("each run"), "one run per rate: no list: {t}");
+    }
+
+    #[test]
+    fn several_open_loop_runs_read_as_their_medians_and_are_listed() {
+        let run = |system: &str, p50_us, p99_us| RunResult {
+            system: system.into(),
+            rate: Some(5000),
+            delivered_per_s: 5000.0,
+            p50_us,
+            p99_us,
+            p999_us: 3 * p99_us,
+            faults: 1,
+            delivered: 1000,
+            server_cpu_us: 10_000,
+        };
+        let results = [
+            run("gateway", 700, 9000),
+            run("nats", 1200, 2000),
+            run("gateway", 600, 3000),
+            run("nats", 1300, 30_000),
+            run("gateway", 800, 4000),
+            run("nats", 1100, 2500),
+        ];
+        let medians = open_medians(&results);
+        let gateway = medians.iter().find(|r| r.system == "gateway").unwrap();
+        assert_eq!(
+            (gateway.p50_us, gateway.p99_us, gateway.p999_us),
+            (700, 4000, 12_000)
+        );
+        assert_eq!((gateway.faults, gateway.delivered), (3, 3000));
+        let t = table(&results, &BTreeMap::new());
+        assert!(t.contains("| gateway | 0 () | 0.7 / 4.0 / 12.0 |"), "{t}");
+        assert!(t.contains("| nats | 0 () | 1.2 / 2.5 / 7.5 |"), "{t}");
+        assert!(t.contains("p99 at 5000/s 1.60×"), "median over median: {t}");
+        assert!(t.contains("- gateway: 5000/s 9.0, 3.0, 4.0"), "{t}");
+        assert!(t.contains("- nats: 5000/s 2.0, 30.0, 2.5"), "{t}");
     }
 }

@@ -5,12 +5,12 @@
 //! CPU-µs`), prints the
 //! comparison's Markdown table and writes it to `DIR/table.md`, with every
 //! run in `DIR/results.json` and the open-loop latencies plotted in
-//! `DIR/latency.svg`.
+//! `DIR/latency.svg` (the median of each rate's runs).
 
 use std::collections::BTreeMap;
 
 use benchmarks::peers::{
-    Extra, RunResult, from_driver, from_loadgen, idle_from_driver, idle_from_loadgen,
+    Extra, RunResult, from_driver, from_loadgen, idle_from_driver, idle_from_loadgen, open_medians,
     survival_from_driver, survival_from_loadgen, table,
 };
 
@@ -67,7 +67,7 @@ fn main() -> Result<(), String> {
     }
     let text = table(&results, &extra);
     std::fs::write(dir.join("table.md"), &text).map_err(|e| e.to_string())?;
-    benchmarks::peers_plot::latency_svg(&results, &dir.join("latency.svg"))?;
+    benchmarks::peers_plot::latency_svg(&open_medians(&results), &dir.join("latency.svg"))?;
     let json: Vec<serde_json::Value> = results
         .iter()
         .map(|r| {
