@@ -3,6 +3,8 @@
 //! a handful of totals to its own cache line in [`Live`], which the
 //! progress line (`indicatif`) reads twice a second.
 
+use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -103,6 +105,50 @@ impl Live {
     }
 }
 
+/// The kernel's monotonic clock, ns: the clock `perf record -k
+/// CLOCK_MONOTONIC` stamps its samples with, so slow sends line up with a
+/// trace.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and the clock id a
+    // constant every Linux knows.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    assert_eq!(rc, 0, "CLOCK_MONOTONIC");
+    u64::try_from(ts.tv_sec).expect("after boot") * 1_000_000_000
+        + u64::try_from(ts.tv_nsec).expect("below a second")
+}
+
+/// Sends slower than a threshold (`--slow-us`), kept in memory and
+/// written as TSV when the worker finishes.
+struct SlowLog {
+    threshold_us: u64,
+    path: PathBuf,
+    /// (the send, scheduled in open loop, monotonic ns; latency µs;
+    /// which answer)
+    rows: Vec<(u64, u64, Latency)>,
+}
+
+/// Rows past which a slow log keeps no more (a threshold below the
+/// typical latency would otherwise grow without bound).
+const SLOW_ROWS_MAX: usize = 1_000_000;
+
+impl SlowLog {
+    fn write(&self) -> std::io::Result<()> {
+        let mut text = String::from("send_mono_ns\tanswered_mono_ns\tlatency_us\tanswer\n");
+        for (at, us, l) in &self.rows {
+            let _ = writeln!(text, "{at}\t{}\t{us}\t{}", at + us * 1000, l.name());
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&self.path, text)
+    }
+}
+
 /// One worker's recording.
 pub struct Recorder {
     report: Report,
@@ -110,6 +156,7 @@ pub struct Recorder {
     index: usize,
     second: u64,
     current: Second,
+    slow: Option<SlowLog>,
 }
 
 impl Recorder {
@@ -123,7 +170,19 @@ impl Recorder {
             index,
             second: 0,
             current: Second::default(),
+            slow: None,
         }
+    }
+
+    /// From now on, every ✓ or delivery at least `threshold_us` after its
+    /// send is also written to `path` when the worker finishes (with the
+    /// kernel's monotonic time of the send and the answer).
+    pub fn log_slow(&mut self, threshold_us: u64, path: PathBuf) {
+        self.slow = Some(SlowLog {
+            threshold_us,
+            path,
+            rows: Vec::new(),
+        });
     }
 
     fn slot(&self) -> &Slot {
@@ -170,6 +229,14 @@ impl Recorder {
         if l == self.report.main_latency {
             self.bucket().latency.saturating_record(us.max(1));
         }
+        if let Some(slow) = &mut self.slow
+            && matches!(l, Latency::Ack | Latency::Delivered)
+            && us >= slow.threshold_us
+            && slow.rows.len() < SLOW_ROWS_MAX
+        {
+            let sent = monotonic_ns().saturating_sub(us * 1000);
+            slow.rows.push((sent, us, l));
+        }
     }
 
     /// A connection opened (`+1`) or closed (`-1`).
@@ -185,6 +252,11 @@ impl Recorder {
     /// The finished report (wall time from its start).
     pub fn finish(mut self, send_s: f64) -> Report {
         self.roll(0);
+        if let Some(slow) = &self.slow
+            && let Err(e) = slow.write()
+        {
+            eprintln!("loadgen: slow log {}: {e}", slow.path.display());
+        }
         let started = self.report.started_unix_ms;
         self.report.wall_s = (epoch_ns(Instant::now()) / 1_000_000 - started) as f64 / 1000.0;
         self.report.send_s = send_s;
@@ -195,6 +267,38 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_answers_are_written_with_their_monotonic_times() {
+        let dir = std::env::temp_dir().join(format!("loadgen-slow-{}", std::process::id()));
+        let path = dir.join("slow-0.tsv");
+        let mut r = Recorder::new("chat", Latency::Delivered, Live::new(1), 0);
+        r.log_slow(1000, path.clone());
+        let before = monotonic_ns();
+        r.latency(Latency::Delivered, 999);
+        r.latency(Latency::Delivered, 2500);
+        r.latency(Latency::Ack, 1000);
+        r.latency(Latency::SendLag, 5000);
+        let after = monotonic_ns();
+        r.finish(1.0);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').collect())
+            .collect();
+        assert_eq!(rows.len(), 2, "only ✓ and delivery at or past 1 ms: {text}");
+        assert_eq!((rows[0][2], rows[0][3]), ("2500", "send_to_delivered"));
+        assert_eq!((rows[1][2], rows[1][3]), ("1000", "send_to_ack"));
+        let sent: u64 = rows[0][0].parse().unwrap();
+        let answered: u64 = rows[0][1].parse().unwrap();
+        assert_eq!(answered - sent, 2_500_000);
+        assert!(
+            before - 2_500_000 <= sent && answered <= after,
+            "{before} {sent} {after}"
+        );
+    }
 
     #[test]
     fn counts_land_in_totals_series_and_the_live_slot() {

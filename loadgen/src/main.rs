@@ -113,6 +113,12 @@ struct Common {
     /// Directory for report.json, *.hgrm and report.svg.
     #[arg(long, global = true, default_value = "loadgen-report")]
     out: PathBuf,
+    /// Also write every send whose ✓ or delivery took at least this many
+    /// µs to OUT/slow-<worker>.tsv, with the kernel's monotonic time of
+    /// the scheduled send and of the answer (the clock of `perf record -k
+    /// CLOCK_MONOTONIC`): to line stalls up with a trace.
+    #[arg(long, global = true)]
+    slow_us: Option<u64>,
     /// No progress line.
     #[arg(long, global = true)]
     quiet: bool,
@@ -472,6 +478,7 @@ fn on_workers(
                 .pin
                 .map_or(Placement::Unbound, |p| Placement::Fixed(p + i));
             let (spec, work, live) = (spec.clone(), work.clone(), live.clone());
+            let (slow_us, out) = (c.slow_us, c.out.clone());
             let part = Part {
                 index: c.proc_index * c.threads + i,
                 of: c.threads * c.proc_count.unwrap_or(1),
@@ -481,7 +488,11 @@ fn on_workers(
             LocalExecutorBuilder::new(placement)
                 .preempt_timer(Duration::from_millis(1)) // reap I/O often: latency is measured
                 .spawn(move || async move {
-                    let rec = Rc::new(RefCell::new(Recorder::new(scenario, main, live, i)));
+                    let mut recorder = Recorder::new(scenario, main, live, i);
+                    if let Some(us) = slow_us {
+                        recorder.log_slow(us, out.join(format!("slow-{}.tsv", part.index)));
+                    }
+                    let rec = Rc::new(RefCell::new(recorder));
                     work(Target::new(spec, part.index), rec.clone(), part).await;
                     Rc::try_unwrap(rec)
                         .ok()
