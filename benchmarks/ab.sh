@@ -7,11 +7,15 @@
 #   A=/tmp/before B=target/release benchmarks/ab.sh
 #   A=/tmp/before B=target/release RATE=10000 RUNS=2 benchmarks/ab.sh
 #   A=target/release B=target/release DATA_BASE=/dev/shm RATE=10000 benchmarks/ab.sh
+#   A=target/release B=target/release A_ARGS="--pin-shards on" \
+#     B_ARGS="--pin-shards off" RATE=5000 benchmarks/ab.sh
 #
 # A and B are directories holding a `gateway` and a `loadgen`; LOADGEN (a
 # directory) drives both with one loadgen instead, to compare gateways
 # alone. DATA_BASE puts B's data directory under it (`/dev/shm`: a log on
-# memory, to see what the disk adds); A's stays on the disk. Prints one
+# memory, to see what the disk adds); A's stays on the disk. A_ARGS and
+# B_ARGS are added to each side's gateway command line (to compare
+# settings of one build). Prints one
 # line per run: build, delivered msgs/s, the gateway's CPU-µs per message
 # measured (utime + stime over the whole run, connects and warm-up
 # included, as `benchmarks/peers` counts it), and in open loop p50 / p99 /
@@ -27,13 +31,14 @@ SECS=${SECS:-15}
 SHARDS=${SHARDS:-2}
 . "$root/benchmarks/lib.sh"
 
-one() { # $1: label, $2: build directory, $3: base of the data directory
+one() { # $1: label, $2: build directory, $3: base of the data directory, $4: gateway flags
     BIN=$(cd "$2" && pwd)
     local drive=${LOADGEN:-$BIN}
     WORK=$(mktemp -d ${3:+-p "$3"})
     port=$(free_port) admin=$(free_port) data=$WORK/data
     mkdir -p "$data"
-    start_gateway
+    # shellcheck disable=SC2086 # flags, split on purpose
+    start_gateway $4
     local before how=(--pairs 1000 --window 32)
     before=$(awk '{print $14 + $15}' "/proc/$gw/stat")
     [[ -n "${RATE:-}" ]] && how=(--pairs 500 --rate "$RATE")
@@ -59,6 +64,6 @@ PY
 }
 
 for _ in $(seq "$RUNS"); do
-    one A "${A:?A: a build directory}" ""
-    one B "${B:?B: a build directory}" "${DATA_BASE:-}"
+    one A "${A:?A: a build directory}" "" "${A_ARGS:-}"
+    one B "${B:?B: a build directory}" "${DATA_BASE:-}" "${B_ARGS:-}"
 done
