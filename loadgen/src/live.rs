@@ -15,20 +15,26 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::epoch_ns;
 use crate::report::{Counter, Latency, Report, Second};
 
-/// The current Unix second by the kernel's coarse clock: read in the vDSO
-/// without the time-stamp counter (it moves once per tick), which is all a
-/// per-second bucket needs, at a few ns for each count and latency.
-fn coarse_epoch_s() -> u64 {
+/// The kernel's clock `id` (one every Linux since 2.6.32 knows), read in
+/// the vDSO: (seconds, nanoseconds).
+fn clock(id: libc::clockid_t) -> (u64, u64) {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid, writable timespec, and the clock id is a
-    // constant every Linux since 2.6.32 knows.
+    // SAFETY: `ts` is a valid, writable timespec.
     #[allow(unsafe_code)]
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &raw mut ts) };
-    assert_eq!(rc, 0, "CLOCK_REALTIME_COARSE");
-    u64::try_from(ts.tv_sec).expect("after 1970")
+    let rc = unsafe { libc::clock_gettime(id, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime({id})");
+    let secs = u64::try_from(ts.tv_sec).expect("not before the clock's start");
+    (secs, u64::try_from(ts.tv_nsec).expect("below a second"))
+}
+
+/// The current Unix second by the kernel's coarse clock: read without the
+/// time-stamp counter (it moves once per tick), which is all a per-second
+/// bucket needs, at a few ns for each count and latency.
+fn coarse_epoch_s() -> u64 {
+    clock(libc::CLOCK_REALTIME_COARSE).0
 }
 
 /// What one worker publishes.
@@ -109,17 +115,8 @@ impl Live {
 /// CLOCK_MONOTONIC` stamps its samples with, so slow sends line up with a
 /// trace.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec and the clock id a
-    // constant every Linux knows.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    assert_eq!(rc, 0, "CLOCK_MONOTONIC");
-    u64::try_from(ts.tv_sec).expect("after boot") * 1_000_000_000
-        + u64::try_from(ts.tv_nsec).expect("below a second")
+    let (secs, nanos) = clock(libc::CLOCK_MONOTONIC);
+    secs * 1_000_000_000 + nanos
 }
 
 /// Sends slower than a threshold (`--slow-us`), kept in memory and
