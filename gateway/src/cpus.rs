@@ -11,7 +11,7 @@
 //! there holds a pinned shard back even while another core idles. Measured
 //! on a 2-core VM whose agent takes a core for 3–7 ms about once a second,
 //! at 5,000 msgs/s open loop in six interleaved pairs: floating had the
-//! lower p99 in four (median 3.2 against 4.1 ms) and used 10–14% less
+//! lower p99 in four (median 3.2 against 4.2 ms) and used 9–14% less
 //! gateway CPU in all six (fewer cross-core wake-ups); closed-loop
 //! throughput the same. So `auto` pins only when the operator has given
 //! the process CPUs of its own (a mask narrower than the machine, as
