@@ -28,12 +28,22 @@ pub struct RunResult {
     pub delivered: u64,
     /// The server's CPU time during the run, µs (from the script).
     pub server_cpu_us: u64,
+    /// The load generator's CPU time (`loadgen` or `peer-driver`), µs, if
+    /// the script measured it: it shares the machine's cores with the
+    /// server, so what it spends is taken from the server's headroom.
+    pub client_cpu_us: Option<u64>,
 }
 
 impl RunResult {
     /// Server CPU-µs per delivered message.
     pub fn cpu_us_per_message(&self) -> f64 {
         self.server_cpu_us as f64 / self.delivered.max(1) as f64
+    }
+
+    /// Load generator CPU-µs per delivered message, if measured.
+    pub fn client_cpu_us_per_message(&self) -> Option<f64> {
+        self.client_cpu_us
+            .map(|us| us as f64 / self.delivered.max(1) as f64)
     }
 }
 
@@ -72,6 +82,7 @@ pub fn from_loadgen(
         faults: fault("lost") + fault("duplicated") + fault("reordered"),
         delivered,
         server_cpu_us,
+        client_cpu_us: None,
     })
 }
 
@@ -122,6 +133,7 @@ pub fn from_driver(json: &str, server_cpu_us: u64) -> Result<RunResult, String> 
         faults: count("lost") + count("duplicated") + count("reordered"),
         delivered: count("delivered"),
         server_cpu_us,
+        client_cpu_us: None,
     })
 }
 
@@ -234,6 +246,7 @@ pub fn open_medians(results: &[RunResult]) -> Vec<RunResult> {
             faults: runs.iter().map(|r| r.faults).sum(),
             delivered: runs.iter().map(|r| r.delivered).sum(),
             server_cpu_us: runs.iter().map(|r| r.server_cpu_us).sum(),
+            client_cpu_us: runs.iter().map(|r| r.client_cpu_us).sum(),
         })
         .collect()
 }
@@ -241,7 +254,9 @@ pub fn open_medians(results: &[RunResult]) -> Vec<RunResult> {
 /// The Markdown table: per system the closed-loop rate (median of its
 /// runs, each run in brackets), then p50/p99/p99.9 at each open-loop rate
 /// (medians of its runs, [`open_medians`]), CPU-µs per delivered message
-/// (median over every run), server memory per idle connection and the
+/// (median over every run), the load generator's CPU-µs per delivered
+/// message (median over the runs that measured it), server memory per
+/// idle connection and the
 /// kill -9 check (`extra`, by system); then the gateway's ratios to each
 /// peer, and each open-loop run's p99 where a rate had more than one.
 pub fn table(results: &[RunResult], extra: &BTreeMap<String, Extra>) -> String {
@@ -262,9 +277,9 @@ pub fn table(results: &[RunResult], extra: &BTreeMap<String, Extra>) -> String {
         let _ = write!(out, " p50 / p99 / p99.9 ms at {rate}/s |");
     }
     out.push_str(
-        " server CPU-µs per message | server bytes per idle connection | kill -9 | faults |\n|---|---|",
+        " server CPU-µs per message | load generator CPU-µs per message | server bytes per idle connection | kill -9 | faults |\n|---|---|",
     );
-    out.push_str(&"---|".repeat(rates.len() + 4));
+    out.push_str(&"---|".repeat(rates.len() + 5));
     out.push('\n');
     for (system, runs) in &systems {
         let closed: Vec<f64> = runs
@@ -295,13 +310,21 @@ pub fn table(results: &[RunResult], extra: &BTreeMap<String, Extra>) -> String {
             }
         }
         let cpu = median(runs.iter().map(|r| r.cpu_us_per_message()).collect());
+        let client: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.client_cpu_us_per_message())
+            .collect();
+        let client = match client.is_empty() {
+            true => "—".to_owned(),
+            false => format!("{:.1}", median(client)),
+        };
         let faults: u64 = runs.iter().map(|r| r.faults).sum();
         let extra = extra.get(*system).copied().unwrap_or_default();
         let idle = extra
             .idle_bytes
             .map_or("—".to_owned(), |b| format!("{b:.0}"));
         let kill = extra.survival.map_or("—".to_owned(), |s| s.cell());
-        let _ = writeln!(out, " {cpu:.1} | {idle} | {kill} | {faults} |");
+        let _ = writeln!(out, " {cpu:.1} | {client} | {idle} | {kill} | {faults} |");
     }
     out.push_str(&ratios(&systems, &open, &rates));
     out.push_str(&each_p99(&systems, &rates));
@@ -448,14 +471,18 @@ mod tests {
             faults: 0,
             delivered: 1000,
             server_cpu_us: 20_000,
+            client_cpu_us: None,
         };
-        let results = [
+        let mut results = [
             run("gateway", None, 200_000.0, 0),
             run("gateway", None, 180_000.0, 0),
             run("gateway", Some(2000), 2000.0, 4000),
             run("nats", None, 400_000.0, 0),
             run("nats", Some(2000), 2000.0, 2000),
         ];
+        // The peer's driver measured (30 and 90 µs per message), loadgen not.
+        results[3].client_cpu_us = Some(30_000);
+        results[4].client_cpu_us = Some(90_000);
         let nats = Extra {
             idle_bytes: Some(34_000.0),
             survival: Some(Survival {
@@ -478,13 +505,13 @@ mod tests {
         assert!(t.contains(" 1.0 / 4.0 / 8.0 |"), "{t}");
         assert!(
             t.contains(
-                "| nats | 400000 (400000) | 1.0 / 2.0 / 4.0 | 20.0 | 34000 | no acks; 0 of 100 sent arrived | 0 |"
+                "| nats | 400000 (400000) | 1.0 / 2.0 / 4.0 | 20.0 | 30.0 | 34000 | no acks; 0 of 100 sent arrived | 0 |"
             ),
             "{t}"
         );
         assert!(
-            t.contains(" 20.0 | — | 100 of 100 acked arrived | 0 |"),
-            "no idle figure for the gateway: {t}"
+            t.contains(" 20.0 | — | — | 100 of 100 acked arrived | 0 |"),
+            "no load generator CPU, no idle figure for the gateway: {t}"
         );
         assert!(
             t.contains("- nats: closed loop 0.45×; p99 at 2000/s 2.00×"),
@@ -505,6 +532,7 @@ mod tests {
             faults: 1,
             delivered: 1000,
             server_cpu_us: 10_000,
+            client_cpu_us: None,
         };
         let results = [
             run("gateway", 700, 9000),

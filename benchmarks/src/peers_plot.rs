@@ -122,6 +122,7 @@ mod tests {
             faults: 0,
             delivered: 1,
             server_cpu_us: 0,
+            client_cpu_us: None,
         };
         let results = [
             run("gateway", None, 0),

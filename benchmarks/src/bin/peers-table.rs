@@ -2,7 +2,7 @@
 //! `benchmarks/peers/run`: `loadgen|driver|loadgen-idle|driver-idle|
 //! loadgen-kill|driver-kill <TAB> result file (driver-kill: the fill's and
 //! the drain's, joined by `+`) <TAB> offered rate or - <TAB> server
-//! CPU-µs`), prints the
+//! CPU-µs [<TAB> load generator CPU-µs]`), prints the
 //! comparison's Markdown table and writes it to `DIR/table.md`, with every
 //! run in `DIR/results.json` and the open-loop latencies plotted in
 //! `DIR/latency.svg` (the median of each rate's runs).
@@ -22,8 +22,17 @@ fn main() -> Result<(), String> {
     let mut extra: BTreeMap<String, Extra> = BTreeMap::new();
     for line in runs.lines().filter(|l| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split('\t').collect();
-        let [kind, file, rate, cpu] = fields[..] else {
-            return Err(format!("runs.tsv: not four fields: {line}"));
+        let (kind, file, rate, cpu, client) = match fields[..] {
+            [kind, file, rate, cpu] => (kind, file, rate, cpu, None),
+            [kind, file, rate, cpu, client] => (kind, file, rate, cpu, Some(client)),
+            _ => return Err(format!("runs.tsv: not four or five fields: {line}")),
+        };
+        let client: Option<u64> = match client {
+            Some(c) => Some(
+                c.parse()
+                    .map_err(|_| format!("runs.tsv: client CPU µs {c}"))?,
+            ),
+            None => None,
         };
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"));
         if kind == "driver-kill" {
@@ -57,12 +66,13 @@ fn main() -> Result<(), String> {
             }
             _ => {}
         }
-        let result = match kind {
+        let mut result = match kind {
             "loadgen" => from_loadgen(&json, rate, cpu),
             "driver" => from_driver(last_line, cpu),
             other => Err(format!("unknown kind {other}")),
         }
         .map_err(|e| format!("{file}: {e}"))?;
+        result.client_cpu_us = client;
         results.push(result);
     }
     let text = table(&results, &extra);
@@ -75,6 +85,7 @@ fn main() -> Result<(), String> {
                 "system": r.system, "rate": r.rate, "delivered_per_s": r.delivered_per_s,
                 "p50_us": r.p50_us, "p99_us": r.p99_us, "p999_us": r.p999_us,
                 "faults": r.faults, "delivered": r.delivered, "server_cpu_us": r.server_cpu_us,
+                "client_cpu_us": r.client_cpu_us,
             })
         })
         .collect();
