@@ -62,6 +62,9 @@ struct Args {
     /// Seconds of sending.
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
+    /// Worker threads of the driver's runtime (as `loadgen --threads`).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
     /// Seconds at the start whose latencies are not recorded.
     #[arg(long, default_value_t = 1)]
     warmup_s: u64,
@@ -269,9 +272,17 @@ struct Pair {
     window: Arc<Semaphore>,
 }
 
-#[tokio::main(worker_threads = 2)]
-async fn main() {
+fn main() {
     let args = Arc::new(Args::parse());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(drive(args));
+}
+
+async fn drive(args: Arc<Args>) {
     if let Some(conns) = args.idle_conns {
         return idle(args.clone(), conns).await;
     }
