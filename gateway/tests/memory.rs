@@ -143,6 +143,15 @@ impl Net {
                 moved = true;
             }
             moved |= self.events();
+            if !moved && self.core.engine().lazy_pending() {
+                // As the shell's timer does: records nobody waits on
+                // (tombstones, receipts) are sealed `LAZY_SEAL_MS` later.
+                let due = self.core.poll_timeout();
+                self.now = self.now.max(T0 + due);
+                let now = self.at();
+                self.core.handle_timeout(now);
+                continue;
+            }
             if !moved {
                 return;
             }

@@ -410,11 +410,34 @@ impl Engine {
 
     // ---- changes ------------------------------------------------------------
 
-    /// Stores a message for every recipient device, or says why not.
+    /// Stores a message for every recipient device, or says why not. Its
+    /// batch is due at once: someone waits on it (a sender's ✓).
     pub fn append_message(
         &mut self,
         now_ms: u64,
         m: &NewMessage<'_>,
+    ) -> Result<Accepted, QueueError> {
+        self.append_message_as(now_ms, m, false)
+    }
+
+    /// [`Engine::append_message`] for a record no one waits on to go on (a
+    /// receipt: ✓✓, read, expired): it rides the next batch that is due,
+    /// or waits for [`Engine::seal_lazy`], instead of making a batch due
+    /// by itself, so a receipt costs no write of its own. It is durable,
+    /// and visible, once [`Engine::durable`] is past its position, as any.
+    pub fn append_message_lazy(
+        &mut self,
+        now_ms: u64,
+        m: &NewMessage<'_>,
+    ) -> Result<Accepted, QueueError> {
+        self.append_message_as(now_ms, m, true)
+    }
+
+    fn append_message_as(
+        &mut self,
+        now_ms: u64,
+        m: &NewMessage<'_>,
+        lazy: bool,
     ) -> Result<Accepted, QueueError> {
         let seen = match m.receipt {
             true => Seen::New,
@@ -475,7 +498,10 @@ impl Engine {
             recipients,
             payload: m.payload,
         });
-        let position = self.append(&record);
+        let position = match lazy {
+            true => self.append_lazy(&record),
+            false => self.append(&record),
+        };
         self.recent.insert(position, m.payload);
         let Record::Message(stored) = record else {
             unreachable!()
@@ -677,9 +703,10 @@ impl Engine {
         position
     }
 
-    /// [`Engine::append`] for a record nobody waits on (a tombstone: lost
-    /// in a crash, its entries are delivered again or expire again): it
-    /// rides the next batch that is due ([`Log::append_lazy`]).
+    /// [`Engine::append`] for a record nobody waits on to go on (a
+    /// tombstone: lost in a crash, its entries are delivered again or
+    /// expire again; a receipt): it rides the next batch that is due
+    /// ([`Log::append_lazy`]).
     fn append_lazy(&mut self, record: &Record<'_>) -> u64 {
         let position = self.log.append_lazy(record);
         self.apply(position, self.log.head() - position, record);

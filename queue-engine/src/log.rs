@@ -10,9 +10,10 @@
 //! is ever unsynced, which is what lets recovery tell a torn tail from
 //! corruption.
 //!
-//! A record nobody waits on (an acknowledgment's tombstone: if a crash
-//! loses it, the entry is delivered again, which clients already handle)
-//! goes in with [`Log::append_lazy`]: it does not make its batch due by
+//! A record nobody waits on to go on (an acknowledgment's tombstone: if a
+//! crash loses it, the entry is delivered again, which clients already
+//! handle; a receipt, whose ✓✓ may come a little later) goes in with
+//! [`Log::append_lazy`]: it does not make its batch due by
 //! itself. It rides the next batch that is, or the one the shell seals with
 //! [`Log::seal_lazy`] (the gateway does on its 100 ms tick and before it
 //! waits for any position), so a quiet log still syncs it soon and a busy

@@ -472,6 +472,46 @@ fn receipts_are_their_own_record_kind_whatever_the_client_id() {
 }
 
 #[test]
+fn a_lazy_receipt_rides_the_next_due_batch_or_waits_to_be_sealed() {
+    let (mut e, mut disk) = engine(EngineConfig::default());
+    let receipt = |id| NewMessage {
+        message_id: id,
+        sender: BOB_PHONE,
+        client_msg_id: 0,
+        recipients: &[ALICE],
+        ttl_ms: 0,
+        payload: b"\x00ids",
+        receipt: true,
+        group: 0,
+    };
+    let Ok(Accepted::Stored { position, .. }) = e.append_message_lazy(0, &receipt(1)) else {
+        panic!("stored")
+    };
+    assert!(e.poll_flush().is_none(), "a receipt alone makes no write");
+    assert!(e.lazy_pending());
+    // A message makes the batch due, and the receipt goes with it.
+    send(&mut e, 0, 2, &[BOB_PHONE], b"hi").unwrap();
+    let flush = e.poll_flush().expect("the message's batch is due");
+    let start = flush.segment + flush.offset;
+    assert!(start <= position && position < flush.end(), "in that batch");
+    write_flush(&mut disk, flush).unwrap();
+    e.handle_flushed();
+    assert!(e.durable() > position);
+    assert_eq!(seqs(&e, ALICE, 0), [1], "durable, so visible");
+    // Alone again, it waits for the seal (the shell's timer).
+    e.append_message_lazy(0, &receipt(3)).unwrap();
+    assert!(e.poll_flush().is_none());
+    e.seal_lazy();
+    let flush = e.poll_flush().expect("sealed, it is due");
+    write_flush(&mut disk, flush).unwrap();
+    e.handle_flushed();
+    assert_eq!(seqs(&e, ALICE, 0), [1, 2]);
+    // An urgent receipt (the old way) makes its batch due by itself.
+    e.append_message(0, &receipt(4)).unwrap();
+    assert!(e.poll_flush().is_some());
+}
+
+#[test]
 fn a_record_over_the_limit_is_refused_not_a_crash() {
     let (mut e, _) = engine(EngineConfig {
         queue_bytes_max: u64::MAX,

@@ -181,7 +181,18 @@ impl<S: Storage> ShardCore<S> {
             receipt: true,
             group: 0,
         };
-        match self.engine.append_message(now_ms, &m)? {
+        // A receipt waits on nothing but itself: it rides the next write
+        // that is due, or the lazy seal (`LAZY_SEAL_MS`), not one of its
+        // own. Notices (gaps, devices, groups) are written at once.
+        let receipt = matches!(
+            kind,
+            fb::ReceiptKind::Delivered | fb::ReceiptKind::Read | fb::ReceiptKind::Expired
+        );
+        let stored = match receipt {
+            true => self.engine.append_message_lazy(now_ms, &m)?,
+            false => self.engine.append_message(now_ms, &m)?,
+        };
+        match stored {
             Accepted::Stored { position, seqs } => {
                 let meta = Meta {
                     from,

@@ -18,15 +18,17 @@ use crate::clock::Now;
 /// How often TTL expiry and deferred receipts are looked at.
 pub(super) const HOUSEKEEPING_MS: u64 = 1_000;
 
-/// The longest a tombstone waits in the log's filling batch for a batch
-/// that is due anyway (`queue_engine::Log::append_lazy`): it bounds the
-/// acknowledgments a crash can undo (their entries are delivered again).
+/// The longest a tombstone or a receipt waits in the log's filling batch
+/// for a batch that is due anyway (`queue_engine::Log::append_lazy`): it
+/// bounds the acknowledgments a crash can undo (their entries are
+/// delivered again) and how much later a lone ✓✓ reaches its sender.
 pub const LAZY_SEAL_MS: u64 = 100;
 
 impl<S: Storage> ShardCore<S> {
     /// When [`ShardCore::handle_timeout`] must be called next (monotonic
     /// ms): the earliest session deadline, the next housekeeping, or
-    /// [`LAZY_SEAL_MS`] after tombstones were first left waiting.
+    /// [`LAZY_SEAL_MS`] after tombstones or receipts were first left
+    /// waiting.
     pub fn poll_timeout(&self) -> u64 {
         if self.engine.lazy_pending() && self.lazy_seal_at.get() == u64::MAX {
             self.lazy_seal_at.set(self.mono_ms + LAZY_SEAL_MS);
@@ -35,8 +37,8 @@ impl<S: Storage> ShardCore<S> {
         timer.min(self.housekeeping_at).min(self.lazy_seal_at.get())
     }
 
-    /// Makes the tombstones waiting in the log due now (before a wait for
-    /// the head to be durable).
+    /// Makes the tombstones and receipts waiting in the log due now
+    /// (before a wait for the head to be durable).
     pub fn seal_lazy(&mut self) {
         self.lazy_seal_at.set(u64::MAX);
         self.engine.seal_lazy();

@@ -341,6 +341,8 @@ fn a_message_that_expires_unread_is_told_in_a_gap_notice() {
         w.devices[&B].got.is_empty(),
         "the messages themselves are gone"
     );
+    w.advance(gateway::shard::LAZY_SEAL_MS); // the receipt waits for a write
+    w.settle();
     let expired = w.devices[&A]
         .events
         .iter()
@@ -613,7 +615,9 @@ fn an_acks_tombstone_waits_for_a_due_batch_or_the_lazy_timer() {
     w.settle();
     w.ack(B);
     w.settle();
-    w.ack(A); // the ✓✓: its tombstone alone
+    w.advance(gateway::shard::LAZY_SEAL_MS); // the ✓✓ is written, sent
+    w.settle();
+    w.ack(A); // the ✓✓: its tombstone (and B's entry's) alone
     w.settle();
     assert!(tombstones_wait(&w), "nothing made a batch due");
     w.advance(gateway::shard::LAZY_SEAL_MS - 1);
@@ -634,6 +638,40 @@ fn an_acks_tombstone_waits_for_a_due_batch_or_the_lazy_timer() {
     w.ack(B);
     w.send(A, user(B), 10);
     w.settle();
+    w.quiesce_and_check();
+}
+
+/// A receipt (the ✓✓ an ack makes) pays for no `fdatasync` of its own
+/// either: the sender gets it once the next due batch or the lazy timer
+/// has made it durable.
+#[test]
+fn a_receipt_waits_for_a_due_batch_or_the_lazy_timer() {
+    let mut w = world_with(Shape::default(), &[A, B]);
+    let receipts = |w: &World| {
+        w.devices[&A]
+            .events
+            .iter()
+            .filter(|e| matches!(e, ClientEvent::Receipt { .. }))
+            .count()
+    };
+    w.send(A, user(B), 10);
+    w.settle();
+    w.ack(B); // the receipt for A, alone in its batch
+    w.settle();
+    assert_eq!(receipts(&w), 0, "not written yet, so not sent");
+    w.advance(gateway::shard::LAZY_SEAL_MS - 1);
+    w.settle();
+    assert_eq!(receipts(&w), 0, "not yet");
+    w.advance(1);
+    w.settle();
+    assert_eq!(receipts(&w), 1, "sealed by the timer, then sent");
+    // A message due meanwhile carries the next receipt at once.
+    w.send(A, user(B), 10);
+    w.settle();
+    w.ack(B);
+    w.send(B, user(A), 10);
+    w.settle();
+    assert_eq!(receipts(&w), 2, "it rode the message's batch");
     w.quiesce_and_check();
 }
 
@@ -675,6 +713,9 @@ fn acking_an_entry_reclaim_copied_forward_reads_the_copy_before_it_is_durable() 
         for _ in 0..10 {
             w.settle();
             w.ack(c);
+            w.settle();
+            // The receipts, then the tombstones, ride the lazy seal.
+            w.advance(gateway::shard::LAZY_SEAL_MS);
             w.settle();
         }
     }
