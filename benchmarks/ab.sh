@@ -18,8 +18,10 @@
 # settings of one build). Prints one
 # line per run: build, delivered msgs/s, the gateway's CPU-µs per message
 # measured (utime + stime over the whole run, connects and warm-up
-# included, as `benchmarks/peers` counts it), and in open loop p50 / p99 /
-# p99.9 send→delivered ms.
+# included, as `benchmarks/peers` counts it), the log writes (each an
+# `O_DSYNC` write: `gateway_fdatasync_seconds_count`, connects and warm-up
+# included) per delivered message, and in open loop p50 / p99 / p99.9
+# send→delivered ms.
 #
 # Knobs: RUNS (3 each), SECS (15; 5 s of warm-up come first), RATE
 # (closed loop if unset), SHARDS (2).
@@ -45,15 +47,17 @@ one() { # $1: label, $2: build directory, $3: base of the data directory, $4: ga
     "$drive/loadgen" --threads 2 --quiet --out "$WORK/run" chat --addr "127.0.0.1:$port" \
         --data-dir "$data" --duration "${SECS}s" --warmup 5s "${how[@]}" >/dev/null || true
     local ticks=$(($(awk '{print $14 + $15}' "/proc/$gw/stat") - before))
+    local writes; writes=$(metric_sum "127.0.0.1:$admin" gateway_fdatasync_seconds_count)
     kill -9 "$gw" 2>/dev/null || true
     wait "$gw" 2>/dev/null || true
-    python3 - "$1" "$WORK/run/report.json" "$ticks" "$(getconf CLK_TCK)" "${RATE:-}" <<'PY'
+    python3 - "$1" "$WORK/run/report.json" "$ticks" "$(getconf CLK_TCK)" "${RATE:-}" "$writes" <<'PY'
 import json, sys
 label, path, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-open_loop = sys.argv[5] != ""
+open_loop, writes = sys.argv[5] != "", int(sys.argv[6] or 0)
 r = json.load(open(path))
 delivered = r["counters"]["delivered"]
 line = f"{label}  {delivered / r['send_s']:>9,.0f} msgs/s  {ticks / hz * 1e6 / delivered:5.2f} CPU-µs/msg"
+line += f"  {writes / delivered:4.2f} writes/msg"
 lat = r["latency_us"].get("send_to_delivered")
 if open_loop and lat and lat.get("count"):
     line += "  p50/p99/p99.9 {:.2f} / {:.2f} / {:.2f} ms".format(
