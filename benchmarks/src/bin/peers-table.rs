@@ -27,13 +27,12 @@ fn main() -> Result<(), String> {
             [kind, file, rate, cpu, client] => (kind, file, rate, cpu, Some(client)),
             _ => return Err(format!("runs.tsv: not four or five fields: {line}")),
         };
-        let client: Option<u64> = match client {
-            Some(c) => Some(
+        let client: Option<u64> = client
+            .map(|c| {
                 c.parse()
-                    .map_err(|_| format!("runs.tsv: client CPU µs {c}"))?,
-            ),
-            None => None,
-        };
+                    .map_err(|_| format!("runs.tsv: client CPU µs {c}"))
+            })
+            .transpose()?;
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"));
         if kind == "driver-kill" {
             let (fill, drain) = file.split_once('+').ok_or("driver-kill: fill+drain")?;
