@@ -48,3 +48,24 @@ start_gateway() {
     echo "gateway not ready within 300 s" >&2
     return 1
 }
+
+# For a script that runs one gateway: takes free ports ($port, $admin),
+# puts the log in $WORK/data, starts `$BIN/gateway` with the flags given
+# (see start_gateway), and on exit kills it and deletes the log (with its
+# two spare segments it holds 128 MiB or more; the reports in $WORK stay).
+start_one_gateway() {
+    port=$(free_port)
+    admin=$(free_port)
+    data="$WORK/data"
+    mkdir -p "$data"
+    trap stop_one_gateway EXIT
+    start_gateway "$@"
+}
+
+stop_one_gateway() {
+    if [[ -n "${gw:-}" ]]; then
+        kill -9 "$gw" 2>/dev/null
+        wait "$gw" 2>/dev/null || true
+    fi
+    rm -rf "$data"
+}

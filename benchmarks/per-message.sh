@@ -25,13 +25,7 @@ BIN=$(cd "${BIN:-$root/target/release}" && pwd)
 WORK=${WORK:-$(mktemp -d)}
 . "$root/benchmarks/lib.sh"
 
-port=$(free_port)
-admin=$(free_port)
-data="$WORK/data"
-mkdir -p "$data"
-cleanup() { [[ -n "${gw:-}" ]] && kill -9 "$gw" 2>/dev/null || true; }
-trap cleanup EXIT
-start_gateway
+start_one_gateway
 
 # The load runs for the warm-up, the counted window and the profile.
 duration=$((3 + WINDOW + WINDOW + 3))

@@ -30,20 +30,7 @@ BIN=$(cd "${BIN:-$root/target/release}" && pwd)
 WORK=${WORK:-$(mktemp -d)}
 . "$root/benchmarks/lib.sh"
 
-port=$(free_port)
-admin=$(free_port)
-data="$WORK/data"
-mkdir -p "$data"
-# The log (with its two spare segments, 128 MiB) goes; the reports stay.
-cleanup() {
-    if [[ -n "${gw:-}" ]]; then
-        kill -9 "$gw" 2>/dev/null
-        wait "$gw" 2>/dev/null || true
-    fi
-    rm -rf "$data"
-}
-trap cleanup EXIT
-start_gateway
+start_one_gateway
 
 "$BIN/loadgen" --threads 2 --quiet --out "$WORK/loadgen" --slow-us "$SLOW_US" \
     chat --addr "127.0.0.1:$port" --data-dir "$data" --pairs "$PAIRS" \
