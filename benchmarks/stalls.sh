@@ -47,7 +47,7 @@ wait "$load"
 perf script -i "$WORK/sched.data" -F cpu,time,trace >"$WORK/sched.txt" 2>/dev/null
 rm -f "$WORK/sched.data"
 grep -h send_to_delivered "$WORK"/loadgen/slow-*.tsv >"$WORK/slow.txt" || true
-echo "rate $RATE msgs/s: $(grep -m1 -A0 'send_to_delivered' "$WORK/loadgen.txt" || true)"
+echo "rate $RATE msgs/s: $(grep -m1 'send_to_delivered' "$WORK/loadgen.txt" || true)"
 python3 "$root/benchmarks/stalls_report.py" "$WORK/sched.txt" "$WORK/slow.txt" \
     "$WORK/ours.txt" "$BURST_MS"
 echo "traces and loadgen's report: $WORK"
