@@ -4,8 +4,10 @@
 # `loadgen chat --rate RATE`, and over a WINDOW in the middle of the run
 # counts, per message stored, the frames in and out, group-commit batches,
 # io_uring_enter, send and recv syscalls, context switches and CPU-µs (the gateway's
-# utime + stime), then records a `perf` profile of the same load and prints
-# its split between kernel and user space and its top user symbols.
+# utime + stime) and the TCP segments sent on the machine (the gateway's
+# and loadgen's, on loopback: each one a pass through both ends' TCP
+# stack), then records a `perf` profile of the same load and prints its
+# split between kernel and user space and its top user symbols.
 #
 #   benchmarks/per-message.sh                     # 10,000 msgs/s, 500 pairs
 #   RATE=2000 WINDOW=5 benchmarks/per-message.sh
@@ -37,11 +39,14 @@ sleep 3
 
 sum() { metric_sum "127.0.0.1:$admin" "$1"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$gw/stat"; }
+# TCP segments sent on this machine so far (`OutSegs`, /proc/net/snmp).
+tcp_out() { awk '$1 == "Tcp:" { if (!n) { for (i = 1; i <= NF; i++) if ($i == "OutSegs") n = i } else print $n }' /proc/net/snmp; }
 stored0=$(sum gateway_messages_stored_total)
 in0=$(sum gateway_frames_in_total)
 out0=$(sum gateway_frames_out_total)
 batches0=$(sum gateway_fdatasync_seconds_count)
 cpu0=$(cpu_ticks)
+segs0=$(tcp_out)
 perf stat -x, -e context-switches,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom -p "$gw" \
     -- sleep "$WINDOW" 2>"$WORK/perf-stat.csv"
 stored=$(($(sum gateway_messages_stored_total) - stored0))
@@ -49,16 +54,17 @@ frames_in=$(($(sum gateway_frames_in_total) - in0))
 frames_out=$(($(sum gateway_frames_out_total) - out0))
 batches=$(($(sum gateway_fdatasync_seconds_count) - batches0))
 cpu=$(($(cpu_ticks) - cpu0))
+segs=$(($(tcp_out) - segs0))
 switches=$(awk -F, '$3 == "context-switches" {print $1}' "$WORK/perf-stat.csv")
 enters=$(awk -F, '$3 ~ /io_uring_enter/ {print $1}' "$WORK/perf-stat.csv")
 sends=$(awk -F, '$3 ~ /sys_enter_sendto/ {print $1}' "$WORK/perf-stat.csv")
 recvs=$(awk -F, '$3 ~ /sys_enter_recvfrom/ {print $1}' "$WORK/perf-stat.csv")
 
 python3 - "$stored" "$frames_in" "$frames_out" "$batches" "$cpu" "${switches:-0}" "${enters:-0}" \
-    "${sends:-0}" "${recvs:-0}" "$WINDOW" "$RATE" <<'EOF'
+    "${sends:-0}" "${recvs:-0}" "$WINDOW" "$RATE" "$segs" <<'EOF'
 import sys
 stored, fin, fout, batches, ticks, switches, enters, sends, recvs = map(int, sys.argv[1:10])
-window, rate = float(sys.argv[10]), sys.argv[11]
+window, rate, segs = float(sys.argv[10]), sys.argv[11], int(sys.argv[12])
 if stored == 0:
     sys.exit("no message was stored in the window: see loadgen.txt")
 n = stored
@@ -66,7 +72,8 @@ print(f"offered {rate} msgs/s; {stored} messages stored in {window:.0f} s")
 print(f"per message: {fin / n:.2f} frames in, {fout / n:.2f} frames out, "
       f"{batches / n:.2f} group-commit batches, {enters / n:.2f} io_uring_enter, "
       f"{sends / n:.2f} send, {recvs / n:.2f} recv, "
-      f"{switches / n:.2f} context switches, {ticks * 10_000 / n:.1f} CPU-µs")
+      f"{switches / n:.2f} context switches, {ticks * 10_000 / n:.1f} CPU-µs; "
+      f"{segs / n:.2f} TCP segments (both ends, loopback)")
 EOF
 
 if [[ "$PERF" == 1 ]]; then

@@ -32,12 +32,23 @@ pub struct RunResult {
     /// the script measured it: it shares the machine's cores with the
     /// server, so what it spends is taken from the server's headroom.
     pub client_cpu_us: Option<u64>,
+    /// TCP segments sent on the machine during the run (`OutSegs` of
+    /// `/proc/net/snmp`), if the script counted them: on loopback each is
+    /// one trip through the kernel's TCP stack for a sender and a receiver,
+    /// most of what a message costs both processes.
+    pub tcp_segments: Option<u64>,
 }
 
 impl RunResult {
     /// Server CPU-µs per delivered message.
     pub fn cpu_us_per_message(&self) -> f64 {
         self.server_cpu_us as f64 / self.delivered.max(1) as f64
+    }
+
+    /// TCP segments per delivered message, if counted.
+    pub fn tcp_segments_per_message(&self) -> Option<f64> {
+        self.tcp_segments
+            .map(|n| n as f64 / self.delivered.max(1) as f64)
     }
 
     /// Load generator CPU-µs per delivered message, if measured.
@@ -83,6 +94,7 @@ pub fn from_loadgen(
         delivered,
         server_cpu_us,
         client_cpu_us: None,
+        tcp_segments: None,
     })
 }
 
@@ -134,6 +146,7 @@ pub fn from_driver(json: &str, server_cpu_us: u64) -> Result<RunResult, String> 
         delivered: count("delivered"),
         server_cpu_us,
         client_cpu_us: None,
+        tcp_segments: None,
     })
 }
 
@@ -247,6 +260,7 @@ pub fn open_medians(results: &[RunResult]) -> Vec<RunResult> {
             delivered: runs.iter().map(|r| r.delivered).sum(),
             server_cpu_us: runs.iter().map(|r| r.server_cpu_us).sum(),
             client_cpu_us: runs.iter().map(|r| r.client_cpu_us).sum(),
+            tcp_segments: runs.iter().map(|r| r.tcp_segments).sum(),
         })
         .collect()
 }
@@ -255,8 +269,9 @@ pub fn open_medians(results: &[RunResult]) -> Vec<RunResult> {
 /// runs, each run in brackets), then p50/p99/p99.9 at each open-loop rate
 /// (medians of its runs, [`open_medians`]), CPU-µs per delivered message
 /// (median over every run), the load generator's CPU-µs per delivered
-/// message (median over the runs that measured it), server memory per
-/// idle connection and the
+/// message and the TCP segments per delivered message (each the median
+/// over the runs that measured it), server memory per idle connection and
+/// the
 /// kill -9 check (`extra`, by system); then the gateway's ratios to each
 /// peer, and each open-loop run's p99 where a rate had more than one.
 pub fn table(results: &[RunResult], extra: &BTreeMap<String, Extra>) -> String {
@@ -277,9 +292,9 @@ pub fn table(results: &[RunResult], extra: &BTreeMap<String, Extra>) -> String {
         let _ = write!(out, " p50 / p99 / p99.9 ms at {rate}/s |");
     }
     out.push_str(
-        " server CPU-µs per message | load generator CPU-µs per message | server bytes per idle connection | kill -9 | faults |\n|---|---|",
+        " server CPU-µs per message | load generator CPU-µs per message | TCP segments per message | server bytes per idle connection | kill -9 | faults |\n|---|---|",
     );
-    out.push_str(&"---|".repeat(rates.len() + 5));
+    out.push_str(&"---|".repeat(rates.len() + 6));
     out.push('\n');
     for (system, runs) in &systems {
         let closed: Vec<f64> = runs
@@ -310,25 +325,32 @@ pub fn table(results: &[RunResult], extra: &BTreeMap<String, Extra>) -> String {
             }
         }
         let cpu = median(runs.iter().map(|r| r.cpu_us_per_message()).collect());
-        let client: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r.client_cpu_us_per_message())
-            .collect();
-        let client = match client.is_empty() {
-            true => "—".to_owned(),
-            false => format!("{:.1}", median(client)),
-        };
+        let client = median_cell(runs, RunResult::client_cpu_us_per_message, 1);
+        let segments = median_cell(runs, RunResult::tcp_segments_per_message, 2);
         let faults: u64 = runs.iter().map(|r| r.faults).sum();
         let extra = extra.get(*system).copied().unwrap_or_default();
         let idle = extra
             .idle_bytes
             .map_or("—".to_owned(), |b| format!("{b:.0}"));
         let kill = extra.survival.map_or("—".to_owned(), |s| s.cell());
-        let _ = writeln!(out, " {cpu:.1} | {client} | {idle} | {kill} | {faults} |");
+        let _ = writeln!(
+            out,
+            " {cpu:.1} | {client} | {segments} | {idle} | {kill} | {faults} |"
+        );
     }
     out.push_str(&ratios(&systems, &open, &rates));
     out.push_str(&each_p99(&systems, &rates));
     out
+}
+
+/// The median of `f` over the runs that have it, to `decimals` places,
+/// or "—" if none has.
+fn median_cell(runs: &[&RunResult], f: fn(&RunResult) -> Option<f64>, decimals: usize) -> String {
+    let values: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
+    match values.is_empty() {
+        true => "—".to_owned(),
+        false => format!("{:.decimals$}", median(values)),
+    }
 }
 
 /// "Open-loop p99 of each run" lines, if some rate had several runs.
@@ -472,6 +494,7 @@ mod tests {
             delivered: 1000,
             server_cpu_us: 20_000,
             client_cpu_us: None,
+            tcp_segments: None,
         };
         let mut results = [
             run("gateway", None, 200_000.0, 0),
@@ -483,6 +506,9 @@ mod tests {
         // The peer's driver measured (30 and 90 µs per message), loadgen not.
         results[3].client_cpu_us = Some(30_000);
         results[4].client_cpu_us = Some(90_000);
+        // And its TCP segments (2.5 and 1.5 per message), loadgen's not.
+        results[3].tcp_segments = Some(2_500);
+        results[4].tcp_segments = Some(1_500);
         let nats = Extra {
             idle_bytes: Some(34_000.0),
             survival: Some(Survival {
@@ -505,12 +531,12 @@ mod tests {
         assert!(t.contains(" 1.0 / 4.0 / 8.0 |"), "{t}");
         assert!(
             t.contains(
-                "| nats | 400000 (400000) | 1.0 / 2.0 / 4.0 | 20.0 | 30.0 | 34000 | no acks; 0 of 100 sent arrived | 0 |"
+                "| nats | 400000 (400000) | 1.0 / 2.0 / 4.0 | 20.0 | 30.0 | 1.50 | 34000 | no acks; 0 of 100 sent arrived | 0 |"
             ),
             "{t}"
         );
         assert!(
-            t.contains(" 20.0 | — | — | 100 of 100 acked arrived | 0 |"),
+            t.contains(" 20.0 | — | — | — | 100 of 100 acked arrived | 0 |"),
             "no load generator CPU, no idle figure for the gateway: {t}"
         );
         assert!(
@@ -533,6 +559,7 @@ mod tests {
             delivered: 1000,
             server_cpu_us: 10_000,
             client_cpu_us: None,
+            tcp_segments: None,
         };
         let results = [
             run("gateway", 700, 9000),

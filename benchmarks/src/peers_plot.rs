@@ -123,6 +123,7 @@ mod tests {
             delivered: 1,
             server_cpu_us: 0,
             client_cpu_us: None,
+            tcp_segments: None,
         };
         let results = [
             run("gateway", None, 0),

@@ -2,7 +2,8 @@
 //! `benchmarks/peers/run`: `loadgen|driver|loadgen-idle|driver-idle|
 //! loadgen-kill|driver-kill <TAB> result file (driver-kill: the fill's and
 //! the drain's, joined by `+`) <TAB> offered rate or - <TAB> server
-//! CPU-µs [<TAB> load generator CPU-µs]`), prints the
+//! CPU-µs [<TAB> load generator CPU-µs [<TAB> TCP segments sent]]`),
+//! prints the
 //! comparison's Markdown table and writes it to `DIR/table.md`, with every
 //! run in `DIR/results.json` and the open-loop latencies plotted in
 //! `DIR/latency.svg` (the median of each rate's runs).
@@ -22,17 +23,18 @@ fn main() -> Result<(), String> {
     let mut extra: BTreeMap<String, Extra> = BTreeMap::new();
     for line in runs.lines().filter(|l| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split('\t').collect();
-        let (kind, file, rate, cpu, client) = match fields[..] {
-            [kind, file, rate, cpu] => (kind, file, rate, cpu, None),
-            [kind, file, rate, cpu, client] => (kind, file, rate, cpu, Some(client)),
-            _ => return Err(format!("runs.tsv: not four or five fields: {line}")),
+        let (kind, file, rate, cpu) = match fields[..] {
+            [kind, file, rate, cpu, ..] if fields.len() <= 6 => (kind, file, rate, cpu),
+            _ => return Err(format!("runs.tsv: not four to six fields: {line}")),
         };
-        let client: Option<u64> = client
-            .map(|c| {
-                c.parse()
-                    .map_err(|_| format!("runs.tsv: client CPU µs {c}"))
-            })
-            .transpose()?;
+        let number = |i: usize, what: &str| -> Result<Option<u64>, String> {
+            fields
+                .get(i)
+                .map(|f| f.parse().map_err(|_| format!("runs.tsv: {what} {f}")))
+                .transpose()
+        };
+        let client = number(4, "client CPU µs")?;
+        let segments = number(5, "TCP segments")?;
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"));
         if kind == "driver-kill" {
             let (fill, drain) = file.split_once('+').ok_or("driver-kill: fill+drain")?;
@@ -72,6 +74,7 @@ fn main() -> Result<(), String> {
         }
         .map_err(|e| format!("{file}: {e}"))?;
         result.client_cpu_us = client;
+        result.tcp_segments = segments;
         results.push(result);
     }
     let text = table(&results, &extra);
@@ -84,7 +87,7 @@ fn main() -> Result<(), String> {
                 "system": r.system, "rate": r.rate, "delivered_per_s": r.delivered_per_s,
                 "p50_us": r.p50_us, "p99_us": r.p99_us, "p999_us": r.p999_us,
                 "faults": r.faults, "delivered": r.delivered, "server_cpu_us": r.server_cpu_us,
-                "client_cpu_us": r.client_cpu_us,
+                "client_cpu_us": r.client_cpu_us, "tcp_segments": r.tcp_segments,
             })
         })
         .collect();
