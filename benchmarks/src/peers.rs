@@ -62,6 +62,56 @@ fn u(v: &serde_json::Value, path: &[&str]) -> Option<u64> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_u64()
 }
 
+/// One line of `runs.tsv`, as `benchmarks/peers/run` writes it: kind,
+/// result file, offered rate (`-`: closed loop or none), server CPU-µs,
+/// then, where measured, the load generator's CPU-µs and the TCP
+/// segments sent during the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLine<'a> {
+    /// `loadgen`, `driver`, `loadgen-idle`, `driver-kill`, ...
+    pub kind: &'a str,
+    /// The result file, relative to the results folder.
+    pub file: &'a str,
+    /// The offered rate, `None` for `-`.
+    pub rate: Option<u64>,
+    /// The server's CPU time, µs.
+    pub cpu: u64,
+    /// The load generator's CPU time, µs.
+    pub client: Option<u64>,
+    /// TCP segments sent on the machine during the run.
+    pub segments: Option<u64>,
+}
+
+impl<'a> RunLine<'a> {
+    /// Reads a line of four to six tab-separated fields.
+    pub fn parse(line: &'a str) -> Result<Self, String> {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [kind, file, rate, cpu, ..] = fields[..] else {
+            return Err(format!("runs.tsv: fewer than four fields: {line}"));
+        };
+        if fields.len() > 6 {
+            return Err(format!("runs.tsv: more than six fields: {line}"));
+        }
+        let number = |f: &str, what: &str| -> Result<u64, String> {
+            f.parse()
+                .map_err(|_| format!("runs.tsv: {what} {f:?}: {line}"))
+        };
+        let rate = match rate {
+            "-" => None,
+            r => Some(number(r, "rate")?),
+        };
+        let optional = |i: usize, what: &str| fields.get(i).map(|f| number(f, what)).transpose();
+        Ok(Self {
+            kind,
+            file,
+            rate,
+            cpu: number(cpu, "server CPU µs")?,
+            client: optional(4, "load generator CPU µs")?,
+            segments: optional(5, "TCP segments")?,
+        })
+    }
+}
+
 /// A `loadgen` `report.json` (schema `loadgen-report/1`) of a `chat` run.
 pub fn from_loadgen(
     json: &str,
@@ -479,6 +529,41 @@ mod tests {
         assert_eq!((r.system.as_str(), r.rate), ("nats", Some(5000)));
         assert_eq!((r.p99_us, r.faults, r.delivered), (3000, 3, 74999));
         assert!(from_driver("{}", 0).is_err(), "a line without its system");
+    }
+
+    #[test]
+    fn a_runs_line_has_four_to_six_fields() {
+        let line = RunLine::parse("driver\tnats-open-2000-1.json\t2000\t5570000\t7510000\t542833");
+        assert_eq!(
+            line,
+            Ok(RunLine {
+                kind: "driver",
+                file: "nats-open-2000-1.json",
+                rate: Some(2000),
+                cpu: 5_570_000,
+                client: Some(7_510_000),
+                segments: Some(542_833),
+            })
+        );
+        let old = RunLine::parse("loadgen\tgateway-closed-1/report.json\t-\t13910000\t10180000");
+        let old = old.expect("five fields, from before segments were counted");
+        assert_eq!(
+            (old.rate, old.client, old.segments),
+            (None, Some(10_180_000), None)
+        );
+        let idle = RunLine::parse("loadgen-idle\tgateway-idle/report.json\t-\t0").expect("four");
+        assert_eq!(
+            (idle.kind, idle.cpu, idle.client),
+            ("loadgen-idle", 0, None)
+        );
+        for bad in [
+            "loadgen\tx.json\t-",
+            "loadgen\tx.json\t-\t1\t2\t3\t4",
+            "loadgen\tx.json\tfast\t1",
+            "loadgen\tx.json\t-\t1\t2\tmany",
+        ] {
+            assert!(RunLine::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 
 use benchmarks::peers::{
-    Extra, RunResult, from_driver, from_loadgen, idle_from_driver, idle_from_loadgen, open_medians,
-    survival_from_driver, survival_from_loadgen, table,
+    Extra, RunLine, RunResult, from_driver, from_loadgen, idle_from_driver, idle_from_loadgen,
+    open_medians, survival_from_driver, survival_from_loadgen, table,
 };
 
 fn main() -> Result<(), String> {
@@ -22,19 +22,14 @@ fn main() -> Result<(), String> {
     let mut results: Vec<RunResult> = Vec::new();
     let mut extra: BTreeMap<String, Extra> = BTreeMap::new();
     for line in runs.lines().filter(|l| !l.trim().is_empty()) {
-        let fields: Vec<&str> = line.split('\t').collect();
-        let (kind, file, rate, cpu) = match fields[..] {
-            [kind, file, rate, cpu, ..] if fields.len() <= 6 => (kind, file, rate, cpu),
-            _ => return Err(format!("runs.tsv: not four to six fields: {line}")),
-        };
-        let number = |i: usize, what: &str| -> Result<Option<u64>, String> {
-            fields
-                .get(i)
-                .map(|f| f.parse().map_err(|_| format!("runs.tsv: {what} {f}")))
-                .transpose()
-        };
-        let client = number(4, "client CPU µs")?;
-        let segments = number(5, "TCP segments")?;
+        let RunLine {
+            kind,
+            file,
+            rate,
+            cpu,
+            client,
+            segments,
+        } = RunLine::parse(line)?;
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"));
         if kind == "driver-kill" {
             let (fill, drain) = file.split_once('+').ok_or("driver-kill: fill+drain")?;
@@ -45,8 +40,6 @@ fn main() -> Result<(), String> {
             continue;
         }
         let json = read(file)?;
-        let cpu: u64 = cpu.parse().map_err(|_| format!("runs.tsv: CPU µs {cpu}"))?;
-        let rate = rate.parse::<u64>().ok();
         let last_line = json.lines().last().unwrap_or("");
         match kind {
             "loadgen-idle" => {
