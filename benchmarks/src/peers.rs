@@ -35,7 +35,7 @@ pub struct RunResult {
     /// TCP segments sent on the machine during the run (`OutSegs` of
     /// `/proc/net/snmp`), if the script counted them: on loopback each is
     /// one trip through the kernel's TCP stack for a sender and a receiver,
-    /// most of what a message costs both processes.
+    /// the bulk of both processes' kernel time.
     pub tcp_segments: Option<u64>,
 }
 
