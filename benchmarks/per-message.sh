@@ -3,6 +3,7 @@
 # "where a message's time goes"): starts a gateway, runs
 # `loadgen chat --rate RATE`, and over a WINDOW in the middle of the run
 # counts, per message stored, the frames in and out, group-commit batches,
+# shards woken by another's mesh doorbell,
 # io_uring_enter, send and recv syscalls, context switches and CPU-µs (the gateway's
 # utime + stime) and the TCP segments sent on the machine (the gateway's
 # and loadgen's, on loopback: each one a pass through both ends' TCP
@@ -45,6 +46,7 @@ stored0=$(sum gateway_messages_stored_total)
 in0=$(sum gateway_frames_in_total)
 out0=$(sum gateway_frames_out_total)
 batches0=$(sum gateway_fdatasync_seconds_count)
+bells0=$(sum gateway_mesh_doorbells_total)
 cpu0=$(cpu_ticks)
 segs0=$(tcp_out)
 perf stat -x, -e context-switches,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom -p "$gw" \
@@ -53,6 +55,7 @@ stored=$(($(sum gateway_messages_stored_total) - stored0))
 frames_in=$(($(sum gateway_frames_in_total) - in0))
 frames_out=$(($(sum gateway_frames_out_total) - out0))
 batches=$(($(sum gateway_fdatasync_seconds_count) - batches0))
+bells=$(($(sum gateway_mesh_doorbells_total) - bells0))
 cpu=$(($(cpu_ticks) - cpu0))
 segs=$(($(tcp_out) - segs0))
 switches=$(awk -F, '$3 == "context-switches" {print $1}' "$WORK/perf-stat.csv")
@@ -61,16 +64,18 @@ sends=$(awk -F, '$3 ~ /sys_enter_sendto/ {print $1}' "$WORK/perf-stat.csv")
 recvs=$(awk -F, '$3 ~ /sys_enter_recvfrom/ {print $1}' "$WORK/perf-stat.csv")
 
 python3 - "$stored" "$frames_in" "$frames_out" "$batches" "$cpu" "${switches:-0}" "${enters:-0}" \
-    "${sends:-0}" "${recvs:-0}" "$WINDOW" "$RATE" "$segs" <<'EOF'
+    "${sends:-0}" "${recvs:-0}" "$WINDOW" "$RATE" "$segs" "$bells" <<'EOF'
 import sys
 stored, fin, fout, batches, ticks, switches, enters, sends, recvs = map(int, sys.argv[1:10])
-window, rate, segs = float(sys.argv[10]), sys.argv[11], int(sys.argv[12])
+window, rate = float(sys.argv[10]), sys.argv[11]
+segs, bells = int(sys.argv[12]), int(sys.argv[13])
 if stored == 0:
     sys.exit("no message was stored in the window: see loadgen.txt")
 n = stored
 print(f"offered {rate} msgs/s; {stored} messages stored in {window:.0f} s")
 print(f"per message: {fin / n:.2f} frames in, {fout / n:.2f} frames out, "
-      f"{batches / n:.2f} group-commit batches, {enters / n:.2f} io_uring_enter, "
+      f"{batches / n:.2f} group-commit batches, {bells / n:.2f} shard wake-ups by the mesh, "
+      f"{enters / n:.2f} io_uring_enter, "
       f"{sends / n:.2f} send, {recvs / n:.2f} recv, "
       f"{switches / n:.2f} context switches, {ticks * 10_000 / n:.1f} CPU-µs; "
       f"{segs / n:.2f} TCP segments (both ends, loopback)")

@@ -212,6 +212,11 @@ impl<T: Send> MeshEnd<T> {
         ShardId(u16::try_from(self.me).expect("fewer than 65,536 shards"))
     }
 
+    /// How many times other shards woke this one through its doorbell.
+    pub fn doorbells(&self) -> u64 {
+        self.inner.bells[self.me].rung.load(Ordering::Relaxed)
+    }
+
     /// Batches waiting for ring space, over all destinations.
     pub fn pending(&self) -> usize {
         self.pending.iter().map(VecDeque::len).sum()

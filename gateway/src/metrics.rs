@@ -62,6 +62,7 @@ pub struct Metrics {
     devices_unlinked: Counters,
     anomalies: Counters,
     log_failures: Counters,
+    mesh_doorbells: Counters,
     errors: Family<ErrorLabel, Counter>,
     reads_paused: Family<BudgetLabel, Counter>,
     queued_messages: Gauges,
@@ -178,6 +179,7 @@ impl Metrics {
             devices_unlinked: Counters::default(),
             anomalies: Counters::default(),
             log_failures: Counters::default(),
+            mesh_doorbells: Counters::default(),
             errors: Family::default(),
             reads_paused: Family::default(),
             queued_messages: Gauges::default(),
@@ -266,6 +268,11 @@ impl Metrics {
             "log_failures",
             "I/O errors on the log (fail-stop: the process exits)",
             m.log_failures.clone(),
+        );
+        r.register(
+            "mesh_doorbells",
+            "Times another shard woke this one from its sleep to take a batch (each a write to a socket and a thread wake-up)",
+            m.mesh_doorbells.clone(),
         );
         r.register("errors", "Error frames sent, by code", m.errors.clone());
         r.register(
@@ -400,6 +407,12 @@ impl Metrics {
         let l = ShardLabel { shard };
         self.batch_bytes.get_or_create(&l).observe(bytes as f64);
         self.fdatasync_seconds.get_or_create(&l).observe(seconds);
+    }
+
+    /// `shard`'s doorbell has been rung `total` times since the start.
+    pub fn doorbells(&self, shard: u16, total: u64) {
+        let counter = self.mesh_doorbells.get_or_create(&ShardLabel { shard });
+        counter.inc_by(total.saturating_sub(counter.get()));
     }
 
     /// An I/O error on `shard`'s log: the process is about to exit.

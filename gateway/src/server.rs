@@ -314,6 +314,9 @@ struct Shard {
     reclaim_space: RefCell<Vec<u8>>,
     /// Which connections have gone quiet (their TLS keys then sleep).
     quiet: RefCell<Quiet<ConnId>>,
+    /// Times other shards rang this one's doorbell (the exchange task's
+    /// reading, for the metrics).
+    doorbells: Cell<u64>,
 }
 
 impl Shard {
@@ -435,6 +438,7 @@ async fn run_shard(
         paused: RefCell::new(rustc_hash::FxHashSet::default()),
         reclaim_space: RefCell::new(Vec::new()),
         quiet: RefCell::new(Quiet::new(spec.tls_keys_idle.is_some())),
+        doorbells: Cell::new(0),
     });
     glommio::spawn_local(exchange(shard.clone(), end)).detach();
     glommio::spawn_local(flusher(
@@ -475,6 +479,7 @@ async fn exchange(shard: Rc<Shard>, mut end: MeshEnd<ShardMsg<Note>>) {
             glommio::yield_if_needed().await;
             continue;
         }
+        shard.doorbells.set(end.doorbells());
         end.wait().or(shard.outbox.wait()).await;
     }
 }
@@ -710,6 +715,10 @@ async fn ticker(shard: Rc<Shard>) {
             (core.stats().clone(), gauges, core.conns())
         };
         shard.spec.metrics.publish(shard.id, &stats, &last, gauges);
+        shard
+            .spec
+            .metrics
+            .doorbells(shard.id, shard.doorbells.get());
         last = stats;
         if let Some(deadline) = drain_deadline
             && (conns == 0 || Instant::now() >= deadline)

@@ -72,6 +72,10 @@ fn send_ack_deliver_ack_receipt_between_two_devices() {
             }
             other => panic!("expected ✓✓, got {other:?}"),
         }
+        // Users 1 and 2 are homed on different shards: the ✓✓ went from
+        // bob's home to alice's, which slept meanwhile and was woken.
+        let body = gw.metrics_when(|m| metric(m, "gateway_mesh_doorbells_total") > 0);
+        assert!(metric(&body, "gateway_mesh_doorbells_total") > 0);
     });
 }
 
