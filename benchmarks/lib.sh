@@ -18,6 +18,9 @@ metric_sum() {
         awk -v k="$2" '$1 ~ "^"k"({|$)" {s += $2} END {printf "%d", s}'
 }
 
+# TCP segments sent on this machine so far (`OutSegs`, /proc/net/snmp).
+tcp_out() { awk '$1 == "Tcp:" { if (!n) { for (i = 1; i <= NF; i++) if ($i == "OutSegs") n = i } else print $n }' /proc/net/snmp; }
+
 # Seconds from the `date +%s.%N` stamp $1 until now, to 0.01 s.
 seconds_since() {
     python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(date +%s.%N)"

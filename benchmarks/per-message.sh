@@ -40,8 +40,6 @@ sleep 3
 
 sum() { metric_sum "127.0.0.1:$admin" "$1"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$gw/stat"; }
-# TCP segments sent on this machine so far (`OutSegs`, /proc/net/snmp).
-tcp_out() { awk '$1 == "Tcp:" { if (!n) { for (i = 1; i <= NF; i++) if ($i == "OutSegs") n = i } else print $n }' /proc/net/snmp; }
 stored0=$(sum gateway_messages_stored_total)
 in0=$(sum gateway_frames_in_total)
 out0=$(sum gateway_frames_out_total)
