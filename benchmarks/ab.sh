@@ -2,11 +2,13 @@
 # Two builds side by side, interleaved (A, B, A, B, ...), each run on a
 # fresh gateway: how issue #17's changes were judged on a machine whose
 # speed drifts from one sitting to the next. Closed loop by default (1,000
-# pairs, 32 in flight per sender); with RATE, open loop (500 pairs).
+# pairs, WINDOW (32) in flight per sender); with RATE, open loop (500
+# pairs).
 #
 #   A=/tmp/before B=target/release benchmarks/ab.sh
 #   A=/tmp/before B=target/release RATE=10000 RUNS=2 benchmarks/ab.sh
 #   A=target/release B=target/release DATA_BASE=/dev/shm RATE=10000 benchmarks/ab.sh
+#   A=target/release B=target/release WINDOW=64 RUNS=1 benchmarks/ab.sh
 #   A=target/release B=target/release A_ARGS="--pin-shards on" \
 #     B_ARGS="--pin-shards off" RATE=5000 benchmarks/ab.sh
 #
@@ -20,11 +22,14 @@
 # measured (utime + stime over the whole run, connects and warm-up
 # included, as `benchmarks/peers` counts it), the log writes (each an
 # `O_DSYNC` write: `gateway_fdatasync_seconds_count`, connects and warm-up
-# included) per delivered message, and in open loop p50 / p99 / p99.9
-# send→delivered ms.
+# included) per delivered message, a log write's mean time from its
+# start to the flusher seeing it done (`gateway_fdatasync_seconds`: the
+# disk's time plus the wait for the shard to get to it), and in open loop
+# p50 / p99 / p99.9 send→delivered ms.
 #
 # Knobs: RUNS (3 each), SECS (15; 5 s of warm-up come first), RATE
-# (closed loop if unset), SHARDS (2).
+# (closed loop if unset), WINDOW (32: sends in flight per sender, closed
+# loop), SHARDS (2).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,23 +46,28 @@ one() { # $1: label, $2: build directory, $3: base of the data directory, $4: ga
     mkdir -p "$data"
     # shellcheck disable=SC2086 # flags, split on purpose
     start_gateway $4
-    local before how=(--pairs 1000 --window 32)
+    local before how=(--pairs 1000 --window "${WINDOW:-32}")
     before=$(awk '{print $14 + $15}' "/proc/$gw/stat")
     [[ -n "${RATE:-}" ]] && how=(--pairs 500 --rate "$RATE")
     "$drive/loadgen" --threads 2 --quiet --out "$WORK/run" chat --addr "127.0.0.1:$port" \
         --data-dir "$data" --duration "${SECS}s" --warmup 5s "${how[@]}" >/dev/null || true
     local ticks=$(($(awk '{print $14 + $15}' "/proc/$gw/stat") - before))
-    local writes; writes=$(metric_sum "127.0.0.1:$admin" gateway_fdatasync_seconds_count)
+    local writes write_s
+    writes=$(metric_sum "127.0.0.1:$admin" gateway_fdatasync_seconds_count)
+    write_s=$(admin_get /metrics "127.0.0.1:$admin" |
+        awk '$1 ~ /^gateway_fdatasync_seconds_sum/ {s += $2} END {printf "%.6f", s}')
     kill -9 "$gw" 2>/dev/null || true
     wait "$gw" 2>/dev/null || true
-    python3 - "$1" "$WORK/run/report.json" "$ticks" "$(getconf CLK_TCK)" "${RATE:-}" "$writes" <<'PY'
+    python3 - "$1" "$WORK/run/report.json" "$ticks" "$(getconf CLK_TCK)" "${RATE:-}" "$writes" \
+        "$write_s" <<'PY'
 import json, sys
 label, path, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 open_loop, writes = sys.argv[5] != "", int(sys.argv[6] or 0)
+write_ms = float(sys.argv[7] or 0) * 1e3 / max(writes, 1)
 r = json.load(open(path))
 delivered = r["counters"]["delivered"]
 line = f"{label}  {delivered / r['send_s']:>9,.0f} msgs/s  {ticks / hz * 1e6 / delivered:5.2f} CPU-µs/msg"
-line += f"  {writes / delivered:4.2f} writes/msg"
+line += f"  {writes / delivered:4.2f} writes/msg of {write_ms:5.2f} ms"
 lat = r["latency_us"].get("send_to_delivered")
 if open_loop and lat and lat.get("count"):
     line += "  p50/p99/p99.9 {:.2f} / {:.2f} / {:.2f} ms".format(
