@@ -21,6 +21,21 @@ metric_sum() {
 # TCP segments sent on this machine so far (`OutSegs`, /proc/net/snmp).
 tcp_out() { awk '$1 == "Tcp:" { if (!n) { for (i = 1; i <= NF; i++) if ($i == "OutSegs") n = i } else print $n }' /proc/net/snmp; }
 
+# Per established TCP connection to or from port $1 on this machine, one
+# line: local address, peer address, segments sent, data segments sent
+# (`ss -ti`). A segment sent that carries no data is a pure ACK (or a
+# window update).
+tcp_segments_by_socket() {
+    ss -tinH state established "( sport = :$1 or dport = :$1 )" |
+        awk 'NR % 2 == 1 {local = $3; peer = $4; next}
+             {out = 0; data = 0
+              for (i = 1; i <= NF; i++) {
+                  if ($i ~ /^segs_out:/) { split($i, a, ":"); out = a[2] }
+                  if ($i ~ /^data_segs_out:/) { split($i, a, ":"); data = a[2] }
+              }
+              print local, peer, out, data}'
+}
+
 # Seconds from the `date +%s.%N` stamp $1 until now, to 0.01 s.
 seconds_since() {
     python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(date +%s.%N)"
