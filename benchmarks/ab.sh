@@ -67,7 +67,7 @@ write_ms = float(sys.argv[7] or 0) * 1e3 / max(writes, 1)
 r = json.load(open(path))
 delivered = r["counters"]["delivered"]
 line = f"{label}  {delivered / r['send_s']:>9,.0f} msgs/s  {ticks / hz * 1e6 / delivered:5.2f} CPU-µs/msg"
-line += f"  {writes / delivered:4.2f} writes/msg of {write_ms:5.2f} ms"
+line += f"  {writes / delivered:6.4f} writes/msg of {write_ms:5.2f} ms"
 lat = r["latency_us"].get("send_to_delivered")
 if open_loop and lat and lat.get("count"):
     line += "  p50/p99/p99.9 {:.2f} / {:.2f} / {:.2f} ms".format(
