@@ -39,6 +39,10 @@ pub struct Settings {
     /// keys' expanded form go (1 KiB with AES-GCM) until it next reads or
     /// writes, ms; 0 = never.
     pub tls_keys_idle_ms: u64,
+    /// A log write that would start within this long of the previous one's
+    /// end waits until then, so that under load each write carries more
+    /// records; µs; 0 = never ([`crate::pacer`]).
+    pub commit_delay_us: u64,
     /// Token verifying keys as `KEY_ID:HEX` (from `gateway token keygen`);
     /// none = a development key generated into the data directory.
     pub verifying_keys: Vec<String>,
@@ -138,6 +142,7 @@ impl Default for Settings {
             tls_key: None,
             allow_tls12: false,
             tls_keys_idle_ms: 10_000,
+            commit_delay_us: 0,
             verifying_keys: Vec::new(),
             conns_per_shard: shard.conns_max,
             sends_per_s: session.sends_per_s,
@@ -242,6 +247,8 @@ overrides! {
     allow_tls12: bool,
     /// Silence after which a connection's TLS keys sleep, ms; 0 = never [default: 10000].
     tls_keys_idle_ms: u64,
+    /// Hold a log write until this long after the previous one ended, µs; a write after a quiet spell goes at once; 0 = never [default: 0].
+    commit_delay_us: u64,
     /// Connections per shard [default: 100000].
     conns_per_shard: usize,
     /// Sends per second per connection [default: 100].

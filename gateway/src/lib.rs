@@ -16,6 +16,7 @@ pub mod listen;
 pub mod mesh;
 pub mod metrics;
 pub mod notify;
+pub mod pacer;
 pub mod pool;
 pub mod push;
 pub mod quiet;

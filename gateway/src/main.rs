@@ -155,6 +155,7 @@ fn serve(overrides: &Overrides) -> Result<(), String> {
         tls_keys_idle: (settings.tls_keys_idle_ms > 0)
             .then(|| Duration::from_millis(settings.tls_keys_idle_ms)),
         pin_shards: settings.pin_shards,
+        commit_delay: Duration::from_micros(settings.commit_delay_us),
     };
     let shards = spec.shards;
     let _handles = gateway::server::start(spec, listeners).map_err(|e| e.to_string())?;

@@ -47,6 +47,7 @@ use crate::clock::{Clock, Now};
 use crate::mesh::{Mesh, MeshEnd, RING_BATCHES_MAX};
 use crate::metrics::Metrics;
 use crate::notify::Notify;
+use crate::pacer::CommitPacer;
 use crate::pool::BufPool;
 use crate::quiet::Quiet;
 use crate::shard::{Note, ShardConfig, ShardCore, UserInfo};
@@ -113,6 +114,8 @@ pub struct ServerSpec {
     pub tls_keys_idle: Option<Duration>,
     /// Whether each shard keeps to one CPU ([`crate::cpus`]).
     pub pin_shards: crate::cpus::PinShards,
+    /// How far apart back-to-back log writes are held ([`CommitPacer`]).
+    pub commit_delay: Duration,
 }
 
 /// Process-wide flags: readiness and drain.
@@ -489,9 +492,14 @@ async fn exchange(shard: Rc<Shard>, mut end: MeshEnd<ShardMsg<Note>>) {
 /// batch fills meanwhile.
 async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
     log.make_spare();
+    let mut pacer = CommitPacer::new(shard.spec.commit_delay);
     loop {
         shard.flush.wait().await;
-        loop {
+        while shard.core.borrow().flush_ready() {
+            let hold = pacer.hold(Instant::now());
+            if !hold.is_zero() {
+                glommio::timer::sleep(hold).await;
+            }
             let place = shard.core.borrow_mut().poll_flush().map(Place::of);
             let Some(place) = place else { break };
             let started = Instant::now();
@@ -521,6 +529,7 @@ async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
             }
             let seconds = started.elapsed().as_secs_f64();
             shard.spec.metrics.flushed(shard.id, len, seconds);
+            pacer.ended(Instant::now());
             shard.core.borrow_mut().handle_flushed(shard.now());
             shard.kick();
         }

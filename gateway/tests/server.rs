@@ -162,6 +162,42 @@ fn a_held_ack_goes_out_on_its_own_and_brings_the_receipt() {
     });
 }
 
+/// With `--commit-delay-us`, a log write that would start within the delay
+/// of the previous one's end waits until then: a send made as soon as the
+/// last ✓ came is ✓'d no sooner than about the delay after it. (A lower
+/// bound only: a busy machine makes it later, never sooner.)
+#[test]
+fn a_commit_delay_holds_a_write_that_follows_the_last_one() {
+    let dir = temp_dir("e2e-commit-delay");
+    let gw = Gateway::start(&dir, &["--commit-delay-us", "1000000"]);
+    run(async move || {
+        let (_bob, _) = gw.login(2, 0, 0).await;
+        let (mut alice, _) = gw.login(1, 0, 0).await;
+        let mut acked_at = std::time::Instant::now();
+        for payload in [&b"one"[..], &b"two"[..]] {
+            let sent_at = std::time::Instant::now();
+            alice
+                .core()
+                .send(user_address(2), 0, Bytes::copy_from_slice(payload));
+            alice.flush().await.unwrap();
+            match next(&mut alice).await {
+                ClientEvent::Acked { duplicate, .. } => assert!(!duplicate),
+                other => panic!("expected ✓, got {other:?}"),
+            }
+            if payload == b"two" {
+                let held = sent_at.duration_since(acked_at);
+                assert!(
+                    held < Duration::from_millis(100),
+                    "sent right after ✓: {held:?}"
+                );
+                let waited = acked_at.elapsed();
+                assert!(waited >= Duration::from_millis(500), "✓ after {waited:?}");
+            }
+            acked_at = std::time::Instant::now();
+        }
+    });
+}
+
 /// Connections that go quiet let their TLS keys sleep (counted), and wake
 /// them for the next message both ways, as often as they go quiet.
 #[test]

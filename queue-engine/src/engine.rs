@@ -953,6 +953,11 @@ impl Engine {
         self.log.poll_flush()
     }
 
+    /// Whether [`Engine::poll_flush`] would hand out a batch now.
+    pub fn flush_ready(&self) -> bool {
+        self.log.flush_ready()
+    }
+
     /// The batch [`Engine::poll_flush`] handed out, until
     /// [`Engine::handle_flushed`].
     pub fn flush_in_flight(&self) -> Option<&Flush> {

@@ -203,6 +203,11 @@ impl Log {
         Some(flush)
     }
 
+    /// Whether [`Log::poll_flush`] would hand out a batch now.
+    pub fn flush_ready(&self) -> bool {
+        !self.in_flight && (!self.sealed.is_empty() || self.urgent)
+    }
+
     /// The batch [`Log::poll_flush`] handed out, until it is flushed.
     pub fn in_flight(&self) -> Option<&Flush> {
         self.sealed.front().filter(|_| self.in_flight)
@@ -312,6 +317,25 @@ mod tests {
         log.handle_flushed();
         assert_eq!(log.durable(), log.head());
         assert_eq!(log.poll_flush(), None, "nothing left");
+    }
+
+    #[test]
+    fn a_batch_is_ready_when_poll_flush_would_hand_it_out() {
+        let mut log = Log::resume(LogConfig::default(), Vec::new(), 0);
+        assert!(!log.flush_ready(), "nothing written");
+        log.append_lazy(&device(1));
+        assert!(!log.flush_ready(), "a lazy record alone is not due");
+        log.append(&device(2));
+        assert!(log.flush_ready());
+        assert!(log.poll_flush().is_some());
+        log.append(&device(3));
+        assert!(!log.flush_ready(), "one batch in flight at a time");
+        log.handle_flushed();
+        assert!(log.flush_ready(), "the next one filled meanwhile");
+        assert!(log.poll_flush().is_some());
+        log.handle_flushed();
+        assert!(!log.flush_ready());
+        assert_eq!(log.poll_flush(), None);
     }
 
     #[test]

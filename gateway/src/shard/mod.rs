@@ -619,6 +619,11 @@ impl<S: Storage> ShardCore<S> {
         self.engine.poll_flush()
     }
 
+    /// Whether [`ShardCore::poll_flush`] would hand out a batch now.
+    pub fn flush_ready(&self) -> bool {
+        self.engine.flush_ready()
+    }
+
     /// The batch [`ShardCore::poll_flush`] handed out, until it is flushed
     /// (a shell that must not hold the core across its write reads it
     /// again here, rather than copying it).
