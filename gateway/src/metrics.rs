@@ -271,7 +271,7 @@ impl Metrics {
         );
         r.register(
             "mesh_doorbells",
-            "Times another shard woke this one from its sleep to take a batch (each a write to a socket and a thread wake-up)",
+            "Times another shard rang this one's doorbell to hand it a batch (each a write to a socket, and a thread wake-up if this shard was asleep)",
             m.mesh_doorbells.clone(),
         );
         r.register("errors", "Error frames sent, by code", m.errors.clone());

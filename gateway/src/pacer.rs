@@ -2,7 +2,8 @@
 //! (`commit_delay_us`). A write that follows the previous one within the
 //! delay waits until the delay has passed since that one ended, so that
 //! under load each write carries more records; a write after a quiet
-//! spell goes at once, so a lone message pays nothing. Time is passed in.
+//! spell of at least the delay goes at once (a message that comes sooner
+//! after a write may wait up to the delay). Time is passed in.
 
 use std::time::{Duration, Instant};
 
