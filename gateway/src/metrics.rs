@@ -63,6 +63,7 @@ pub struct Metrics {
     anomalies: Counters,
     log_failures: Counters,
     mesh_doorbells: Counters,
+    commit_holds: Counters,
     errors: Family<ErrorLabel, Counter>,
     reads_paused: Family<BudgetLabel, Counter>,
     queued_messages: Gauges,
@@ -180,6 +181,7 @@ impl Metrics {
             anomalies: Counters::default(),
             log_failures: Counters::default(),
             mesh_doorbells: Counters::default(),
+            commit_holds: Counters::default(),
             errors: Family::default(),
             reads_paused: Family::default(),
             queued_messages: Gauges::default(),
@@ -273,6 +275,11 @@ impl Metrics {
             "mesh_doorbells",
             "Times another shard rang this one's doorbell to hand it a batch (each a write to a socket, and a thread wake-up if this shard was asleep)",
             m.mesh_doorbells.clone(),
+        );
+        r.register(
+            "commit_holds",
+            "Log writes held back by commit_delay_us because the shard's writes kept following each other",
+            m.commit_holds.clone(),
         );
         r.register("errors", "Error frames sent, by code", m.errors.clone());
         r.register(
@@ -407,6 +414,11 @@ impl Metrics {
         let l = ShardLabel { shard };
         self.batch_bytes.get_or_create(&l).observe(bytes as f64);
         self.fdatasync_seconds.get_or_create(&l).observe(seconds);
+    }
+
+    /// `shard` held a log write back (`commit_delay_us`).
+    pub fn commit_held(&self, shard: u16) {
+        self.commit_holds.get_or_create(&ShardLabel { shard }).inc();
     }
 
     /// `shard`'s doorbell has been rung `total` times since the start.

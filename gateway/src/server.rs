@@ -499,6 +499,7 @@ async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
         while shard.core.borrow().flush_ready() {
             let hold = pacer.hold(Instant::now());
             if !hold.is_zero() {
+                shard.spec.metrics.commit_held(shard.id);
                 glommio::timer::sleep(hold).await;
             }
             let place = shard.core.borrow_mut().poll_flush().map(Place::of);

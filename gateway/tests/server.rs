@@ -162,9 +162,10 @@ fn a_held_ack_goes_out_on_its_own_and_brings_the_receipt() {
     });
 }
 
-/// With `--commit-delay-us`, a log write that would start within the delay
-/// of the previous one's end waits until then: a send made as soon as the
-/// last ✓ came is ✓'d no sooner than about the delay after it. (A lower
+/// With `--commit-delay-us`, once log writes follow each other, the next
+/// one that would start within the delay of the last one's end waits until
+/// then: after two sends each made as soon as the ✓ before it came, a third
+/// is ✓'d no sooner than about the delay after the second's ✓. (A lower
 /// bound only: a busy machine makes it later, never sooner.)
 #[test]
 fn a_commit_delay_holds_a_write_that_follows_the_last_one() {
@@ -174,7 +175,7 @@ fn a_commit_delay_holds_a_write_that_follows_the_last_one() {
         let (_bob, _) = gw.login(2, 0, 0).await;
         let (mut alice, _) = gw.login(1, 0, 0).await;
         let mut acked_at = std::time::Instant::now();
-        for payload in [&b"one"[..], &b"two"[..]] {
+        for payload in [&b"one"[..], &b"two"[..], &b"three"[..]] {
             let sent_at = std::time::Instant::now();
             alice
                 .core()
@@ -184,7 +185,7 @@ fn a_commit_delay_holds_a_write_that_follows_the_last_one() {
                 ClientEvent::Acked { duplicate, .. } => assert!(!duplicate),
                 other => panic!("expected ✓, got {other:?}"),
             }
-            if payload == b"two" {
+            if payload == b"three" {
                 let held = sent_at.duration_since(acked_at);
                 assert!(
                     held < Duration::from_millis(100),
@@ -195,6 +196,8 @@ fn a_commit_delay_holds_a_write_that_follows_the_last_one() {
             }
             acked_at = std::time::Instant::now();
         }
+        let (_, body) = gw.admin("GET", "/metrics");
+        assert!(metric(&body, "gateway_commit_holds_total") >= 1, "{body}");
     });
 }
 
