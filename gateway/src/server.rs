@@ -491,7 +491,7 @@ async fn exchange(shard: Rc<Shard>, mut end: MeshEnd<ShardMsg<Note>>) {
 /// io_uring; the executor keeps serving while the disk syncs, and the next
 /// batch fills meanwhile (and, with `commit_delay_us`, while a write that
 /// would follow the last one too closely, when writes already follow each
-/// other, is held: [`CommitPacer`])).
+/// other, is held: [`CommitPacer`]).
 async fn flusher(shard: Rc<Shard>, mut log: UringLog) {
     log.make_spare();
     let mut pacer = CommitPacer::new(shard.spec.commit_delay);
