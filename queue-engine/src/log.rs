@@ -192,11 +192,11 @@ impl Log {
 
     /// The next batch to write and sync, if none is in flight.
     pub fn poll_flush(&mut self) -> Option<&Flush> {
-        if self.in_flight {
+        if !self.flush_ready() {
             return None;
         }
-        if self.sealed.is_empty() && self.urgent {
-            self.seal();
+        if self.sealed.is_empty() {
+            self.seal(); // urgent records, not yet a full batch
         }
         let flush = self.sealed.front()?;
         self.in_flight = true;
